@@ -1,0 +1,3 @@
+from flaskserve.cli import main
+
+main()

@@ -1,0 +1,90 @@
+"""`create_app`: the Flask application that serves a model repository over every front door."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.errors import FlaskServeError
+from flaskserve.core.repository import ModelRepository
+from flaskserve.protocol import sagemaker, v1, v2
+from flaskserve.protocol.v2 import json_response
+from flaskserve.runtimes.registry import load_model
+from flaskserve.settings import Settings
+from flaskserve.web import home
+
+log = logging.getLogger("flaskserve")
+
+
+def open_repository(settings: Settings) -> ModelRepository:
+    """The repository `settings` point at (the embedded defaults when none), with models loaded."""
+    if settings.repository is None:
+        from flaskserve.models.defaults import default_repository
+
+        root = default_repository(Path(settings.cache_dir))
+    else:
+        root = Path(settings.repository)
+        if not root.is_dir():
+            raise FileNotFoundError(f"model repository {root} is not a folder")
+    repository = ModelRepository(root, load_model)
+    repository.load_all()
+    return repository
+
+
+def create_app(
+    settings: Settings | None = None, repository: ModelRepository | None = None
+) -> Flask:
+    """A Flask app serving `repository` (or the one `settings` name); add your own routes to it."""
+    settings = settings or Settings.from_env()
+    if repository is None:
+        repository = open_repository(settings)
+    app = Flask("flaskserve")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    dataplane = DataPlane(repository)
+    app.extensions["flaskserve"] = dataplane
+    app.register_blueprint(v2.create_blueprint(dataplane))
+    app.register_blueprint(v1.create_blueprint(dataplane))
+    app.register_blueprint(sagemaker.create_blueprint(dataplane))
+    app.register_blueprint(home.create_blueprint(dataplane))
+    _register_error_handlers(app)
+    return app
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(FlaskServeError)
+    def flaskserve_error(exc: FlaskServeError) -> Response:
+        return json_response({"error": exc.message}, exc.status_code)
+
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc: RequestEntityTooLarge) -> Response:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        return json_response(
+            {
+                "error": f"request body is larger than the {limit} bytes this server accepts; "
+                "send less per request or raise --max-request-bytes"
+            },
+            413,
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        if status == 404:
+            message = f"no route {request.method} {request.path}; see GET /v2 and GET /"
+        elif status == 405:
+            message = f"{request.method} is not allowed on {request.path}"
+        else:
+            message = exc.description or exc.name
+        response = json_response({"error": message}, status)
+        if status == 405 and exc.get_response().headers.get("Allow"):
+            response.headers["Allow"] = exc.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_response({"error": "internal server error; the server log has details"}, 500)

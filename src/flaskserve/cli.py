@@ -1,0 +1,184 @@
+"""`flaskserve serve|models|init`, built with click as the `flask` command is."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import click
+from flask import Flask
+
+from flaskserve.app import create_app, open_repository
+from flaskserve.core.repository import ModelRepository
+from flaskserve.settings import Settings
+
+SAGEMAKER_PORT = 8080
+SAGEMAKER_MODEL_DIR = "/opt/ml/model"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="flaskserve")
+def main() -> None:
+    """Serve trained models over HTTP: Open Inference Protocol V2, KServe V1 and SageMaker."""
+
+
+@main.command()
+@click.argument("repository", required=False)
+@click.option("--host", "-H", default=None, help="Interface to listen on [127.0.0.1].")
+@click.option("--port", "-p", type=int, default=None, help="Port to listen on [5000].")
+@click.option("--workers", "-w", type=int, default=None, help="gunicorn workers [one per core].")
+@click.option("--threads", type=int, default=None, help="Threads per worker [8].")
+@click.option("--debug", is_flag=True, default=None, help="Flask's dev server with the reloader.")
+@click.option("--app", "app_ref", default=None, help="Serve module:attr (a ModelServer or Flask app).")
+@click.option("--max-request-bytes", type=int, default=None, help="Largest body accepted.")
+@click.option("--log-level", default=None, help="debug, info, warning or error [info].")
+def serve(
+    repository: str | None,
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    threads: int | None,
+    debug: bool | None,
+    app_ref: str | None,
+    max_request_bytes: int | None,
+    log_level: str | None,
+) -> None:
+    """Serve REPOSITORY (a folder of models), or the embedded default models when omitted."""
+    settings = Settings.from_env(
+        repository=repository,
+        host=host,
+        port=port,
+        workers=workers,
+        threads=threads,
+        debug=debug,
+        max_request_bytes=max_request_bytes,
+        log_level=log_level,
+    )
+    settings = sagemaker_overrides(settings, os.environ, explicit_port=port is not None)
+    _configure_logging(settings)
+    if app_ref is None:
+        _check_repository(settings)
+    factory = _app_factory(settings, app_ref)
+    if settings.debug:
+        from flaskserve.serving import serve_debug
+
+        serve_debug(factory(), settings)
+    else:
+        from flaskserve.serving import serve_gunicorn
+
+        serve_gunicorn(factory, settings)
+
+
+def sagemaker_overrides(
+    settings: Settings, environ: Mapping[str, str], explicit_port: bool,
+    model_dir: str = SAGEMAKER_MODEL_DIR,
+) -> Settings:
+    """Inside a SageMaker container, listen where SageMaker sends traffic and serve /opt/ml/model."""
+    bind_port = environ.get("SAGEMAKER_BIND_TO_PORT")
+    in_sagemaker = bind_port is not None or Path(model_dir).is_dir()
+    if not in_sagemaker or explicit_port:
+        return settings
+    port = int(bind_port) if bind_port else SAGEMAKER_PORT
+    repository = settings.repository
+    if repository is None and Path(model_dir).is_dir() and any(Path(model_dir).iterdir()):
+        repository = model_dir
+    return settings.with_overrides(host="0.0.0.0", port=port, repository=repository)
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    )
+
+
+def _check_repository(settings: Settings) -> None:
+    """Fail before forking workers when the folder is missing; build the defaults once."""
+    if settings.repository is None:
+        from flaskserve.models.defaults import default_repository
+
+        default_repository(Path(settings.cache_dir))
+    elif not Path(settings.repository).is_dir():
+        raise click.BadParameter(f"{settings.repository} is not a folder", param_hint="REPOSITORY")
+
+
+def _app_factory(settings: Settings, app_ref: str | None):  # type: ignore[no-untyped-def]
+    if app_ref is None:
+        return lambda: create_app(settings)
+
+    def load_user_app() -> Flask:
+        module_name, _, attr = app_ref.partition(":")
+        sys.path.insert(0, os.getcwd())
+        module = importlib.import_module(module_name)
+        target = getattr(module, attr or "app")
+        app = getattr(target, "app", target)
+        if not isinstance(app, Flask):
+            raise click.BadParameter(f"{app_ref} is neither a ModelServer nor a Flask app")
+        return app
+
+    return load_user_app
+
+
+@main.command()
+@click.argument("repository", required=False)
+def models(repository: str | None) -> None:
+    """Load REPOSITORY (default: the embedded models) and print each model's state and signature."""
+    settings = Settings.from_env(repository=repository)
+    logging.basicConfig(level=logging.CRITICAL)
+    click.echo(models_table(open_repository(settings)))
+
+
+def models_table(repository: ModelRepository) -> str:
+    rows = [("MODEL", "VERSION", "STATE", "PLATFORM", "INPUTS", "OUTPUTS")]
+    notes = []
+    for entry in repository.entries():
+        statuses = entry.version_status()
+        if not statuses:
+            rows.append((entry.name, "-", entry.state, "-", "-", "-"))
+            notes.append(f"{entry.name}: {entry.reason}")
+        for status in statuses:
+            model = status.model
+            if model is None:
+                rows.append((entry.name, status.version, status.state, "-", "-", "-"))
+                notes.append(f"{entry.name} v{status.version}: {status.reason}")
+                continue
+            rows.append(
+                (
+                    entry.name,
+                    status.version,
+                    status.state,
+                    model.platform,
+                    _signature(model.inputs),
+                    _signature(model.outputs),
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    if notes:
+        lines += ["", "Unavailable:"] + [f"  {note}" for note in notes]
+    return "\n".join(lines)
+
+
+def _signature(specs: list) -> str:  # type: ignore[type-arg]
+    return ", ".join(
+        f"{spec.name} {spec.datatype} [{', '.join(str(d) for d in spec.shape)}]" for spec in specs
+    )
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def init(directory: Path) -> None:
+    """Write an example model repository (the digits classifier) to DIRECTORY."""
+    from flaskserve.models import digits
+
+    target = directory / "digits"
+    if target.exists():
+        raise click.ClickException(f"{target} already exists; choose another folder")
+    accuracy = digits.build(target)
+    click.echo(f"wrote {target}/model.toml and {target}/1/model.skops (accuracy {accuracy:.3f})")
+    click.echo(f"serve it with: flaskserve serve {directory}")

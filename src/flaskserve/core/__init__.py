@@ -1,0 +1,1 @@
+"""Server core: models, signatures, the repository and the protocol-neutral data plane."""

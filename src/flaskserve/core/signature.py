@@ -1,0 +1,96 @@
+"""Checks that a request fits a model's signature, and that a model's answer fits it too.
+
+Requests are checked before any model code runs, so a wrong name, datatype or shape is a 400 that
+names the model's expectation instead of an exception from deep inside a library. Outputs are cast
+to their declared datatype, so a runtime returning float64 still answers the FP32 it promised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from flaskserve.core.errors import InferenceFailed, InvalidInput
+from flaskserve.core.model import Arrays, Model, TensorSpec
+
+
+def _shape_text(shape: tuple[int, ...] | list[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def check_inputs(model: Model, inputs: Mapping[str, np.ndarray], datatypes: Mapping[str, str]) -> None:
+    """Raise `InvalidInput` unless `inputs` are exactly the model's inputs, in datatype and shape.
+
+    `datatypes` holds the datatype each input was declared with on the wire, which is what the
+    client needs to hear about (BYTES and numeric arrays are otherwise told apart by dtype).
+    """
+    specs = model.input_by_name
+    for name in inputs:
+        if name not in specs:
+            raise InvalidInput(
+                f"model {model.name!r} has no input {name!r}; its inputs are "
+                f"{', '.join(specs) or '(none)'}"
+            )
+    if len(inputs) != len(specs):
+        missing = [name for name in specs if name not in inputs]
+        raise InvalidInput(f"model {model.name!r} needs input(s) {', '.join(missing)}")
+    for name, array in inputs.items():
+        spec = specs[name]
+        declared = datatypes.get(name, spec.datatype)
+        if declared != spec.datatype:
+            raise InvalidInput(
+                f"input {name!r} is {declared} but model {model.name!r} expects {spec.datatype}"
+            )
+        if not shape_fits(array.shape, spec.shape):
+            raise InvalidInput(
+                f"input {name!r} has shape {_shape_text(array.shape)} but model "
+                f"{model.name!r} expects {_shape_text(spec.shape)} (-1 means any size)"
+            )
+
+
+def check_output_names(model: Model, names: Iterable[str]) -> None:
+    for name in names:
+        if name not in model.output_by_name:
+            raise InvalidInput(
+                f"model {model.name!r} has no output {name!r}; its outputs are "
+                f"{', '.join(model.output_by_name)}"
+            )
+
+
+def shape_fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
+    if len(shape) != len(expected):
+        return False
+    return all(want == -1 or want == got for got, want in zip(shape, expected, strict=True))
+
+
+def conform_outputs(model: Model, outputs: Mapping[str, Any]) -> Arrays:
+    """Arrays for every declared output, cast to its datatype; a model that breaks its promise
+    fails with a message about the model, not the request."""
+    result: Arrays = {}
+    for spec in model.outputs:
+        if spec.name not in outputs:
+            raise InferenceFailed(
+                f"model {model.name!r} returned no output {spec.name!r} "
+                f"(it returned {', '.join(outputs) or 'nothing'})"
+            )
+        result[spec.name] = _as_datatype(model, spec, outputs[spec.name])
+    return result
+
+
+def _as_datatype(model: Model, spec: TensorSpec, value: Any) -> np.ndarray:
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if spec.datatype == "BYTES":
+        if array.dtype.kind in "SU":
+            return array.astype(object)
+        return array
+    if array.dtype != spec.dtype:
+        try:
+            array = array.astype(spec.dtype)
+        except (TypeError, ValueError):
+            raise InferenceFailed(
+                f"model {model.name!r} returned output {spec.name!r} that cannot be "
+                f"converted to {spec.datatype}"
+            ) from None
+    return array

@@ -1,0 +1,1 @@
+"""The embedded default models, built from data that ships inside installed packages."""

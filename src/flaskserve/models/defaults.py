@@ -1,0 +1,42 @@
+"""Builds the default model repository once into the cache, then reuses it.
+
+The folder is keyed by the flaskserve and scikit-learn versions (a model saved by one sklearn may
+not load in another), built in a temporary folder and renamed into place, under a file lock, so
+several workers starting at once build it once and never see half of it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from flaskserve import __version__
+
+def default_repository(cache_dir: Path) -> Path:
+    import sklearn
+
+    root = cache_dir / f"default-models-{__version__}-sklearn{sklearn.__version__}"
+    if root.is_dir():
+        return root
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / ".default-models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not root.is_dir():
+            _build(root)
+    return root
+
+
+def _build(root: Path) -> None:
+    from flaskserve.models import digits
+
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+    try:
+        accuracy = digits.build(staging / "digits")
+        print(f"flaskserve: built the digits model, held-out accuracy {accuracy:.3f}", flush=True)
+        os.rename(staging, root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

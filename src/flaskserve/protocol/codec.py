@@ -1,0 +1,187 @@
+"""JSON tensors <-> numpy arrays, checked on the way in so bad requests fail fast and clearly.
+
+A request tensor declares its shape and datatype and carries its data flat or nested. Everything a
+client can get wrong is caught here with a message naming the tensor and what to fix: the declared
+size is compared with the data before anything is allocated, so a request claiming a shape of
+[10**12] costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+
+from flaskserve.core.errors import InvalidInput
+from flaskserve.core.model import DATATYPES, datatype_of
+
+_INT_DATATYPES = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
+_FLOAT_DATATYPES = {"FP16", "FP32", "FP64"}
+
+
+def loads(body: bytes) -> Any:
+    """Parse a JSON body, turning every parse failure into a 400 that says where it broke."""
+    if not body:
+        raise InvalidInput("request body is empty; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+
+
+def dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def parse_shape(name: str, shape: Any) -> list[int]:
+    if not isinstance(shape, list) or not all(
+        type(dim) is int and dim >= 0 for dim in shape
+    ):
+        raise InvalidInput(
+            f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}"
+        )
+    return shape
+
+
+def parse_datatype(name: str, datatype: Any) -> str:
+    if datatype not in DATATYPES:
+        raise InvalidInput(
+            f"input {name!r}: unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}"
+        )
+    return str(datatype)
+
+
+def element_count(shape: list[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def tensor_header(entry: Any, index: int) -> tuple[str, list[int], str]:
+    """Check the name, shape and datatype of one request tensor (JSON or binary)."""
+    if not isinstance(entry, dict):
+        raise InvalidInput(
+            f"inputs[{index}] must be an object with name, shape, datatype and data"
+        )
+    name = entry.get("name")
+    if not isinstance(name, str) or not name:
+        raise InvalidInput(f"inputs[{index}] has no 'name' string")
+    if "shape" not in entry:
+        raise InvalidInput(f"input {name!r} has no 'shape'")
+    if "datatype" not in entry:
+        raise InvalidInput(f"input {name!r} has no 'datatype'")
+    return name, parse_shape(name, entry["shape"]), parse_datatype(name, entry["datatype"])
+
+
+def decode_json_data(name: str, shape: list[int], datatype: str, data: Any) -> np.ndarray:
+    """Turn the `data` of a JSON tensor into an array of `shape` and `datatype`."""
+    count = element_count(shape)
+    if not isinstance(data, list):
+        if count == 1 and not isinstance(data, dict):
+            data = [data]
+        else:
+            raise InvalidInput(f"input {name!r}: 'data' must be a list of {count} values")
+    if data and isinstance(data[0], list):
+        data = _flatten(name, data, count)
+    if len(data) != count:
+        raise InvalidInput(
+            f"input {name!r}: shape {shape} needs {count} values but 'data' has {len(data)}"
+        )
+    if count == 0:
+        return np.empty(shape, dtype=DATATYPES[datatype])
+    if datatype == "BYTES":
+        flat = _bytes_array(name, data)
+    else:
+        flat = _numeric_array(name, datatype, data)
+    return flat.reshape(shape)
+
+
+def _flatten(name: str, data: list[Any], limit: int) -> list[Any]:
+    """Flatten nested lists depth-first; stop early once more values than `limit` are seen."""
+    flat: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            flat.append(item)
+            if len(flat) > limit:
+                return flat
+        else:
+            stack.pop()
+    return flat
+
+
+def _numeric_array(name: str, datatype: str, data: list[Any]) -> np.ndarray:
+    target = DATATYPES[datatype]
+    try:
+        parsed = np.asarray(data)
+    except (ValueError, TypeError, OverflowError):
+        parsed = np.asarray(data, dtype=object)
+    kind = parsed.dtype.kind
+    if datatype == "BOOL":
+        if kind != "b":
+            raise InvalidInput(f"input {name!r}: BOOL data must be true/false values")
+        return parsed
+    if datatype in _INT_DATATYPES:
+        if kind not in "iub":
+            raise InvalidInput(
+                f"input {name!r}: {datatype} data must be integers, found {_describe(parsed)}"
+            )
+        info = np.iinfo(target)
+        if parsed.size and (parsed.min() < info.min or parsed.max() > info.max):
+            raise InvalidInput(
+                f"input {name!r}: values must lie in [{info.min}, {info.max}] for {datatype}"
+            )
+        return parsed.astype(target, copy=False)
+    if kind not in "iufb":
+        raise InvalidInput(
+            f"input {name!r}: {datatype} data must be numbers, found {_describe(parsed)}"
+        )
+    return parsed.astype(target, copy=False)
+
+
+def _describe(parsed: np.ndarray) -> str:
+    if parsed.dtype.kind == "f":
+        return "non-integer numbers"
+    for value in parsed.ravel():
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return f"{type(value).__name__} value {value!r}"[:80]
+    return f"values of type {parsed.dtype}"
+
+
+def _bytes_array(name: str, data: list[Any]) -> np.ndarray:
+    out = np.empty(len(data), dtype=object)
+    for i, value in enumerate(data):
+        if isinstance(value, str):
+            out[i] = value.encode("utf-8")
+        elif isinstance(value, bytes):
+            out[i] = value
+        else:
+            raise InvalidInput(
+                f"input {name!r}: BYTES data must be strings, found {type(value).__name__}"
+            )
+    return out
+
+
+def encode_json_output(name: str, array: np.ndarray) -> dict[str, Any]:
+    """One response tensor with its data flat, as the protocol's JSON form."""
+    datatype = datatype_of(array)
+    flat = np.ascontiguousarray(array).reshape(-1)
+    data: Any
+    if datatype == "BYTES":
+        data = [_text(value) for value in flat]
+    elif datatype == "FP16":
+        data = flat.astype(np.float32)
+    else:
+        data = flat
+    return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)

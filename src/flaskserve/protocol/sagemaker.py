@@ -1,0 +1,87 @@
+"""The SageMaker container contract: `GET /ping` and `POST /invocations` on the same app.
+
+The body of an invocation may be a V2 inference request (`{"inputs": [...]}`), a V1 request
+(`{"instances": [...]}`) or CSV rows of numbers (`text/csv`). It goes to the only model served, or
+to the one named by `X-Amzn-SageMaker-Target-Model` (SageMaker's multi-model header).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.errors import InvalidInput
+from flaskserve.protocol.codec import loads
+from flaskserve.protocol.infer import HEADER_LENGTH
+from flaskserve.protocol.v1 import predict_instances
+from flaskserve.protocol.v2 import infer_response, json_response
+
+TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
+
+
+def create_blueprint(dataplane: DataPlane) -> Blueprint:
+    bp = Blueprint("sagemaker", __name__)
+    repository = dataplane.repository
+
+    @bp.get("/ping")
+    def ping() -> Response:
+        is_ready = bool(repository.entries()) and repository.is_ready()
+        return json_response({"status": "ok" if is_ready else "not ready"}, 200 if is_ready else 503)
+
+    @bp.post("/invocations")
+    def invocations() -> Response:
+        name = _target_model(dataplane)
+        body = request.get_data()
+        if request.mimetype == "text/csv":
+            return json_response(predict_instances(dataplane, name, _csv_rows(body)))
+        if request.headers.get(HEADER_LENGTH) is None:
+            payload = loads(body)
+            if isinstance(payload, dict) and "instances" in payload:
+                return json_response(predict_instances(dataplane, name, payload["instances"]))
+            if not isinstance(payload, dict) or "inputs" not in payload:
+                raise InvalidInput(
+                    'send {"instances": [...]} (V1), {"inputs": [...]} (V2) or text/csv rows'
+                )
+        return infer_response(dataplane, name, None)
+
+    return bp
+
+
+def _target_model(dataplane: DataPlane) -> str:
+    named = request.headers.get(TARGET_MODEL_HEADER)
+    if named:
+        return named
+    names = [entry.name for entry in dataplane.repository.entries()]
+    if len(names) != 1:
+        raise InvalidInput(
+            f"{len(names)} models are served ({', '.join(names) or 'none'}); name one with the "
+            f"{TARGET_MODEL_HEADER} header"
+        )
+    return names[0]
+
+
+def _csv_rows(body: bytes) -> list[list[Any]]:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidInput("text/csv bodies must be UTF-8") from None
+    rows: list[list[Any]] = []
+    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
+        if not row:
+            continue
+        try:
+            rows.append([_number(cell) for cell in row])
+        except ValueError:
+            raise InvalidInput(f"CSV line {number} holds a value that is not a number") from None
+    return rows
+
+
+def _number(cell: str) -> int | float:
+    try:
+        return int(cell)
+    except ValueError:
+        return float(cell)

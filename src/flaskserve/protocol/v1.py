@@ -1,0 +1,109 @@
+"""KServe V1 / TF-Serving style routes: `{"instances": [...]}` in, `{"predictions": [...]}` out.
+
+V1 carries no datatypes, so instances are read with the model's declared input datatypes. A model
+with one input takes each instance as that input's row; a model with several inputs takes each
+instance as an object keyed by input name. One output gives one prediction per instance; several
+give an object per instance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from flask import Blueprint, Response, request
+
+from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.errors import InvalidInput
+from flaskserve.core.model import Arrays, Model
+from flaskserve.protocol.codec import decode_json_data, loads
+from flaskserve.protocol.v2 import json_response
+
+
+def create_blueprint(dataplane: DataPlane) -> Blueprint:
+    bp = Blueprint("v1", __name__, url_prefix="/v1")
+    repository = dataplane.repository
+
+    @bp.get("/models/<name>")
+    def model_status(name: str) -> Response:
+        is_ready = repository.is_model_ready(name)
+        return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
+
+    @bp.post("/models/<name>:predict")
+    def predict(name: str) -> Response:
+        body = loads(request.get_data())
+        if not isinstance(body, dict) or "instances" not in body:
+            raise InvalidInput('a V1 predict request is a JSON object {"instances": [...]}')
+        return json_response(predict_instances(dataplane, name, body["instances"]))
+
+    return bp
+
+
+def predict_instances(dataplane: DataPlane, name: str, instances: Any) -> dict[str, Any]:
+    if not isinstance(instances, list) or not instances:
+        raise InvalidInput("'instances' must be a non-empty list, one entry per prediction")
+    model = dataplane.repository.get(name)
+    inputs = instances_to_arrays(model, instances)
+    datatypes = {spec.name: spec.datatype for spec in model.inputs}
+    model, outputs = dataplane.infer(name, None, inputs, datatypes)
+    return {"predictions": predictions(model, outputs)}
+
+
+def instances_to_arrays(model: Model, instances: list[Any]) -> Arrays:
+    if len(model.inputs) == 1:
+        spec = model.inputs[0]
+        return {spec.name: _array(spec.name, spec.datatype, instances)}
+    columns: dict[str, list[Any]] = {spec.name: [] for spec in model.inputs}
+    for index, instance in enumerate(instances):
+        if not isinstance(instance, dict):
+            raise InvalidInput(
+                f"instances[{index}] must be an object keyed by input name "
+                f"({', '.join(columns)}), since model {model.name!r} has several inputs"
+            )
+        for key, value in instance.items():
+            if key not in columns:
+                raise InvalidInput(
+                    f"instances[{index}] has {key!r}, which is not an input of model "
+                    f"{model.name!r} ({', '.join(columns)})"
+                )
+            columns[key].append(value)
+    missing = [key for key, values in columns.items() if len(values) != len(instances)]
+    if missing:
+        raise InvalidInput(f"every instance needs the input(s) {', '.join(missing)}")
+    return {
+        spec.name: _array(spec.name, spec.datatype, columns[spec.name]) for spec in model.inputs
+    }
+
+
+def _array(name: str, datatype: str, values: list[Any]) -> np.ndarray:
+    shape = []
+    probe: Any = values
+    while isinstance(probe, list):
+        shape.append(len(probe))
+        probe = probe[0] if probe else None
+    return decode_json_data(name, shape, datatype, values)
+
+
+def predictions(model: Model, outputs: Arrays) -> Any:
+    """One prediction per instance; numeric arrays go to orjson as they are (no Python lists)."""
+    columns = {name: _column(array) for name, array in outputs.items()}
+    if len(columns) == 1:
+        return next(iter(columns.values()))
+    rows = len(next(iter(outputs.values())))
+    return [{name: column[i] for name, column in columns.items()} for i in range(rows)]
+
+
+def _column(array: np.ndarray) -> Any:
+    if array.dtype == object:
+        return _text(array.tolist())
+    if array.dtype == np.float16:
+        return array.astype(np.float32)
+    return array
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_text(item) for item in value]
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return value

@@ -1,0 +1,104 @@
+"""Open Inference Protocol V2 (KServe V2 / Triton HTTP) routes, with the repository extension.
+
+Every route is listed here, each with its `/versions/<v>` twin, so the public surface fits on one
+screen. Readiness answers 503 when not ready, as KServe does, so load balancers and Kubernetes
+probes read it the usual way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, request
+
+from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.errors import InvalidInput
+from flaskserve.protocol.codec import dumps, loads
+from flaskserve.protocol.infer import (
+    HEADER_LENGTH,
+    encode_infer_response,
+    output_names,
+    parse_infer_request,
+)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(dumps(payload), status=status, mimetype="application/json")
+
+
+def infer_response(dataplane: DataPlane, name: str, version: str | None) -> Response:
+    """Decode the current request as a V2 inference request, run it, encode the answer."""
+    parsed = parse_infer_request(request.get_data(), request.headers.get(HEADER_LENGTH))
+    model, outputs = dataplane.infer(
+        name, version, parsed.inputs, parsed.datatypes, output_names(parsed)
+    )
+    body, json_length = encode_infer_response(model, outputs, parsed)
+    if json_length is None:
+        return Response(body, mimetype="application/json")
+    return Response(
+        body, mimetype="application/octet-stream", headers={HEADER_LENGTH: str(json_length)}
+    )
+
+
+def create_blueprint(dataplane: DataPlane) -> Blueprint:
+    bp = Blueprint("v2", __name__, url_prefix="/v2")
+    repository = dataplane.repository
+
+    @bp.get("")
+    def server_metadata() -> Response:
+        return json_response(dataplane.server_metadata())
+
+    @bp.get("/health/live")
+    def live() -> Response:
+        return json_response({"live": True})
+
+    @bp.get("/health/ready")
+    def ready() -> Response:
+        is_ready = repository.is_ready()
+        return json_response({"ready": is_ready}, 200 if is_ready else 503)
+
+    @bp.get("/models/<name>")
+    @bp.get("/models/<name>/versions/<version>")
+    def model_metadata(name: str, version: str | None = None) -> Response:
+        return json_response(dataplane.model_metadata(name, version))
+
+    @bp.get("/models/<name>/ready")
+    @bp.get("/models/<name>/versions/<version>/ready")
+    def model_ready(name: str, version: str | None = None) -> Response:
+        is_ready = repository.is_model_ready(name, version)
+        return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
+
+    @bp.post("/models/<name>/infer")
+    @bp.post("/models/<name>/versions/<version>/infer")
+    def infer(name: str, version: str | None = None) -> Response:
+        return infer_response(dataplane, name, version)
+
+    @bp.post("/repository/index")
+    def repository_index() -> Response:
+        body = request.get_data()
+        ready_only = False
+        if body:
+            options = loads(body)
+            if not isinstance(options, dict):
+                raise InvalidInput("the index request body must be a JSON object, e.g. {}")
+            ready_only = options.get("ready") is True
+        rows = repository.index()
+        if ready_only:
+            rows = [row for row in rows if row["state"] == "READY"]
+        return json_response(rows)
+
+    @bp.post("/repository/models/<name>/load")
+    def load_model(name: str) -> Response:
+        entry = repository.load(name)
+        if entry.default is None:
+            return json_response(
+                {"error": f"model {name!r} failed to load: {entry.reason}"}, 400
+            )
+        return json_response({})
+
+    @bp.post("/repository/models/<name>/unload")
+    def unload_model(name: str) -> Response:
+        repository.unload(name)
+        return json_response({})
+
+    return bp

@@ -1,0 +1,38 @@
+"""Picks the runtime for a model version and imports it only when a model needs it.
+
+Runtimes for optional libraries (ONNX Runtime, PyTorch, sentence-transformers) live behind pip
+extras; importing them lazily keeps a digits-only server light and turns a missing extra into a
+load error that names the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from flaskserve.core.config import ModelConfig, guess_runtime
+from flaskserve.core.errors import ModelLoadError
+from flaskserve.core.model import Model
+
+#: runtime name -> (module that loads it, pip extra that provides its library or None)
+RUNTIMES: dict[str, tuple[str, str | None]] = {
+    "sklearn": ("flaskserve.runtimes.sklearn", None),
+    "python": ("flaskserve.runtimes.python", None),
+}
+
+
+def load_model(config: ModelConfig, version: str, path: Path) -> Model:
+    """Load one version folder with the runtime `model.toml` names (or its files imply)."""
+    runtime = config.runtime or guess_runtime(path)
+    if runtime not in RUNTIMES:
+        raise ModelLoadError(
+            f"unknown runtime {runtime!r}; use one of {', '.join(sorted(RUNTIMES))}"
+        )
+    module_name, extra = RUNTIMES[runtime]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f"; install it with: pip install 'flaskserve[{extra}]'" if extra else ""
+        raise ModelLoadError(f"runtime {runtime!r} is not installed ({exc.name} missing){hint}") from None
+    model: Model = module.load(config, version, path)
+    return model

@@ -1,0 +1,154 @@
+"""scikit-learn estimators, loaded safely.
+
+skops files are the default because loading them runs no code: skops refuses types outside its
+trusted set unless `model.toml` lists them in `trusted_types`. Pickle-based `.joblib`/`.pkl` files
+can run anything when loaded, so they load only with `trust_pickle = true`.
+
+Outputs map to estimator methods by name (`label`/`prediction` -> predict, `probabilities` ->
+predict_proba, `scores` -> decision_function); `[methods]` in `model.toml` names others. When
+`model.toml` declares no signature it is inferred from the fitted estimator.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flaskserve.core.config import ModelConfig
+from flaskserve.core.errors import ModelLoadError
+from flaskserve.core.model import Arrays, Model, TensorSpec
+
+SKOPS_SUFFIXES = (".skops",)
+PICKLE_SUFFIXES = (".joblib", ".pkl")
+
+_METHOD_OF_OUTPUT = {
+    "label": "predict",
+    "prediction": "predict",
+    "predictions": "predict",
+    "probabilities": "predict_proba",
+    "scores": "decision_function",
+}
+
+
+def load(config: ModelConfig, version: str, path: Path) -> Model:
+    estimator = _load_estimator(config, _model_file(config, path))
+    inputs = list(config.inputs) or _infer_inputs(estimator)
+    outputs = list(config.outputs) or _infer_outputs(estimator)
+    if len(inputs) != 1:
+        raise ModelLoadError(
+            f"a scikit-learn model takes exactly one input tensor, model.toml declares {len(inputs)}"
+        )
+    methods = _output_methods(config, estimator, outputs)
+    input_name = inputs[0].name
+
+    def predict(arrays: Arrays) -> dict[str, Any]:
+        features = arrays[input_name]
+        return {name: method(features) for name, method in methods.items()}
+
+    return Model(
+        name=config.name,
+        version=version,
+        inputs=inputs,
+        outputs=outputs,
+        predict_fn=predict,
+        platform=f"sklearn_{type(estimator).__name__}",
+        max_batch_size=config.max_batch_size,
+        max_delay_ms=config.max_delay_ms,
+    )
+
+
+def _model_file(config: ModelConfig, path: Path) -> Path:
+    named = config.option("file")
+    if named is not None:
+        candidate = path / str(named)
+        if not candidate.is_file():
+            raise ModelLoadError(f"model.toml names file {named!r} but {candidate} does not exist")
+        return candidate
+    files = sorted(p for p in path.iterdir() if p.suffix in SKOPS_SUFFIXES + PICKLE_SUFFIXES)
+    if not files:
+        raise ModelLoadError(f"no .skops, .joblib or .pkl file in {path}")
+    if len(files) > 1:
+        names = ", ".join(p.name for p in files)
+        raise ModelLoadError(f"{path} holds several model files ({names}); set file = in model.toml")
+    return files[0]
+
+
+def _load_estimator(config: ModelConfig, file: Path) -> Any:
+    if file.suffix in PICKLE_SUFFIXES:
+        if config.option("trust_pickle") is not True:
+            raise ModelLoadError(
+                f"{file.name} is a pickle, which can run arbitrary code when loaded; save the "
+                "model with skops (skops.io.dump) or set trust_pickle = true in model.toml if "
+                "you trust its origin"
+            )
+        import joblib
+
+        try:
+            return joblib.load(file)
+        except Exception as exc:
+            raise ModelLoadError(f"{file.name} could not be unpickled: {exc}") from None
+    import skops.io
+
+    trusted = config.option("trusted_types", [])
+    try:
+        untrusted = skops.io.get_untrusted_types(file=file)
+        not_allowed = sorted(set(untrusted) - set(trusted))
+        if not_allowed:
+            raise ModelLoadError(
+                f"{file.name} contains types that skops does not trust by default: "
+                f"{', '.join(not_allowed)}; review them and list them in trusted_types in "
+                "model.toml"
+            )
+        return skops.io.load(file, trusted=untrusted)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{file.name} is not a readable skops file ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _infer_inputs(estimator: Any) -> list[TensorSpec]:
+    n_features = getattr(estimator, "n_features_in_", None)
+    if n_features is None:
+        raise ModelLoadError(
+            "the estimator does not record n_features_in_; declare [[inputs]] in model.toml"
+        )
+    return [TensorSpec("input", "FP32", [-1, int(n_features)])]
+
+
+def _infer_outputs(estimator: Any) -> list[TensorSpec]:
+    classes = getattr(estimator, "classes_", None)
+    if classes is None:
+        return [TensorSpec("prediction", "FP64", [-1])]
+    classes = np.asarray(classes)
+    label_type = "INT64" if classes.dtype.kind in "iub" else "BYTES"
+    outputs = [TensorSpec("label", label_type, [-1])]
+    if hasattr(estimator, "predict_proba"):
+        outputs.append(TensorSpec("probabilities", "FP32", [-1, len(classes)]))
+    return outputs
+
+
+def _output_methods(
+    config: ModelConfig, estimator: Any, outputs: list[TensorSpec]
+) -> dict[str, Any]:
+    named = config.option("methods", {})
+    if not isinstance(named, dict):
+        raise ModelLoadError("[methods] in model.toml must map output names to estimator methods")
+    methods = {}
+    for spec in outputs:
+        method_name = named.get(spec.name, _METHOD_OF_OUTPUT.get(spec.name))
+        if method_name is None:
+            raise ModelLoadError(
+                f"output {spec.name!r}: say which estimator method gives it, e.g. "
+                f'[methods] {spec.name} = "predict"'
+            )
+        method = getattr(estimator, str(method_name), None)
+        if method is None:
+            raise ModelLoadError(
+                f"output {spec.name!r}: {type(estimator).__name__} has no method {method_name!r}"
+            )
+        methods[spec.name] = method
+    return methods

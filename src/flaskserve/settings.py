@@ -1,0 +1,71 @@
+"""One Settings object: CLI flag > environment `FLASKSERVE_*` > the defaults written here.
+
+Every knob the server reads is a field below with its default and its environment variable, so
+there is one place to look them up (as sagemaker-inference-toolkit keeps its `Environment`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "FLASKSERVE_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    #: Model repository folder; None serves the embedded default models.
+    repository: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 5000
+    #: gunicorn worker processes; 0 means one per CPU core.
+    workers: int = 0
+    #: threads per gunicorn worker (gthread), so one worker overlaps I/O and batches requests.
+    threads: int = 8
+    debug: bool = False
+    log_level: str = "info"
+    #: Largest request body accepted, in bytes (413 beyond it).
+    max_request_bytes: int = 64 * 1024 * 1024
+    #: Seconds a worker may spend starting (loading models) or on one request before gunicorn
+    #: replaces it.
+    timeout: int = 120
+    #: Seconds given to in-flight requests after SIGTERM.
+    graceful_timeout: int = 30
+    #: Where built artefacts such as the embedded default models are cached.
+    cache_dir: str = str(Path.home() / ".cache" / "flaskserve")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then `FLASKSERVE_<FIELD>` variables, then explicit non-None overrides."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = environ.get(ENV_PREFIX + field.name.upper())
+            if raw is not None:
+                values[field.name] = _convert(field.name, field.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers if self.workers > 0 else (os.cpu_count() or 1)
+
+
+def _convert(name: str, annotation: Any, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+    except ValueError:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw
