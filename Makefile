@@ -9,8 +9,9 @@ TEST_EXTRAS := dev
 ARGS ?=
 
 comma := ,
-serve_spec := .$(if $(EXTRAS),[$(EXTRAS)])
-test_spec := .[$(TEST_EXTRAS)]
+# One install stamp per set of extras, so changing EXTRAS or pyproject.toml reinstalls.
+serve_stamp := $(VENV)/.installed-serve$(subst $(comma),-,$(EXTRAS))
+test_stamp := $(VENV)/.installed-test
 
 .PHONY: serve test lint clean
 
@@ -18,22 +19,21 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# One stamp per set of extras, so changing EXTRAS or pyproject.toml reinstalls.
-$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e "$(if $(filter serve,$*),$(serve_spec),$(test_spec))"
+$(serve_stamp): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".$(if $(EXTRAS),[$(EXTRAS)])"
 	touch $@
 
-serve: $(VENV)/.installed-serve$(subst $(comma),-,$(EXTRAS))
+$(test_stamp): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[$(TEST_EXTRAS)]"
+	touch $@
+
+serve: $(serve_stamp)
 	$(BIN)/flaskserve serve $(ARGS)
 
-$(VENV)/.installed-serve$(subst $(comma),-,$(EXTRAS)): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e "$(serve_spec)"
-	touch $@
-
-test: $(VENV)/.installed-test
+test: $(test_stamp)
 	$(BIN)/python -m pytest $(ARGS)
 
-lint: $(VENV)/.installed-test
+lint: $(test_stamp)
 	$(BIN)/ruff check src tests
 
 clean:

@@ -45,8 +45,13 @@ def digits_data() -> tuple:
 class Server:
     """A `flaskserve serve` subprocess; `url` is its base URL, `log` what it printed."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None,
-                 ready_path: str = "/v2/health/live", timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        ready_path: str = "/v2/health/live",
+        timeout: float = 60.0,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"flaskserve-{self.port}.log"
@@ -66,9 +71,9 @@ class Server:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log}")
             try:
-                if requests.get(self.url + path, timeout=1).status_code == 200:
+                if requests.get(self.url + path, timeout=5).status_code == 200:
                     return
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             time.sleep(0.1)
         self.stop()
@@ -116,9 +121,9 @@ def digits_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keep the default-model cache of tests out of the user's home."""
     cache = tmp_path_factory.getbasetemp() / "cache"
     monkeypatch.setenv("FLASKSERVE_CACHE_DIR", str(cache))
-
-

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from flaskserve.app import create_app  # noqa: E402
-from flaskserve.core.model import Model, Tensor, TensorSpec  # noqa: E402
-from flaskserve.server import ModelServer  # noqa: E402
-from flaskserve.settings import Settings  # noqa: E402
+from flaskserve.app import create_app
+from flaskserve.core.model import Model, Tensor, TensorSpec
+from flaskserve.server import ModelServer
+from flaskserve.settings import Settings
 
 __all__ = ["Model", "ModelServer", "Settings", "Tensor", "TensorSpec", "__version__", "create_app"]

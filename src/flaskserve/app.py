@@ -8,6 +8,7 @@ from pathlib import Path
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError
 from flaskserve.core.repository import ModelRepository
@@ -46,7 +47,10 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     dataplane = DataPlane(repository)
     app.extensions["flaskserve"] = dataplane
-    app.register_blueprint(v2.create_blueprint(dataplane))
+    control = RepositoryControl(
+        repository, Path(settings.state_dir) if settings.state_dir else None
+    )
+    app.register_blueprint(v2.create_blueprint(dataplane, control))
     app.register_blueprint(v1.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))
     app.register_blueprint(home.create_blueprint(dataplane))

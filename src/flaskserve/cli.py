@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,7 +36,9 @@ def main() -> None:
 @click.option("--workers", "-w", type=int, default=None, help="gunicorn workers [one per core].")
 @click.option("--threads", type=int, default=None, help="Threads per worker [8].")
 @click.option("--debug", is_flag=True, default=None, help="Flask's dev server with the reloader.")
-@click.option("--app", "app_ref", default=None, help="Serve module:attr (a ModelServer or Flask app).")
+@click.option(
+    "--app", "app_ref", default=None, help="Serve module:attr (a ModelServer or Flask app)."
+)
 @click.option("--max-request-bytes", type=int, default=None, help="Largest body accepted.")
 @click.option("--log-level", default=None, help="debug, info, warning or error [info].")
 def serve(
@@ -62,6 +67,8 @@ def serve(
     _configure_logging(settings)
     if app_ref is None:
         _check_repository(settings)
+    if not settings.debug and settings.state_dir is None:
+        settings = settings.with_overrides(state_dir=_shared_state_dir())
     factory = _app_factory(settings, app_ref)
     if settings.debug:
         from flaskserve.serving import serve_debug
@@ -74,10 +81,12 @@ def serve(
 
 
 def sagemaker_overrides(
-    settings: Settings, environ: Mapping[str, str], explicit_port: bool,
+    settings: Settings,
+    environ: Mapping[str, str],
+    explicit_port: bool,
     model_dir: str = SAGEMAKER_MODEL_DIR,
 ) -> Settings:
-    """Inside a SageMaker container, listen where SageMaker sends traffic and serve /opt/ml/model."""
+    """In a SageMaker container: listen where SageMaker sends traffic, serve /opt/ml/model."""
     bind_port = environ.get("SAGEMAKER_BIND_TO_PORT")
     in_sagemaker = bind_port is not None or Path(model_dir).is_dir()
     if not in_sagemaker or explicit_port:
@@ -87,6 +96,19 @@ def sagemaker_overrides(
     if repository is None and Path(model_dir).is_dir() and any(Path(model_dir).iterdir()):
         repository = model_dir
     return settings.with_overrides(host="0.0.0.0", port=port, repository=repository)
+
+
+def _shared_state_dir() -> str:
+    """A folder the gunicorn workers share, removed when the master (not a worker) exits."""
+    path = tempfile.mkdtemp(prefix="flaskserve-")
+    master = os.getpid()
+
+    def remove() -> None:
+        if os.getpid() == master:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
+    return path
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -157,8 +179,10 @@ def models_table(repository: ModelRepository) -> str:
                 )
             )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     if notes:
         lines += ["", "Unavailable:"] + [f"  {note}" for note in notes]
     return "\n".join(lines)

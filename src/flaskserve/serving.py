@@ -74,7 +74,9 @@ class AccessLog:
         self.app = app
         self.logger = logger
 
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         started = time.perf_counter()
         status: list[str] = ["-"]
 

@@ -36,6 +36,9 @@ class Settings:
     graceful_timeout: int = 30
     #: Where built artefacts such as the embedded default models are cached.
     cache_dir: str = str(Path.home() / ".cache" / "flaskserve")
+    #: Folder shared by the workers of one server (set by the CLI before forking); None for a
+    #: single process.
+    state_dir: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

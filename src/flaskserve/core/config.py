@@ -144,7 +144,11 @@ def _tensors(table: dict[str, Any], key: str) -> tuple[TensorSpec, ...]:
 def guess_runtime(version_dir: Path) -> str:
     """The runtime for a version folder whose `model.toml` names none."""
     found = sorted(
-        {RUNTIME_OF_SUFFIX[p.suffix] for p in version_dir.iterdir() if p.suffix in RUNTIME_OF_SUFFIX}
+        {
+            RUNTIME_OF_SUFFIX[p.suffix]
+            for p in version_dir.iterdir()
+            if p.suffix in RUNTIME_OF_SUFFIX
+        }
     )
     if len(found) == 1:
         return found[0]

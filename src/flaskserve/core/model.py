@@ -43,7 +43,9 @@ def datatype_of(array: np.ndarray) -> str:
     try:
         return _DATATYPE_OF_DTYPE[array.dtype]
     except KeyError:
-        raise ValueError(f"numpy dtype {array.dtype} has no Open Inference Protocol datatype") from None
+        raise ValueError(
+            f"numpy dtype {array.dtype} has no Open Inference Protocol datatype"
+        ) from None
 
 
 @dataclass(frozen=True)

@@ -111,9 +111,7 @@ class ModelRepository:
     def _entry_from_factory(self, factory: Callable[[], Model]) -> ModelEntry:
         model = factory()
         status = VersionStatus(model.version, READY, model=model)
-        return ModelEntry(
-            model.name, None, {model.version: status}, default=model, factory=factory
-        )
+        return ModelEntry(model.name, None, {model.version: status}, default=model, factory=factory)
 
     def _load_dir(self, name: str, model_dir: Path) -> ModelEntry:
         try:

@@ -20,7 +20,9 @@ def _shape_text(shape: tuple[int, ...] | list[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def check_inputs(model: Model, inputs: Mapping[str, np.ndarray], datatypes: Mapping[str, str]) -> None:
+def check_inputs(
+    model: Model, inputs: Mapping[str, np.ndarray], datatypes: Mapping[str, str]
+) -> None:
     """Raise `InvalidInput` unless `inputs` are exactly the model's inputs, in datatype and shape.
 
     `datatypes` holds the datatype each input was declared with on the wire, which is what the

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from flaskserve import __version__
 
+
 def default_repository(cache_dir: Path) -> Path:
     import sklearn
 

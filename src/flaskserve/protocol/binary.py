@@ -44,7 +44,9 @@ def _decode_bytes(name: str, shape: list[int], count: int, chunk: memoryview) ->
     offset = 0
     for i in range(count):
         if offset + _LENGTH.size > len(chunk):
-            raise InvalidInput(f"input {name!r}: binary BYTES data ends after {i} of {count} elements")
+            raise InvalidInput(
+                f"input {name!r}: binary BYTES data ends after {i} of {count} elements"
+            )
         (length,) = _LENGTH.unpack_from(chunk, offset)
         offset += _LENGTH.size
         if offset + length > len(chunk):
@@ -56,7 +58,8 @@ def _decode_bytes(name: str, shape: list[int], count: int, chunk: memoryview) ->
         offset += length
     if offset != len(chunk):
         raise InvalidInput(
-            f"input {name!r}: {len(chunk) - offset} bytes are left over after {count} BYTES elements"
+            f"input {name!r}: {len(chunk) - offset} bytes are left over after "
+            f"{count} BYTES elements"
         )
     return out.reshape(shape)
 

@@ -35,9 +35,7 @@ def dumps(obj: Any) -> bytes:
 
 
 def parse_shape(name: str, shape: Any) -> list[int]:
-    if not isinstance(shape, list) or not all(
-        type(dim) is int and dim >= 0 for dim in shape
-    ):
+    if not isinstance(shape, list) or not all(type(dim) is int and dim >= 0 for dim in shape):
         raise InvalidInput(
             f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}"
         )
@@ -62,9 +60,7 @@ def element_count(shape: list[int]) -> int:
 def tensor_header(entry: Any, index: int) -> tuple[str, list[int], str]:
     """Check the name, shape and datatype of one request tensor (JSON or binary)."""
     if not isinstance(entry, dict):
-        raise InvalidInput(
-            f"inputs[{index}] must be an object with name, shape, datatype and data"
-        )
+        raise InvalidInput(f"inputs[{index}] must be an object with name, shape, datatype and data")
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidInput(f"inputs[{index}] has no 'name' string")
@@ -128,9 +124,12 @@ def _numeric_array(name: str, datatype: str, data: list[Any]) -> np.ndarray:
         return parsed
     if datatype in _INT_DATATYPES:
         if kind not in "iub":
-            raise InvalidInput(
-                f"input {name!r}: {datatype} data must be integers, found {_describe(parsed)}"
-            )
+            if not all(type(value) is int for value in data):
+                raise InvalidInput(
+                    f"input {name!r}: {datatype} data must be integers, found {_describe(parsed)}"
+                )
+            # Mixed magnitudes beyond int64 (UINT64's top half) keep exact Python ints.
+            parsed = np.array(data, dtype=object)
         info = np.iinfo(target)
         if parsed.size and (parsed.min() < info.min or parsed.max() > info.max):
             raise InvalidInput(

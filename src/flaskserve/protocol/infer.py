@@ -66,14 +66,18 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         size = parameters.get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0:
-                raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative integer")
+                raise InvalidInput(
+                    f"input {name!r}: binary_data_size must be a non-negative integer"
+                )
             if offset + size > len(binary):
                 raise InvalidInput(
                     f"input {name!r}: binary_data_size {size} runs past the end of the body "
                     f"({len(binary) - offset} binary bytes remain); check "
                     f"{HEADER_LENGTH} and the sizes"
                 )
-            inputs[name] = decode_binary_tensor(name, shape, datatype, binary[offset : offset + size])
+            inputs[name] = decode_binary_tensor(
+                name, shape, datatype, binary[offset : offset + size]
+            )
             offset += size
         elif "data" in entry:
             inputs[name] = decode_json_data(name, shape, datatype, entry["data"])
@@ -101,9 +105,7 @@ def _json_length(header: str, body_length: int) -> int:
     except ValueError:
         raise InvalidInput(f"{HEADER_LENGTH} must be an integer, got {header!r}") from None
     if not 0 < length <= body_length:
-        raise InvalidInput(
-            f"{HEADER_LENGTH} is {length} but the body has {body_length} bytes"
-        )
+        raise InvalidInput(f"{HEADER_LENGTH} is {length} but the body has {body_length} bytes")
     return length
 
 
@@ -134,7 +136,9 @@ def _requested_outputs(raw: Any) -> list[RequestedOutput] | None:
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidInput("each entry of 'outputs' must be an object with a 'name' string")
         binary = _parameters(entry, f"output {entry['name']!r}").get("binary_data")
-        requested.append(RequestedOutput(entry["name"], binary if isinstance(binary, bool) else None))
+        requested.append(
+            RequestedOutput(entry["name"], binary if isinstance(binary, bool) else None)
+        )
     return requested
 
 

@@ -30,7 +30,9 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
     @bp.get("/ping")
     def ping() -> Response:
         is_ready = bool(repository.entries()) and repository.is_ready()
-        return json_response({"status": "ok" if is_ready else "not ready"}, 200 if is_ready else 503)
+        return json_response(
+            {"status": "ok" if is_ready else "not ready"}, 200 if is_ready else 503
+        )
 
     @bp.post("/invocations")
     def invocations() -> Response:

@@ -11,6 +11,7 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InvalidInput
 from flaskserve.protocol.codec import dumps, loads
@@ -40,7 +41,7 @@ def infer_response(dataplane: DataPlane, name: str, version: str | None) -> Resp
     )
 
 
-def create_blueprint(dataplane: DataPlane) -> Blueprint:
+def create_blueprint(dataplane: DataPlane, control: RepositoryControl) -> Blueprint:
     bp = Blueprint("v2", __name__, url_prefix="/v2")
     repository = dataplane.repository
 
@@ -89,16 +90,14 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
 
     @bp.post("/repository/models/<name>/load")
     def load_model(name: str) -> Response:
-        entry = repository.load(name)
+        entry = control.load(name)
         if entry.default is None:
-            return json_response(
-                {"error": f"model {name!r} failed to load: {entry.reason}"}, 400
-            )
+            return json_response({"error": f"model {name!r} failed to load: {entry.reason}"}, 400)
         return json_response({})
 
     @bp.post("/repository/models/<name>/unload")
     def unload_model(name: str) -> Response:
-        repository.unload(name)
+        control.unload(name)
         return json_response({})
 
     return bp

@@ -35,7 +35,9 @@ def model_from_callable(
 ) -> Model:
     """Wrap a callable taking one keyword argument per input as a `Model`."""
     if not inputs or not outputs:
-        raise ModelLoadError(f"model {name!r}: declare its inputs and outputs (name, datatype, shape)")
+        raise ModelLoadError(
+            f"model {name!r}: declare its inputs and outputs (name, datatype, shape)"
+        )
     output_names = [spec.name for spec in outputs]
 
     def predict(arrays: Arrays) -> dict[str, Any]:

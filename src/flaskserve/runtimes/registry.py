@@ -33,6 +33,8 @@ def load_model(config: ModelConfig, version: str, path: Path) -> Model:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         hint = f"; install it with: pip install 'flaskserve[{extra}]'" if extra else ""
-        raise ModelLoadError(f"runtime {runtime!r} is not installed ({exc.name} missing){hint}") from None
+        raise ModelLoadError(
+            f"runtime {runtime!r} is not installed ({exc.name} missing){hint}"
+        ) from None
     model: Model = module.load(config, version, path)
     return model

@@ -38,7 +38,8 @@ def load(config: ModelConfig, version: str, path: Path) -> Model:
     outputs = list(config.outputs) or _infer_outputs(estimator)
     if len(inputs) != 1:
         raise ModelLoadError(
-            f"a scikit-learn model takes exactly one input tensor, model.toml declares {len(inputs)}"
+            "a scikit-learn model takes exactly one input tensor, model.toml declares "
+            f"{len(inputs)}"
         )
     methods = _output_methods(config, estimator, outputs)
     input_name = inputs[0].name
@@ -71,7 +72,9 @@ def _model_file(config: ModelConfig, path: Path) -> Path:
         raise ModelLoadError(f"no .skops, .joblib or .pkl file in {path}")
     if len(files) > 1:
         names = ", ".join(p.name for p in files)
-        raise ModelLoadError(f"{path} holds several model files ({names}); set file = in model.toml")
+        raise ModelLoadError(
+            f"{path} holds several model files ({names}); set file = in model.toml"
+        )
     return files[0]
 
 

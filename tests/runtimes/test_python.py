@@ -1,0 +1,119 @@
+"""Python models: module:Class from a version folder, and the decorator API."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flaskserve import ModelServer, Tensor
+from flaskserve.core.config import read_model_config
+from flaskserve.core.errors import ModelLoadError
+from flaskserve.runtimes import python as python_runtime
+
+TOML = """\
+runtime = "python"
+entrypoint = "{entrypoint}"
+[[inputs]]
+name = "a"
+datatype = "INT64"
+shape = [-1]
+[[inputs]]
+name = "b"
+datatype = "INT64"
+shape = [-1]
+[[outputs]]
+name = "sum"
+datatype = "INT64"
+shape = [-1]
+[[outputs]]
+name = "product"
+datatype = "INT64"
+shape = [-1]
+"""
+
+ARITH = """\
+class Arith:
+    def load(self):
+        self.loaded = True
+
+    def predict(self, a, b):
+        assert self.loaded
+        return a + b, a * b
+"""
+
+
+def load(tmp_path, entrypoint="arith:Arith", source=ARITH):
+    (tmp_path / "m" / "1").mkdir(parents=True)
+    (tmp_path / "m" / "model.toml").write_text(TOML.format(entrypoint=entrypoint))
+    (tmp_path / "m" / "1" / "arith.py").write_text(source)
+    return python_runtime.load(read_model_config(tmp_path / "m"), "1", tmp_path / "m" / "1")
+
+
+def test_class_from_the_version_folder_gets_one_argument_per_input(tmp_path) -> None:
+    model = load(tmp_path)
+    out = model.predict({"a": np.array([1, 2]), "b": np.array([3, 4])})
+    assert out["sum"].tolist() == [4, 6]
+    assert out["product"].tolist() == [3, 8]
+
+
+@pytest.mark.parametrize(
+    ("entrypoint", "source", "message"),
+    [
+        ("arith", ARITH, "module:Class"),
+        ("arith:Nope", ARITH, "no attribute 'Nope'"),
+        ("missing:Arith", ARITH, "no missing.py"),
+        ("arith:Arith", "import not_a_module\n", "importing arith.py failed"),
+    ],
+)
+def test_entrypoint_mistakes_are_load_errors(tmp_path, entrypoint, source, message) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        load(tmp_path, entrypoint, source)
+
+
+def test_decorated_functions_serve_and_the_app_takes_user_routes() -> None:
+    server = ModelServer()
+
+    @server.model(
+        "double", inputs=[Tensor("x", "FP32", [-1, 2])], outputs=[Tensor("y", "FP32", [-1, 2])]
+    )
+    def double(x):
+        return x * 2
+
+    app = server.app
+
+    @app.route("/custom")
+    def custom():
+        return {"custom": True}
+
+    client = app.test_client()
+    response = client.post(
+        "/v2/models/double/infer",
+        json={"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32", "data": [1.5, 2]}]},
+    )
+    assert response.status_code == 200
+    assert response.json["outputs"][0]["data"] == [3.0, 4.0]
+    assert client.get("/custom").json == {"custom": True}
+
+
+def test_a_model_breaking_its_promise_fails_without_a_traceback() -> None:
+    server = ModelServer()
+
+    @server.model("liar", inputs=[Tensor("x", "FP32", [-1])], outputs=[Tensor("y", "FP32", [-1])])
+    def liar(x):
+        return {"z": x}
+
+    @server.model("crash", inputs=[Tensor("x", "FP32", [-1])], outputs=[Tensor("y", "FP32", [-1])])
+    def crash(x):
+        raise ZeroDivisionError("boom")
+
+    client = server.app.test_client()
+    body = {"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}
+    liar_response = client.post("/v2/models/liar/infer", json=body)
+    assert liar_response.status_code == 500
+    assert "returned no output 'y'" in liar_response.json["error"]
+    crash_response = client.post("/v2/models/crash/infer", json=body)
+    assert crash_response.status_code == 500
+    assert crash_response.json == {
+        "error": "model 'crash' failed to predict: ZeroDivisionError: boom"
+    }
+    assert "Traceback" not in crash_response.get_data(as_text=True)
