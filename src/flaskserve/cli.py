@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import click
@@ -17,7 +17,11 @@ from flask import Flask
 
 from flaskserve.app import create_app, open_repository
 from flaskserve.core.repository import ModelRepository
+from flaskserve.deploy.command import deploy
+from flaskserve.observability.metrics import shared_memory_dir
+from flaskserve.service.commands import check_service, keys, usage
 from flaskserve.settings import Settings
+from flaskserve.storage import StorageError, is_remote, open_mirror
 
 SAGEMAKER_PORT = 8080
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
@@ -34,13 +38,29 @@ def main() -> None:
 @click.option("--host", "-H", default=None, help="Interface to listen on [127.0.0.1].")
 @click.option("--port", "-p", type=int, default=None, help="Port to listen on [5000].")
 @click.option("--workers", "-w", type=int, default=None, help="gunicorn workers [one per core].")
-@click.option("--threads", type=int, default=None, help="Threads per worker [8].")
+@click.option("--threads", type=int, default=None, help="Threads per worker [16].")
 @click.option("--debug", is_flag=True, default=None, help="Flask's dev server with the reloader.")
 @click.option(
     "--app", "app_ref", default=None, help="Serve module:attr (a ModelServer or Flask app)."
 )
 @click.option("--max-request-bytes", type=int, default=None, help="Largest body accepted.")
 @click.option("--log-level", default=None, help="debug, info, warning or error [info].")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default=None,
+    help="Access and server log lines as text or as one JSON object per line [text].",
+)
+@click.option("--auth", default=None, help="API keys file (flaskserve keys add) [no keys].")
+@click.option("--usage-db", default=None, help="Usage database [usage.sqlite3 beside --auth].")
+@click.option("--max-batch-rows", type=int, default=None, help="Rows per request [no limit].")
+@click.option(
+    "--request-timeout-ms", type=int, default=None, help="Wait budget, 504 after [none]."
+)
+@click.option("--max-queue-ms", type=int, default=None, help="Queue wait before 503 [2000].")
+@click.option(
+    "--graceful-timeout", type=int, default=None, help="Seconds to drain on SIGTERM [30]."
+)
 def serve(
     repository: str | None,
     host: str | None,
@@ -51,6 +71,13 @@ def serve(
     app_ref: str | None,
     max_request_bytes: int | None,
     log_level: str | None,
+    log_format: str | None,
+    auth: str | None,
+    usage_db: str | None,
+    max_batch_rows: int | None,
+    request_timeout_ms: int | None,
+    max_queue_ms: int | None,
+    graceful_timeout: int | None,
 ) -> None:
     """Serve REPOSITORY (a folder of models), or the embedded default models when omitted."""
     settings = Settings.from_env(
@@ -62,11 +89,19 @@ def serve(
         debug=debug,
         max_request_bytes=max_request_bytes,
         log_level=log_level,
+        log_format=log_format,
+        auth=auth,
+        usage_db=usage_db,
+        max_batch_rows=max_batch_rows,
+        request_timeout_ms=request_timeout_ms,
+        max_queue_ms=max_queue_ms,
+        graceful_timeout=graceful_timeout,
     )
     settings = sagemaker_overrides(settings, os.environ, explicit_port=port is not None)
     _configure_logging(settings)
     if app_ref is None:
         _check_repository(settings)
+    check_service(settings)
     if not settings.debug and settings.state_dir is None:
         settings = settings.with_overrides(state_dir=_shared_state_dir())
     factory = _app_factory(settings, app_ref)
@@ -100,7 +135,7 @@ def sagemaker_overrides(
 
 def _shared_state_dir() -> str:
     """A folder the gunicorn workers share, removed when the master (not a worker) exits."""
-    path = tempfile.mkdtemp(prefix="flaskserve-")
+    path = tempfile.mkdtemp(prefix="flaskserve-", dir=shared_memory_dir())
     master = os.getpid()
 
     def remove() -> None:
@@ -112,6 +147,18 @@ def _shared_state_dir() -> str:
 
 
 def _configure_logging(settings: Settings) -> None:
+    if settings.log_format == "json":
+        from flaskserve.observability.logs import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+        return
+    if settings.log_format != "text":
+        raise click.BadParameter(
+            f"{settings.log_format!r} is not a log format; use text or json",
+            param_hint="--log-format / FLASKSERVE_LOG_FORMAT",
+        )
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
@@ -119,18 +166,31 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _check_repository(settings: Settings) -> None:
-    """Fail before forking workers when the folder is missing; build the defaults once."""
+    """Fail before forking workers when the folder is missing; build the defaults once.
+
+    An `s3://` repository (or a folder whose models keep versions in S3) is synced here, once,
+    so the workers read the local cache.
+    """
     if settings.repository is None:
         from flaskserve.models.defaults import default_repository
 
         default_repository(Path(settings.cache_dir))
-    elif not Path(settings.repository).is_dir():
+    elif is_remote(settings.repository) or Path(settings.repository).is_dir():
+        try:
+            mirror = open_mirror(settings.repository, Path(settings.cache_dir))
+            if mirror is not None:
+                mirror.sync_all()
+        except StorageError as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
         raise click.BadParameter(f"{settings.repository} is not a folder", param_hint="REPOSITORY")
 
 
-def _app_factory(settings: Settings, app_ref: str | None):  # type: ignore[no-untyped-def]
+def _app_factory(settings: Settings, app_ref: str | None) -> Callable[[], Flask]:
     if app_ref is None:
         return lambda: create_app(settings)
+    # A user's ModelServer reads Settings from the environment: hand it this command's settings.
+    os.environ.update(settings.as_environ())
 
     def load_user_app() -> Flask:
         module_name, _, attr = app_ref.partition(":")
@@ -151,6 +211,7 @@ def models(repository: str | None) -> None:
     """Load REPOSITORY (default: the embedded models) and print each model's state and signature."""
     settings = Settings.from_env(repository=repository)
     logging.basicConfig(level=logging.CRITICAL)
+    _check_repository(settings)
     click.echo(models_table(open_repository(settings)))
 
 
@@ -206,3 +267,32 @@ def init(directory: Path) -> None:
     accuracy = digits.build(target)
     click.echo(f"wrote {target}/model.toml and {target}/1/model.skops (accuracy {accuracy:.3f})")
     click.echo(f"serve it with: flaskserve serve {directory}")
+
+
+@main.group()
+def convert() -> None:
+    """Convert a model to another format, as a new version folder checked against the old one."""
+
+
+@convert.command("sklearn-to-onnx")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--sample",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Rows (.npy or .csv) both versions must agree on [256 random rows].",
+)
+@click.option("--opset", type=int, default=None, help="ONNX opset [skl2onnx's newest].")
+def convert_sklearn_to_onnx(model_dir: Path, sample: Path | None, opset: int | None) -> None:
+    """Write MODEL_DIR's highest scikit-learn version as ONNX in a new version folder."""
+    from flaskserve.convert import ConversionError, sklearn_to_onnx
+
+    try:
+        click.echo(sklearn_to_onnx(model_dir, sample=sample, opset=opset).summary())
+    except ConversionError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+main.add_command(keys)
+main.add_command(deploy)
+main.add_command(usage)

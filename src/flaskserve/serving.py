@@ -7,18 +7,26 @@ default models, happens in the master before gunicorn starts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from flask import Flask
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from werkzeug.serving import WSGIRequestHandler
 
+from flaskserve.observability import metrics
+from flaskserve.observability.logs import JsonGunicornLogger, access_json
+from flaskserve.service.worker import QueueTimedWorker, worker_exit
 from flaskserve.settings import Settings
 
+#: Memory-backed folder for gunicorn's worker heartbeat files, where the OS has one.
+SHM = "/dev/shm"
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 
 
@@ -35,7 +43,8 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
         options: dict[str, Any] = {
             "bind": f"{settings.host}:{settings.port}",
             "workers": settings.worker_count,
-            "worker_class": "gthread",
+            # gthread, plus the time each request waited for a thread (overload shedding).
+            "worker_class": QueueTimedWorker,
             "threads": settings.threads,
             "timeout": settings.timeout,
             "graceful_timeout": settings.graceful_timeout,
@@ -45,7 +54,19 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             "errorlog": "-",
             "loglevel": settings.log_level,
             "proc_name": "flaskserve",
+            "child_exit": _child_exit,
+            # Writes the usage a worker still holds when it stops (SIGTERM, SIGHUP, max age).
+            "worker_exit": worker_exit,
         }
+        if settings.log_format == "json":
+            options["logger_class"] = JsonGunicornLogger
+        else:
+            options["logger_class"] = TextAccessLogger
+        if os.path.isdir(SHM):
+            # gthread's loop touches each worker's heartbeat file on every turn (twice per
+            # request): keep it in memory, as gunicorn advises for containers, where a disk or
+            # overlay file system can stall that `utime`.
+            options["worker_tmp_dir"] = SHM
         if "control_socket_disable" in self.cfg.settings:
             # One control socket per user would be shared by every server on the machine.
             options["control_socket_disable"] = True
@@ -56,8 +77,42 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
         return self._app_factory()
 
 
+class TextAccessLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger with a lean access line: the text `ACCESS_LOG_FORMAT` describes, made
+    with one f-string and written to stdout with one `os.write` (atomic for a line, no lock).
+
+    gunicorn's generic `access` builds a dict of every atom and request header and goes through
+    `logging`: about 55 us per request on the benchmark machine, as much as serving a Flask hello
+    route; this costs about 3 us (docs/benchmarks.md). Other destinations keep gunicorn's path.
+    """
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if self.cfg.accesslog != "-":
+            super().access(resp, req, environ, request_time)
+            return
+        sent = getattr(resp, "sent", None)
+        get = environ.get
+        millis = request_time.seconds * 1000 + request_time.microseconds // 1000
+        line = (
+            f'{get("REMOTE_ADDR", "-")} "{get("REQUEST_METHOD", "-")} {get("RAW_URI", "-")} '
+            f'{get("SERVER_PROTOCOL", "-")}" {str(resp.status).split(None, 1)[0]} '
+            f'{"-" if sent is None else sent} {millis}ms\n'
+        )
+        with contextlib.suppress(OSError):  # stdout closed: serving goes on without the line
+            os.write(1, line.encode())
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    metrics.worker_exited(worker.pid)
+
+
 def serve_gunicorn(app_factory: Callable[[], Flask], settings: Settings) -> None:
-    GunicornApp(app_factory, settings).run()
+    # Before the fork: the workers' metrics must all land in one shared folder.
+    cleanup = metrics.prepare_multiprocess_dir()
+    try:
+        GunicornApp(app_factory, settings).run()
+    finally:
+        cleanup()
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -70,9 +125,10 @@ class _QuietHandler(WSGIRequestHandler):
 class AccessLog:
     """WSGI middleware writing one line per request: client, request line, status, duration."""
 
-    def __init__(self, app: Any, logger: logging.Logger) -> None:
+    def __init__(self, app: Any, logger: logging.Logger, json: bool = False) -> None:
         self.app = app
         self.logger = logger
+        self.json = json
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -87,18 +143,25 @@ class AccessLog:
         try:
             return self.app(environ, recording_start_response)  # type: ignore[no-any-return]
         finally:
-            query = environ.get("QUERY_STRING")
-            path = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
-            elapsed = (time.perf_counter() - started) * 1000
-            self.logger.info(
-                '%s "%s %s %s" %s %.1fms',
-                environ.get("REMOTE_ADDR", "-"),
-                environ.get("REQUEST_METHOD"),
-                path,
-                environ.get("SERVER_PROTOCOL"),
-                status[0],
-                elapsed,
-            )
+            if self.json:
+                elapsed_s = time.perf_counter() - started
+                self.logger.info("%s", access_json(environ, status[0], elapsed_s))
+            else:
+                self._text_line(environ, status[0], started)
+
+    def _text_line(self, environ: dict[str, Any], status: str, started: float) -> None:
+        query = environ.get("QUERY_STRING")
+        path = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+        elapsed = (time.perf_counter() - started) * 1000
+        self.logger.info(
+            '%s "%s %s %s" %s %.1fms',
+            environ.get("REMOTE_ADDR", "-"),
+            environ.get("REQUEST_METHOD"),
+            path,
+            environ.get("SERVER_PROTOCOL"),
+            status,
+            elapsed,
+        )
 
 
 def serve_debug(app: Flask, settings: Settings) -> None:
@@ -110,7 +173,8 @@ def serve_debug(app: Flask, settings: Settings) -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-    app.wsgi_app = AccessLog(app.wsgi_app, logger)  # type: ignore[method-assign]
+    json = settings.log_format == "json"
+    app.wsgi_app = AccessLog(app.wsgi_app, logger, json)  # type: ignore[method-assign]
     app.run(
         host=settings.host,
         port=settings.port,

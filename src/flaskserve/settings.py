@@ -23,10 +23,13 @@ class Settings:
     port: int = 5000
     #: gunicorn worker processes; 0 means one per CPU core.
     workers: int = 0
-    #: threads per gunicorn worker (gthread), so one worker overlaps I/O and batches requests.
-    threads: int = 8
+    #: threads per gunicorn worker (gthread), so one worker overlaps I/O and batches requests;
+    #: 16 served W1 at c=32 best of 4/8/16/32, sync and gevent (docs/benchmarks.md).
+    threads: int = 16
     debug: bool = False
     log_level: str = "info"
+    #: "text" (one readable access line per request) or "json" (one JSON object per line).
+    log_format: str = "text"
     #: Largest request body accepted, in bytes (413 beyond it).
     max_request_bytes: int = 64 * 1024 * 1024
     #: Seconds a worker may spend starting (loading models) or on one request before gunicorn
@@ -39,6 +42,17 @@ class Settings:
     #: Folder shared by the workers of one server (set by the CLI before forking); None for a
     #: single process.
     state_dir: str | None = None
+    #: API keys file (`flaskserve keys add`); None serves without keys. See flaskserve.service.
+    auth: str | None = None
+    #: SQLite file usage is metered into; default with `auth`: usage.sqlite3 beside the keys.
+    usage_db: str | None = None
+    #: Most rows (first dimension) one request may send per input (400 beyond); 0: no limit.
+    max_batch_rows: int = 0
+    #: Milliseconds a request may wait (for a thread, for its batch) before 504; 0: no limit.
+    request_timeout_ms: int = 0
+    #: An inference request that waited longer than this for a worker thread gets 503 +
+    #: Retry-After at once (overload shedding); 0 turns shedding off.
+    max_queue_ms: int = 2000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -54,6 +68,14 @@ class Settings:
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def as_environ(self) -> dict[str, str]:
+        """The `FLASKSERVE_*` variables that reproduce these settings in another process."""
+        return {
+            ENV_PREFIX + field.name.upper(): str(getattr(self, field.name))
+            for field in fields(self)
+            if getattr(self, field.name) is not None
+        }
 
     @property
     def worker_count(self) -> int:

@@ -101,3 +101,15 @@ def test_an_output_without_a_known_method_must_be_named(tmp_path, classifier) ->
     toml = 'runtime = "sklearn"\n[[outputs]]\nname = "whatever"\ndatatype = "INT64"\nshape = [-1]\n'
     with pytest.raises(ModelLoadError, match="say which estimator method"):
         load(save(tmp_path, classifier[0], "model.skops", toml))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_logistic_regression_answers_exactly_what_sklearn_answers(tmp_path, classes) -> None:
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(200, 4)).astype(np.float32)
+    labels = np.digitize(features[:, 0] + features[:, 1], [-0.5, 0.5][: classes - 1])
+    estimator = LogisticRegression().fit(features, np.array(["a", "b", "c"])[labels])
+    model = load(save(tmp_path, estimator, "model.skops"))
+    out = model.predict({"input": features})
+    assert out["label"].tolist() == estimator.predict(features).tolist()
+    np.testing.assert_allclose(out["probabilities"], estimator.predict_proba(features), atol=1e-6)

@@ -25,19 +25,47 @@ log = logging.getLogger("flaskserve.coordination")
 STATE_FILE = "repository-actions.json"
 
 
+def generations(state_dir: Path | None) -> dict[str, int]:
+    """The last action per model already recorded; taken before a worker loads its models, so
+    actions published while it loads are replayed once it is up."""
+    if state_dir is None:
+        return {}
+    return {
+        name: int(event.get("generation", 0))
+        for name, event in _read_state(state_dir / STATE_FILE).get("models", {}).items()
+    }
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 class RepositoryControl:
-    """load/unload for the routes: act locally, then tell the other workers."""
+    """load/unload for the routes: act locally, then tell the other workers.
+
+    `baseline` holds the generations recorded before this worker loaded its models (see
+    `generations`): at start it replays unloads at or below it and every action above it.
+    """
 
     def __init__(
-        self, repository: ModelRepository, state_dir: Path | None, poll_seconds: float = 0.2
+        self,
+        repository: ModelRepository,
+        state_dir: Path | None,
+        baseline: dict[str, int] | None = None,
+        poll_seconds: float = 0.2,
     ) -> None:
         self.repository = repository
         self._path = state_dir / STATE_FILE if state_dir is not None else None
-        self._applied: dict[str, int] = {}
+        self._applied: dict[str, int] = dict(baseline or {})
         self._poll_seconds = poll_seconds
         self._seen_mtime = -1
         if self._path is not None:
-            self._replay(startup=True)
+            self._replay_unloads_up_to(self._applied)
+            self._replay()
             threading.Thread(target=self._watch, name="flaskserve-sync", daemon=True).start()
 
     def load(self, name: str) -> ModelEntry:
@@ -65,21 +93,23 @@ class RepositoryControl:
 
     def _read(self) -> dict[str, Any]:
         assert self._path is not None
-        try:
-            state = json.loads(self._path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            return {}
-        return state if isinstance(state, dict) else {}
+        return _read_state(self._path)
 
     def _watch(self) -> None:
         stop = threading.Event()
         while not stop.wait(self._poll_seconds):
             try:
-                self._replay(startup=False)
+                self._replay()
             except Exception:
                 log.exception("could not apply repository actions from other workers")
 
-    def _replay(self, startup: bool) -> None:
+    def _replay_unloads_up_to(self, baseline: dict[str, int]) -> None:
+        """Models unloaded before this worker started stay unloaded here too."""
+        for name, event in self._read().get("models", {}).items():
+            if event.get("action") == "unload" and name in baseline:
+                self._apply("unload", name)
+
+    def _replay(self) -> None:
         assert self._path is not None
         try:
             mtime = self._path.stat().st_mtime_ns
@@ -93,14 +123,16 @@ class RepositoryControl:
             if generation <= self._applied.get(name, 0):
                 continue
             self._applied[name] = generation
-            try:
-                if event.get("action") == "unload":
-                    self.repository.unload(name)
-                elif not startup:
-                    self.repository.load(name)
-            except Exception:
-                log.exception(
-                    "could not %s model %s as another worker did", event.get("action"), name
-                )
-                continue
-            log.info("applied %s of model %s from another worker", event.get("action"), name)
+            self._apply(str(event.get("action")), name)
+
+    def _apply(self, action: str, name: str) -> None:
+        try:
+            if action == "unload":
+                self.repository.unload(name)
+            else:
+                # The worker that took the load already synced any remote files into the cache.
+                self.repository.load(name, refresh=False)
+        except Exception:
+            log.exception("could not %s model %s as another worker did", action, name)
+            return
+        log.info("applied %s of model %s from another worker", action, name)

@@ -3,31 +3,39 @@
 Routes decode their wire format into arrays and call `infer`; this module finds the model, checks
 the request against its signature, runs it and conforms the outputs. A failure inside a model is
 logged with its traceback here and reaches the client as one sentence.
+
+Models whose `max_batch_size` > 0 run through one `Batcher` per model version, created on the
+version's first request and closed when the repository unloads that version.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from flaskserve import __version__
-from flaskserve.core.errors import FlaskServeError, InferenceFailed
+from flaskserve.core.batching import Batcher, run_model
+from flaskserve.core.errors import ModelNotReady
 from flaskserve.core.model import Arrays, Model
 from flaskserve.core.repository import ModelEntry, ModelRepository
-from flaskserve.core.signature import check_inputs, check_output_names, conform_outputs
+from flaskserve.core.signature import check_inputs, check_output_names
 
 log = logging.getLogger("flaskserve.dataplane")
 
 SERVER_NAME = "flaskserve"
-EXTENSIONS = ["model_repository"]
+EXTENSIONS = ["model_repository", "binary_tensor_data"]
 
 
 class DataPlane:
     def __init__(self, repository: ModelRepository) -> None:
         self.repository = repository
+        #: id(model) -> its batcher; the batcher holds the model, so the id stays unique.
+        self._batchers: dict[int, Batcher] = {}
+        self._batchers_lock = threading.Lock()
 
     def infer(
         self,
@@ -43,16 +51,41 @@ class DataPlane:
         check_inputs(model, inputs, datatypes)
         if outputs:
             check_output_names(model, outputs)
-        try:
-            raw = model.predict(dict(inputs))
-            return model, conform_outputs(model, raw)
-        except FlaskServeError:
-            raise
-        except Exception as exc:
-            log.exception("model %s version %s failed to predict", model.name, model.version)
-            raise InferenceFailed(
-                f"model {model.name!r} failed to predict: {type(exc).__name__}: {exc}"
-            ) from None
+        if model.max_batch_size > 0:
+            batcher = self._batchers.get(id(model)) or self._start_batcher(model)
+            return model, batcher.submit(dict(inputs))
+        return model, run_model(model, dict(inputs))
+
+    def _start_batcher(self, model: Model) -> Batcher:
+        """The batcher of `model`, started on its first request; unloading the model closes it."""
+        with self._batchers_lock:
+            batcher = self._batchers.get(id(model))
+            if batcher is not None:
+                return batcher
+            batcher = Batcher(model)
+            self._batchers[id(model)] = batcher
+            runtime_unload = model.unload_fn
+
+            def unload() -> None:
+                self._stop_batcher(model)
+                if runtime_unload is not None:
+                    runtime_unload()
+
+            model.unload_fn = unload
+        if not self._serves(model):  # unloaded between the lookup and now
+            self._stop_batcher(model)
+            raise ModelNotReady(f"model {model.name!r} version {model.version} was unloaded")
+        return batcher
+
+    def _stop_batcher(self, model: Model) -> None:
+        with self._batchers_lock:
+            batcher = self._batchers.pop(id(model), None)
+        if batcher is not None:
+            batcher.close()
+
+    def _serves(self, model: Model) -> bool:
+        entry = self.repository.entry(model.name)
+        return any(status.model is model for status in entry.versions.values())
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}

@@ -28,6 +28,9 @@ UNAVAILABLE = "UNAVAILABLE"
 
 #: Turns a model's config, one version number and its folder into a loaded `Model`.
 Loader = Callable[[ModelConfig, str, Path], Model]
+#: Brings one model's files under `root` up to date before it is reloaded (a remote repository's
+#: mirror, see `flaskserve.storage`); the repository itself only ever reads local folders.
+Sync = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -57,9 +60,10 @@ class ModelEntry:
 class ModelRepository:
     """Finds, loads, unloads and looks up models; the single source of truth for their state."""
 
-    def __init__(self, root: Path | None, loader: Loader) -> None:
+    def __init__(self, root: Path | None, loader: Loader, sync: Sync | None = None) -> None:
         self.root = root
         self._loader = loader
+        self._sync = sync
         self._entries: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()
 
@@ -76,15 +80,21 @@ class ModelRepository:
 
     def load_all(self) -> None:
         for name in self.model_dirs():
-            self.load(name)
+            self.load(name, refresh=False)
 
     def register(self, factory: Callable[[], Model]) -> None:
         """Serve a model built in Python (the decorator API); `factory` rebuilds it on load."""
         entry = self._entry_from_factory(factory)
         self._publish(entry)
 
-    def load(self, name: str) -> ModelEntry:
-        """(Re)load a model, then swap it in: requests never see a half-loaded version."""
+    def load(self, name: str, refresh: bool = True) -> ModelEntry:
+        """(Re)load a model, then swap it in: requests never see a half-loaded version.
+
+        With a `sync` hook and `refresh`, the model's files are brought up to date first, so a
+        load picks up a version uploaded to the remote store since the last one.
+        """
+        if refresh and self._sync is not None:
+            self._sync(name)
         with self._lock:
             current = self._entries.get(name)
             if current is not None and current.factory is not None:

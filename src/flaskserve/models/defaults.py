@@ -2,7 +2,9 @@
 
 The folder is keyed by the flaskserve and scikit-learn versions (a model saved by one sklearn may
 not load in another), built in a temporary folder and renamed into place, under a file lock, so
-several workers starting at once build it once and never see half of it.
+several workers starting at once build it once and never see half of it. The MiniLM embedding
+model joins digits when the `nlp` extra is installed; its folder name then differs, so installing
+the extra later adds it instead of reusing the digits-only folder.
 """
 
 from __future__ import annotations
@@ -19,24 +21,30 @@ from flaskserve import __version__
 def default_repository(cache_dir: Path) -> Path:
     import sklearn
 
-    root = cache_dir / f"default-models-{__version__}-sklearn{sklearn.__version__}"
+    from flaskserve.models import minilm
+
+    with_nlp = minilm.available()
+    suffix = "-nlp" if with_nlp else ""
+    root = cache_dir / f"default-models-{__version__}-sklearn{sklearn.__version__}{suffix}"
     if root.is_dir():
         return root
     cache_dir.mkdir(parents=True, exist_ok=True)
     with open(cache_dir / ".default-models.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not root.is_dir():
-            _build(root)
+            _build(root, with_nlp)
     return root
 
 
-def _build(root: Path) -> None:
-    from flaskserve.models import digits
+def _build(root: Path, with_nlp: bool = False) -> None:
+    from flaskserve.models import digits, minilm
 
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
     try:
         accuracy = digits.build(staging / "digits")
         print(f"flaskserve: built the digits model, held-out accuracy {accuracy:.3f}", flush=True)
+        if with_nlp:
+            minilm.build(staging / "minilm")
         os.rename(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -43,7 +43,7 @@ def parse_shape(name: str, shape: Any) -> list[int]:
 
 
 def parse_datatype(name: str, datatype: Any) -> str:
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(
             f"input {name!r}: unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}"
         )
@@ -140,7 +140,16 @@ def _numeric_array(name: str, datatype: str, data: list[Any]) -> np.ndarray:
         raise InvalidInput(
             f"input {name!r}: {datatype} data must be numbers, found {_describe(parsed)}"
         )
-    return parsed.astype(target, copy=False)
+    with np.errstate(over="ignore"):
+        converted = parsed.astype(target, copy=False)
+    # A finite number that became infinite is one the datatype cannot hold (NaN or inf sent on
+    # purpose, as CSV can, pass through to the model).
+    if not np.isfinite(converted).all() and (np.isfinite(parsed) & ~np.isfinite(converted)).any():
+        raise InvalidInput(
+            f"input {name!r}: a value is too large for {datatype} (at most "
+            f"{float(np.finfo(target).max):.6g} in magnitude)"
+        )
+    return converted
 
 
 def _describe(parsed: np.ndarray) -> str:

@@ -8,16 +8,21 @@ load error that names the extra to install.
 from __future__ import annotations
 
 import importlib
+import time
 from pathlib import Path
 
 from flaskserve.core.config import ModelConfig, guess_runtime
 from flaskserve.core.errors import ModelLoadError
 from flaskserve.core.model import Model
+from flaskserve.observability import metrics
 
 #: runtime name -> (module that loads it, pip extra that provides its library or None)
 RUNTIMES: dict[str, tuple[str, str | None]] = {
     "sklearn": ("flaskserve.runtimes.sklearn", None),
     "python": ("flaskserve.runtimes.python", None),
+    "onnx": ("flaskserve.runtimes.onnx", "onnx"),
+    "torch": ("flaskserve.runtimes.torch", "torch"),
+    "sentence_transformers": ("flaskserve.runtimes.sentence_transformers", "nlp"),
 }
 
 
@@ -36,5 +41,7 @@ def load_model(config: ModelConfig, version: str, path: Path) -> Model:
         raise ModelLoadError(
             f"runtime {runtime!r} is not installed ({exc.name} missing){hint}"
         ) from None
+    started = time.perf_counter()
     model: Model = module.load(config, version, path)
+    metrics.model_loaded(config.name, version, time.perf_counter() - started)
     return model

@@ -11,13 +11,14 @@ predict_proba, `scores` -> decision_function); `[methods]` in `model.toml` names
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from flaskserve.core.config import ModelConfig
-from flaskserve.core.errors import ModelLoadError
+from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 
 SKOPS_SUFFIXES = (".skops",)
@@ -42,10 +43,19 @@ def load(config: ModelConfig, version: str, path: Path) -> Model:
             f"{len(inputs)}"
         )
     methods = _output_methods(config, estimator, outputs)
+    shared = _labels_from_probabilities(estimator, methods)
     input_name = inputs[0].name
 
     def predict(arrays: Arrays) -> dict[str, Any]:
         features = arrays[input_name]
+        if features.dtype.kind == "f" and not np.isfinite(features).all():
+            # Binary tensors can carry them; scikit-learn would refuse with a ValueError.
+            raise InvalidInput(
+                f"input {input_name!r} contains NaN or infinity; scikit-learn models need "
+                "finite numbers"
+            )
+        if shared is not None:
+            return shared(features)
         return {name: method(features) for name, method in methods.items()}
 
     return Model(
@@ -155,3 +165,50 @@ def _output_methods(
             )
         methods[spec.name] = method
     return methods
+
+
+def _labels_from_probabilities(
+    estimator: Any, methods: dict[str, Any]
+) -> Callable[[np.ndarray], dict[str, Any]] | None:
+    """A fast path for LogisticRegression asked for labels and probabilities.
+
+    Its predict is the argmax of predict_proba, and predict_proba is a softmax (a logistic for
+    two classes) of one matrix product. scikit-learn spends most of a small request validating
+    its input (about 270 of 300 microseconds for one digits row, measured); the signature checks
+    already did that here. The fast path is checked against scikit-learn on a sample when the
+    model loads and is used only if both agree.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    if not isinstance(estimator, LogisticRegression):
+        return None
+    by_method = {method.__name__: name for name, method in methods.items()}
+    if len(methods) != 2 or set(by_method) != {"predict", "predict_proba"}:
+        return None
+    label_name, probabilities_name = by_method["predict"], by_method["predict_proba"]
+    classes = estimator.classes_
+    weights = np.ascontiguousarray(estimator.coef_.T, dtype=np.float64)
+    intercept = np.asarray(estimator.intercept_, dtype=np.float64)
+
+    def probabilities(features: np.ndarray) -> np.ndarray:
+        scores = features @ weights + intercept
+        if scores.shape[1] == 1:
+            positive = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+            return np.column_stack([1.0 - positive, positive])
+        scores -= scores.max(axis=1, keepdims=True)
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=1, keepdims=True)
+        return scores
+
+    sample = np.random.default_rng(0).normal(scale=4.0, size=(16, weights.shape[0]))
+    if not (
+        np.allclose(probabilities(sample), estimator.predict_proba(sample), rtol=1e-6, atol=1e-9)
+        and (classes[probabilities(sample).argmax(axis=1)] == estimator.predict(sample)).all()
+    ):
+        return None
+
+    def both(features: np.ndarray) -> dict[str, Any]:
+        computed = probabilities(features)
+        return {label_name: classes[computed.argmax(axis=1)], probabilities_name: computed}
+
+    return both

@@ -1,30 +1,101 @@
-"""`GET /` (what this server serves, as JSON) and the seed's `GET /home/<name>` greeting."""
+"""The playground: `GET /` (models, as HTML for browsers or JSON), `GET /models/<name>` (a form
+built from the model's signature), and the seed's `GET /home/<name>` greeting.
+
+Pages are rendered from the repository's state when asked; inference goes through the ordinary
+V2 route from the browser, so the playground exercises exactly what clients use.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response
+from dataclasses import asdict
+from typing import Any
+
+from flask import Blueprint, Response, render_template, request
 
 from flaskserve import __version__
 from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.errors import ModelNotFound
+from flaskserve.core.model import TensorSpec
+from flaskserve.core.repository import ModelEntry
 from flaskserve.protocol.v2 import json_response
+from flaskserve.web.examples import example_request, widget_for
+from flaskserve.web.snippets import infer_path, snippets
+
+
+def signature(entry: ModelEntry) -> tuple[list[TensorSpec], list[TensorSpec], str]:
+    """Inputs, outputs and platform of the served version, or of `model.toml` when none is."""
+    if entry.default is not None:
+        model = entry.default
+        return model.inputs, model.outputs, model.platform
+    config = entry.config
+    if config is None:
+        return [], [], ""
+    return list(config.inputs), list(config.outputs), config.runtime or ""
+
+
+def model_summary(entry: ModelEntry) -> dict[str, Any]:
+    inputs, outputs, platform = signature(entry)
+    return {
+        "name": entry.name,
+        "state": entry.state,
+        "versions": [s.version for s in entry.version_status()],
+        **({"reason": entry.reason} if entry.reason else {}),
+        "platform": platform,
+        "inputs": [spec.as_metadata() for spec in inputs],
+        "outputs": [spec.as_metadata() for spec in outputs],
+        "infer": infer_path(entry.name),
+    }
+
+
+def wants_json() -> bool:
+    """JSON unless the client prefers HTML: browsers ask for text/html, curl sends */*."""
+    accept = request.accept_mimetypes
+    return accept.best_match(["application/json", "text/html"]) != "text/html"
 
 
 def create_blueprint(dataplane: DataPlane) -> Blueprint:
-    bp = Blueprint("home", __name__)
+    bp = Blueprint(
+        "home",
+        __name__,
+        template_folder="templates",
+        static_folder="static",
+        static_url_path="/assets",
+    )
+    repository = dataplane.repository
 
     @bp.get("/")
-    def index() -> Response:
-        models = [
-            {
-                "name": entry.name,
-                "state": entry.state,
-                "versions": [s.version for s in entry.version_status()],
-                **({"reason": entry.reason} if entry.reason else {}),
-                "infer": f"/v2/models/{entry.name}/infer",
-            }
-            for entry in dataplane.repository.entries()
-        ]
-        return json_response({"server": "flaskserve", "version": __version__, "models": models})
+    def index() -> Response | str:
+        models = [model_summary(entry) for entry in repository.entries()]
+        if wants_json():
+            return json_response({"server": "flaskserve", "version": __version__, "models": models})
+        return render_template("index.html", models=models, version=__version__)
+
+    @bp.get("/models/<name>")
+    def model_page(name: str) -> tuple[str, int] | str:
+        try:
+            entry = repository.entry(name)
+        except ModelNotFound as exc:
+            known = [e.name for e in repository.entries()]
+            page = render_template("missing.html", message=str(exc), known=known,
+                                   version=__version__)
+            return page, 404
+        inputs, outputs, _ = signature(entry)
+        summary = model_summary(entry)
+        widget = widget_for(name, inputs, outputs)
+        page_data = {
+            **summary,
+            "ready": entry.default is not None,
+            "widget": asdict(widget),
+            "example": example_request(inputs),
+        }
+        return render_template(
+            "model.html",
+            model=summary,
+            widget=widget,
+            page_data=page_data,
+            snippets=snippets(request.host_url, name, inputs, outputs),
+            version=__version__,
+        )
 
     @bp.get("/home/<name>")
     def greet(name: str) -> Response:

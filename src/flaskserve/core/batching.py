@@ -1,0 +1,349 @@
+"""Adaptive dynamic batching: many small requests, one `predict` on their concatenation.
+
+One `Batcher` serves one model version whose `max_batch_size` > 0. A request hands it its
+(already checked) input arrays; the model runs one predict at a time, on the inputs of the
+requests that queued meanwhile concatenated along the first dimension (up to `max_batch_size`
+rows, not requests), and each request gets back exactly its own rows of every output.
+
+Batching only pays under load, so it costs light traffic nothing, and nothing waits on a timer:
+
+- A request that finds the model idle (no predict running, nothing queued) runs `predict` at
+  once in its own thread: no hand-off, no wait.
+- A request that arrives while a predict runs is queued. When the predict ends, the oldest
+  queued request becomes the leader: in its own thread it takes everything that queued
+  meanwhile and runs it as one batch, while the others wait for their rows. Batches therefore
+  grow with the load (continuous batching), and there is no batcher thread to wake.
+- `max_delay_ms` caps how long a request may be held back to gather company. This batcher never
+  holds one back beyond the predict that is running: measured in docs/benchmarks.md, a
+  gathering window costs more throughput than the larger batches win (requests of one worker
+  reach the batcher one by one, behind the GIL), and costs light traffic its latency.
+- A request with more rows than `max_batch_size` runs on its own, at once, beside the batches.
+
+A batch that fails is retried request by request, so one request the model cannot handle fails
+alone with its own error instead of failing the requests that happened to share its batch.
+Closing the batcher (the model is unloaded) fails queued requests with `ModelNotReady` and waits
+for running predicts to end, so the runtime's own unload never frees a model mid-predict.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+
+from flaskserve.core import deadlines
+from flaskserve.core.errors import FlaskServeError, InferenceFailed, ModelNotReady
+from flaskserve.core.model import Arrays, Model
+from flaskserve.core.signature import conform_outputs
+from flaskserve.observability import metrics
+
+log = logging.getLogger("flaskserve.batching")
+
+#: How long `close` waits for a running batch before giving up on it (seconds).
+CLOSE_TIMEOUT = 30.0
+
+
+def run_model(model: Model, inputs: Arrays) -> Arrays:
+    """`model.predict` with outputs conformed to the signature; any failure becomes a
+    `FlaskServeError` (a model's own exception is logged with its traceback, never sent)."""
+    try:
+        started = time.perf_counter()
+        outputs = conform_outputs(model, model.predict(inputs))
+        metrics.predicted(model.name, model.version, _rows(inputs), time.perf_counter() - started)
+        return outputs
+    except Exception as exc:
+        raise prediction_error(model, exc) from None
+
+
+def _rows(inputs: Arrays) -> int:
+    """The first dimension of the first input (-1 when there is none): the batch size."""
+    first = next(iter(inputs.values()), None)
+    return first.shape[0] if first is not None and first.ndim else -1
+
+
+def prediction_error(model: Model, exc: BaseException) -> FlaskServeError:
+    """The client-facing error for `exc` raised by `model`; logs the traceback server-side."""
+    if isinstance(exc, FlaskServeError):
+        return exc
+    log.error(
+        "model %s version %s failed to predict", model.name, model.version, exc_info=exc
+    )
+    return InferenceFailed(f"model {model.name!r} failed to predict: {type(exc).__name__}: {exc}")
+
+
+class _Pending:
+    """One queued request: its inputs, its row count, and a lock released when it is answered.
+
+    A pre-acquired lock is the cheapest one-shot wait CPython offers (an Event is a Condition
+    plus a lock).
+    """
+
+    __slots__ = ("arrived", "done", "error", "inputs", "key", "lead", "outputs", "rows")
+
+    def __init__(self, inputs: Arrays, rows: int, key: tuple[Any, ...]) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.key = key
+        self.arrived = time.monotonic()
+        self.outputs: Arrays | None = None
+        self.error: FlaskServeError | None = None
+        self.lead = False  # chosen to run the next batch in its own thread
+        self.done = threading.Lock()
+        self.done.acquire()
+
+    def resolve(self, outputs: Arrays | None, error: FlaskServeError | None = None) -> None:
+        self.outputs = outputs
+        self.error = error
+        self.done.release()
+
+
+class Batcher:
+    """Batches the requests of one model version; `submit` is called from request threads.
+
+    There is no batcher thread: a batch runs in the thread of one of its own requests (the
+    leader), so a batched request costs one thread wake-up, not two, and an idle model runs a
+    request at once in its own thread.
+    """
+
+    def __init__(self, model: Model) -> None:
+        if model.max_batch_size <= 0:
+            raise ValueError(f"model {model.name!r} has max_batch_size 0; it does not batch")
+        self.model = model
+        self.max_rows = model.max_batch_size
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._busy = False  # a predict (inline or a batch) is running; one at a time
+        self._alone = 0  # oversized requests predicting on their own, beside the batches
+        self._closed = False
+        self._cond = threading.Condition(threading.Lock())
+
+    def submit(self, inputs: Arrays) -> Arrays:
+        """Run `inputs` (checked against the signature) as part of a batch; returns this
+        request's rows of every output, or raises the `FlaskServeError` that failed it."""
+        rows, key = _batch_key(inputs)
+        pending = None
+        with self._cond:
+            if self._closed:
+                raise self._unloaded_error()
+            if rows < 0 or rows > self.max_rows:
+                self._alone += 1
+                alone = True
+            elif not self._busy and not self._queue:
+                self._busy = True
+                alone = False
+            else:
+                pending = _Pending(inputs, rows, key)
+                self._queue.append(pending)
+                self._queued_rows += rows
+        if pending is None:
+            metrics.queue_waited(self.model.name, self.model.version, 0.0)
+            try:
+                return self._run_alone(inputs, rows)
+            finally:
+                if alone:
+                    with self._cond:
+                        self._alone -= 1
+                        self._cond.notify_all()
+                else:
+                    self._hand_over()
+        metrics.queue_changed(self.model.name, self.model.version, 1)
+        remaining = deadlines.remaining()
+        if not pending.done.acquire(timeout=-1 if remaining is None else max(remaining, 0.0)):
+            self._abandon(pending)
+        if pending.lead:
+            self._lead(pending)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.outputs is not None
+        return pending.outputs
+
+    def _hand_over(self) -> None:
+        """The running predict ended: the oldest queued request leads the next batch (it takes
+        what queued meanwhile), or the batcher goes idle."""
+        with self._cond:
+            if self._queue and not self._closed:
+                head = self._queue[0]
+                head.lead = True
+                head.done.release()
+            else:
+                self._busy = False
+                self._cond.notify_all()
+
+    def _lead(self, me: _Pending) -> None:
+        """Run the batch headed by `me` in this (its own) thread, then hand over."""
+        with self._cond:
+            batch = self._take() if self._queue and self._queue[0] is me else None
+        if batch is None:  # closed after `me` was chosen: `_fail_queued` set its error
+            self._hand_over()
+            return
+        self._record_dequeued(batch)
+        try:
+            self._run_batch(batch)
+        except BaseException as exc:  # never leave a request of the batch waiting
+            error = prediction_error(self.model, exc)
+            for pending in batch:
+                if pending.outputs is None and pending.error is None:
+                    pending.resolve(None, error)
+        finally:
+            self._hand_over()
+
+    def _abandon(self, pending: _Pending) -> None:
+        """The request's deadline (`core.deadlines`) passed while it waited for its batch: fail
+        it with 504 and take it out of the queue, unless a batch holds it already (its rows are
+        then computed, never read) or it was just answered or chosen to lead."""
+        with self._cond:
+            if pending.done.acquire(blocking=False):
+                return  # answered, or chosen to lead, just now
+            try:
+                self._queue.remove(pending)
+            except ValueError:
+                pass
+            else:
+                self._queued_rows -= pending.rows
+                metrics.queue_changed(self.model.name, self.model.version, -1)
+        raise deadlines.expired("waiting for its batch")
+
+    def _run_alone(self, inputs: Arrays, rows: int) -> Arrays:
+        try:
+            return self._predict(inputs, rows)
+        except Exception as exc:
+            raise prediction_error(self.model, exc) from None
+
+    def _predict(self, inputs: Arrays, rows: int) -> Arrays:
+        started = time.perf_counter()
+        outputs = conform_outputs(self.model, self.model.predict(inputs))
+        metrics.predicted(self.model.name, self.model.version, rows, time.perf_counter() - started)
+        if rows >= 0:
+            self._check_rows(outputs, rows)
+        return outputs
+
+    def _take(self) -> list[_Pending]:
+        """The oldest requests that fit in one batch and share their non-batch dimensions."""
+        queue = self._queue
+        first = queue.popleft()
+        batch = [first]
+        rows = first.rows
+        while queue:
+            candidate = queue[0]
+            if candidate.key != first.key or rows + candidate.rows > self.max_rows:
+                break
+            queue.popleft()
+            batch.append(candidate)
+            rows += candidate.rows
+        self._queued_rows -= rows
+        return batch
+
+    def _run_batch(self, batch: list[_Pending]) -> None:
+        if len(batch) == 1:
+            self._run_pending(batch[0])
+            return
+        try:
+            inputs = {
+                name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
+            }
+            outputs = self._predict(inputs, sum(p.rows for p in batch))
+        except Exception as exc:
+            log.warning(
+                "model %s version %s failed on a batch of %d requests (%s); retrying each alone",
+                self.model.name, self.model.version, len(batch), exc,
+            )
+            for pending in batch:
+                self._run_pending(pending)
+            return
+        start = 0
+        for pending in batch:
+            stop = start + pending.rows
+            pending.resolve({name: array[start:stop] for name, array in outputs.items()})
+            start = stop
+
+    def _run_pending(self, pending: _Pending) -> None:
+        try:
+            outputs = self._run_alone(pending.inputs, pending.rows)
+        except FlaskServeError as exc:
+            pending.resolve(None, exc)
+        else:
+            pending.resolve(outputs)
+
+    def _check_rows(self, outputs: Arrays, rows: int) -> None:
+        for name, array in outputs.items():
+            if array.ndim == 0 or array.shape[0] != rows:
+                got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
+                raise InferenceFailed(
+                    f"model {self.model.name!r} returned {got} for output {name!r} given "
+                    f"{rows} input rows; a model with max_batch_size > 0 must return one row "
+                    "per input row"
+                )
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop taking requests, fail the queued ones, and wait for running predicts to end."""
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        with self._cond:
+            self._closed = True
+            self._fail_queued()
+            while self._busy or self._alone:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning(
+                        "model %s version %s still predicts %.0fs after its unload",
+                        self.model.name, self.model.version, CLOSE_TIMEOUT,
+                    )
+                    break
+                self._cond.wait(remaining)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a batch (not counting those being predicted)."""
+        return len(self._queue)
+
+    def _record_dequeued(self, batch: list[_Pending]) -> None:
+        name, version = self.model.name, self.model.version
+        metrics.queue_changed(name, version, -len(batch))
+        now = time.monotonic()
+        for pending in batch:
+            metrics.queue_waited(name, version, now - pending.arrived)
+
+    def _fail_queued(self) -> None:
+        """Fail every queued request; one already chosen to lead finds out in `_lead`."""
+        error = self._unloaded_error()
+        if self._queue:
+            metrics.queue_changed(self.model.name, self.model.version, -len(self._queue))
+        while self._queue:
+            pending = self._queue.popleft()
+            if pending.lead:
+                pending.error = error
+            else:
+                pending.resolve(None, error)
+        self._queued_rows = 0
+
+    def _unloaded_error(self) -> ModelNotReady:
+        return ModelNotReady(
+            f"model {self.model.name!r} version {self.model.version} was unloaded; "
+            "retry, or load it again"
+        )
+
+
+def _batch_key(inputs: Arrays) -> tuple[int, tuple[Any, ...]]:
+    """Rows along the batch dimension (-1 when the inputs disagree on it or have none), and
+    what requests must share to be concatenated: every input's trailing shape and dtype."""
+    rows = -2
+    key = []
+    for name, array in inputs.items():
+        shape = array.shape
+        if not shape:
+            return -1, ()
+        if rows == -2:
+            rows = shape[0]
+        elif shape[0] != rows:
+            return -1, ()
+        key.append((name, shape[1:], array.dtype))
+    return max(rows, -1), tuple(key)

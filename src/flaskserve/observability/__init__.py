@@ -1,0 +1,1 @@
+"""What operators look at: Prometheus metrics, access logs and request ids."""

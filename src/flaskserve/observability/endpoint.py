@@ -1,0 +1,21 @@
+"""`GET /metrics`: the Prometheus text exposition, summed over every gunicorn worker."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+
+from flaskserve.core.dataplane import DataPlane
+from flaskserve.observability import metrics
+
+
+def create_blueprint(dataplane: DataPlane) -> Blueprint:
+    bp = Blueprint("metrics", __name__)
+    metrics.record_states(dataplane.repository)
+
+    @bp.get("/metrics")
+    def scrape() -> Response:
+        metrics.record_states(dataplane.repository)
+        body, content_type = metrics.exposition()
+        return Response(body, content_type=content_type)
+
+    return bp

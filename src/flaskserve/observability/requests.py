@@ -1,0 +1,102 @@
+"""Per-request bookkeeping, from Flask hooks: request ids, inference metrics, log fields.
+
+Every response carries `X-Request-ID` (the client's, when it sent a sensible one, else a fresh
+one). Inference routes, whichever protocol they speak, are counted and timed here, once, so the
+protocol blueprints stay about their wire format. The model name and request id are left in the
+WSGI environ, where the access loggers (gunicorn's and the debug server's) read them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+from flask import Flask, Response, request
+
+from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.errors import ModelNotFound
+from flaskserve.observability import metrics
+from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
+
+REQUEST_ID_HEADER = "X-Request-ID"
+#: WSGI environ keys the access loggers read.
+REQUEST_ID_KEY = "flaskserve.request_id"
+MODEL_KEY = "flaskserve.model"
+_STARTED_KEY = "flaskserve.started"
+_PROTOCOL_KEY = "flaskserve.protocol"
+_LABELS_KEY = "flaskserve.labels"
+
+#: Flask endpoint -> the protocol label of the inference routes.
+PROTOCOL_OF_ENDPOINT = {"v2.infer": "v2", "v1.predict": "v1", "sagemaker.invocations": "sagemaker"}
+
+#: A client's request id is echoed when it is short printable ASCII (it lands in logs verbatim).
+_VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def install(app: Flask, dataplane: DataPlane) -> None:
+    """Register the hooks on `app`; `dataplane` tells known model names and served versions."""
+    repository = dataplane.repository
+
+    def model_label(name: str | None) -> tuple[str, str]:
+        """(model, version) labels: the served version unless the URL names one; names the
+        repository does not know share one label."""
+        if not name:
+            return metrics.UNKNOWN_MODEL, ""
+        try:
+            entry = repository.entry(name)
+        except ModelNotFound:
+            return metrics.UNKNOWN_MODEL, ""
+        version = (request.view_args or {}).get("version")
+        if version is None:
+            version = entry.default.version if entry.default is not None else ""
+        return name, version
+
+    @app.before_request
+    def start() -> None:
+        environ = request.environ
+        given = request.headers.get(REQUEST_ID_HEADER)
+        environ[REQUEST_ID_KEY] = (
+            given if given and _VALID_REQUEST_ID.fullmatch(given) else new_request_id()
+        )
+        protocol = PROTOCOL_OF_ENDPOINT.get(request.endpoint or "")
+        if protocol is None:
+            return
+        environ[_PROTOCOL_KEY] = protocol
+        environ[_STARTED_KEY] = time.perf_counter()
+        name = _model_name(protocol, dataplane)
+        environ[MODEL_KEY] = name
+        labels = environ[_LABELS_KEY] = model_label(name)
+        metrics.request_started(labels[0])
+
+    @app.after_request
+    def finish(response: Response) -> Response:
+        environ = request.environ
+        response.headers[REQUEST_ID_HEADER] = environ.get(REQUEST_ID_KEY) or new_request_id()
+        protocol = environ.get(_PROTOCOL_KEY)
+        if protocol is not None:
+            model, version = environ[_LABELS_KEY]
+            elapsed = time.perf_counter() - environ[_STARTED_KEY]
+            metrics.request_answered(model, version, protocol, str(response.status_code), elapsed)
+        return response
+
+    @app.teardown_request
+    def end(_exc: BaseException | None) -> None:
+        labels = request.environ.pop(_LABELS_KEY, None)
+        if labels is not None:
+            metrics.request_ended(labels[0])
+
+
+def new_request_id() -> str:
+    """32 random hex digits (what uuid4().hex gives, without building a UUID object)."""
+    return os.urandom(16).hex()
+
+
+def _model_name(protocol: str, dataplane: DataPlane) -> str | None:
+    if protocol != "sagemaker":
+        return (request.view_args or {}).get("name")
+    named = request.headers.get(TARGET_MODEL_HEADER)
+    if named:
+        return named
+    entries = dataplane.repository.entries()
+    return entries[0].name if len(entries) == 1 else None

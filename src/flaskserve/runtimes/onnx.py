@@ -1,0 +1,249 @@
+"""ONNX models through ONNX Runtime (extra `onnx`).
+
+The version folder holds one `.onnx` file. Its signature is read from the graph: input and
+output names, element types as V2 datatypes, and symbolic or unknown dimensions as -1. When
+`model.toml` declares `[[inputs]]`/`[[outputs]]` they must agree with the graph (same input names,
+outputs among the graph's, same datatypes and ranks, no fixed dimension declared differently):
+a signature that does not fit the model is a load error, not a failure at the first request.
+Declaring outputs also serves only those, which is how a graph with non-tensor outputs (such as
+skl2onnx's ZipMap probabilities) can still serve its tensor outputs.
+
+    device = "cpu"                      # "cuda" (CUDAExecutionProvider) or "auto"
+    intra_op_threads = 2                # 0 or absent: ONNX Runtime's default (one per core)
+    inter_op_threads = 1
+    graph_optimization_level = "all"    # "disable", "basic", "extended" or "all"
+
+An `InferenceSession` may be run from several threads at once, so `predict` takes no lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from flaskserve.core.config import ModelConfig
+from flaskserve.core.errors import InvalidInput, ModelLoadError
+from flaskserve.core.model import Arrays, Model, TensorSpec
+from flaskserve.runtimes.files import detail, model_file, sniff
+from flaskserve.runtimes.options import choice_option, device_option, int_option
+
+log = logging.getLogger("flaskserve.runtimes.onnx")
+
+PLATFORM = "onnxruntime_onnx"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+#: ONNX Runtime's type strings for tensors -> V2 datatypes.
+DATATYPE_OF_ONNX = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+def load(config: ModelConfig, version: str, path: Path) -> Model:
+    file = model_file(path, (".onnx",), "onnx")
+    session = create_session(file, config)
+    inputs = _signature(config.inputs, session.get_inputs(), "input", file.name)
+    outputs = _signature(config.outputs, session.get_outputs(), "output", file.name)
+    return Model(
+        name=config.name,
+        version=version,
+        inputs=inputs,
+        outputs=outputs,
+        predict_fn=_predictor(session, inputs, outputs),
+        platform=PLATFORM,
+        max_batch_size=config.max_batch_size,
+        max_delay_ms=config.max_delay_ms,
+        parameters={"providers": session.get_providers()},
+    )
+
+
+def create_session(model: Path, config: ModelConfig) -> ort.InferenceSession:
+    """An `InferenceSession` with the session options and device `model.toml` asks for."""
+    device = device_option(config)
+    options = session_options(config)
+    providers = providers_for(device)
+    try:
+        session = ort.InferenceSession(str(model), options, providers=providers)
+    except Exception as exc:
+        if device == "auto" and CUDA in providers:
+            log.warning("CUDA could not run %s (%s); using the CPU", model.name, detail(exc))
+            return create_session_on_cpu(model, options)
+        raise ModelLoadError(
+            f"{model.name} is not a loadable ONNX model ({_reason(model, exc)})"
+        ) from None
+    if device == "cuda" and CUDA not in session.get_providers():
+        raise ModelLoadError(
+            f"device = 'cuda' but ONNX Runtime could not start CUDA for {model.name} "
+            "(no usable GPU); set device = 'cpu' or 'auto'"
+        )
+    return session
+
+
+def create_session_on_cpu(model: Path, options: ort.SessionOptions) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(model), options, providers=[CPU])
+    except Exception as exc:
+        raise ModelLoadError(
+            f"{model.name} is not a loadable ONNX model ({_reason(model, exc)})"
+        ) from None
+
+
+def _reason(model: Path, exc: Exception) -> str:
+    """ONNX Runtime's complaint, plus what the file looks like when it did not even parse."""
+    if "INVALID_PROTOBUF" in str(exc) or type(exc).__name__ == "InvalidProtobuf":
+        return "it does not parse as ONNX; " + (sniff(model) or "the file is truncated or corrupt")
+    return detail(exc)
+
+
+def session_options(config: ModelConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    intra = int_option(config, "intra_op_threads")
+    inter = int_option(config, "inter_op_threads")
+    if intra:
+        options.intra_op_num_threads = intra
+    if inter:
+        options.inter_op_num_threads = inter
+    level = choice_option(config, "graph_optimization_level", tuple(OPTIMIZATION_LEVELS), "all")
+    options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
+    return options
+
+
+def providers_for(device: str) -> list[str]:
+    """Execution providers for `device`; `cuda` without CUDA support here is a load error."""
+    available = ort.get_available_providers()
+    if device == "cuda" and CUDA not in available:
+        raise ModelLoadError(
+            "device = 'cuda' but this ONNX Runtime has no CUDA support (providers: "
+            f"{', '.join(available)}); install onnxruntime-gpu on a machine with an NVIDIA GPU, "
+            "or set device = 'cpu' or 'auto'"
+        )
+    if device in ("cuda", "auto") and CUDA in available:
+        return [CUDA, CPU]
+    return [CPU]
+
+
+def _signature(
+    declared: tuple[TensorSpec, ...], graph: list[Any], kind: str, file: str
+) -> list[TensorSpec]:
+    """The graph's tensors, or the declared ones once checked against the graph."""
+    found = {arg.name: arg for arg in graph}
+    if not declared:
+        return [_spec_of(arg, kind, file) for arg in graph]
+    names = [spec.name for spec in declared]
+    unknown = [name for name in names if name not in found]
+    missing = [name for name in found if name not in names] if kind == "input" else []
+    if unknown or missing:
+        problems = []
+        if unknown:
+            problems.append(f"declares {kind}(s) {', '.join(unknown)} that the graph lacks")
+        if missing:
+            problems.append(f"leaves out graph input(s) {', '.join(missing)}")
+        raise ModelLoadError(
+            f"model.toml {' and '.join(problems)}; {file} has {kind}s "
+            f"{', '.join(_describe(arg) for arg in graph)}"
+        )
+    for spec in declared:
+        _check_declared(spec, _spec_of(found[spec.name], kind, file), kind, file)
+    return list(declared)
+
+
+def _spec_of(arg: Any, kind: str, file: str) -> TensorSpec:
+    datatype = DATATYPE_OF_ONNX.get(arg.type)
+    if datatype is None:
+        hint = ""
+        if arg.type.startswith(("seq(", "map(")):
+            hint = (
+                "; for a skl2onnx classifier convert with options={id(clf): {'zipmap': False}} "
+                "(or use `flaskserve convert sklearn-to-onnx`), or declare in model.toml only "
+                "the tensor outputs to serve"
+            )
+        raise ModelLoadError(
+            f"{file}: {kind} {arg.name!r} has type {arg.type}, which the V2 protocol cannot "
+            f"carry{hint}"
+        )
+    shape = [d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or [])]
+    return TensorSpec(arg.name, datatype, shape)
+
+
+def _describe(arg: Any) -> str:
+    dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in (arg.shape or []))
+    return f"{arg.name} {DATATYPE_OF_ONNX.get(arg.type, arg.type)} [{dims}]"
+
+
+def _check_declared(spec: TensorSpec, graph: TensorSpec, kind: str, file: str) -> None:
+    def mismatch(what: str) -> ModelLoadError:
+        return ModelLoadError(
+            f"model.toml declares {kind} {spec.name!r} as {spec.datatype} {list(spec.shape)} "
+            f"but {file} has {graph.datatype} {list(graph.shape)} ({what})"
+        )
+
+    if spec.datatype != graph.datatype:
+        raise mismatch("datatypes differ")
+    if len(spec.shape) != len(graph.shape):
+        raise mismatch("ranks differ")
+    for want, have in zip(spec.shape, graph.shape, strict=True):
+        if have != -1 and want != have:
+            raise mismatch("a fixed dimension differs")
+
+
+def _predictor(session: ort.InferenceSession, inputs: list[TensorSpec], outputs: list[TensorSpec]):  # type: ignore[no-untyped-def]
+    output_names = [spec.name for spec in outputs]
+    text_inputs = {spec.name for spec in inputs if spec.datatype == "BYTES"}
+    text_outputs = {spec.name for spec in outputs if spec.datatype == "BYTES"}
+
+    def predict(arrays: Arrays) -> dict[str, np.ndarray]:
+        feed = {
+            name: _as_strings(name, array) if name in text_inputs else array
+            for name, array in arrays.items()
+        }
+        results = session.run(output_names, feed)
+        return {
+            name: _as_bytes(value) if name in text_outputs else _canonical(value)
+            for name, value in zip(output_names, results, strict=True)
+        }
+
+    return predict
+
+
+def _as_strings(name: str, array: np.ndarray) -> np.ndarray:
+    """BYTES arrive as `bytes`; ONNX Runtime's string tensors take `str`."""
+    try:
+        texts = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in array.flat]
+    except UnicodeDecodeError:
+        raise InvalidInput(f"input {name!r} holds bytes that are not UTF-8 text") from None
+    return np.array(texts, dtype=object).reshape(array.shape)
+
+
+def _canonical(array: np.ndarray) -> np.ndarray:
+    """ONNX Runtime returns int64 as numpy's `longlong`, which equals `int64` as a dtype but is a
+    different scalar type that JSON encoders (orjson) refuse; view it as the canonical type."""
+    canonical = np.dtype(array.dtype.str)
+    return array if array.dtype.char == canonical.char else array.view(canonical)
+
+
+def _as_bytes(array: np.ndarray) -> np.ndarray:
+    values = [v.encode("utf-8") if isinstance(v, str) else v for v in array.flat]
+    return np.array(values, dtype=object).reshape(array.shape)

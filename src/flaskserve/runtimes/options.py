@@ -1,0 +1,46 @@
+"""Typed, checked reads of runtime settings from `model.toml` (`device`, thread counts, choices).
+
+Every runtime reads its knobs through these helpers so a typo such as `device = "gpu"` or
+`intra_op_threads = "4"` becomes a load error that names the key and the values it accepts,
+instead of a library exception at the first request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from flaskserve.core.config import ModelConfig
+from flaskserve.core.errors import ModelLoadError
+
+#: `device` values: `auto` takes a GPU when the library sees one, else the CPU.
+DEVICES = ("cpu", "cuda", "auto")
+
+
+def choice_option(config: ModelConfig, key: str, choices: Sequence[str], default: str) -> str:
+    value = config.option(key, default)
+    if value not in choices:
+        raise ModelLoadError(
+            f"{key} = {value!r} in model.toml; use one of {', '.join(repr(c) for c in choices)}"
+        )
+    return str(value)
+
+
+def int_option(config: ModelConfig, key: str, minimum: int = 0) -> int | None:
+    """An integer setting >= `minimum`, or None when `model.toml` leaves it out."""
+    value = config.option(key)
+    if value is None:
+        return None
+    if type(value) is not int or value < minimum:
+        raise ModelLoadError(f"{key} in model.toml must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def bool_option(config: ModelConfig, key: str, default: bool) -> bool:
+    value = config.option(key, default)
+    if not isinstance(value, bool):
+        raise ModelLoadError(f"{key} in model.toml must be true or false, got {value!r}")
+    return value
+
+
+def device_option(config: ModelConfig) -> str:
+    return choice_option(config, "device", DEVICES, "cpu")

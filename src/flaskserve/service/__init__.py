@@ -1,0 +1,18 @@
+"""Serving a model as a service: API keys, usage metering, limits and overload shedding.
+
+- `keys`: the hashed keys file and constant-time lookup (`flaskserve keys add|list|revoke`);
+- `auth`: which routes are open, which need a key, a model's permission or an admin key;
+- `limits`: per-key token buckets shared by the gunicorn workers, the batch-row limit;
+- `metering`: per-key, per-model usage journaled per request and folded into SQLite;
+- `prometheus`: the same usage as counters labelled by key id;
+- `worker`: the gthread worker that measures how long a request waited for a thread;
+- `hooks`: `install(app, dataplane, settings)`, which wires all of it into an app.
+
+Everything is off unless asked for (`--auth`, `--usage-db`, `--max-batch-rows`,
+`--request-timeout-ms`), except overload shedding (`--max-queue-ms`), which only acts when a
+request already waited seconds for a thread. See docs/reliability.md.
+"""
+
+from flaskserve.service.hooks import install
+
+__all__ = ["install"]

@@ -1,0 +1,90 @@
+"""Which routes need which key, and reading the key a request presents.
+
+With `--auth keys.toml` every route needs a valid key except these, which stay open:
+
+- health and readiness, for load balancers and Kubernetes probes: `/v2/health/live`,
+  `/v2/health/ready`, `/v2/models/<m>[/versions/<v>]/ready`, `/v1/models/<m>`, `/ping`;
+- `GET /v2` (server name, version and extensions: what a client library probes first);
+- the human front doors, like a public API reference: the playground (`/`, `/models/<m>`,
+  `/assets/...`), `/docs`, `/openapi.json` and `/home/<name>`. They show which models exist and
+  their signatures, no data and no usage; the playground's calls to a model need a key like any
+  other call. Where model names themselves are confidential, keep these pages off the public
+  listener (a reverse proxy rule), since a browser cannot send a bearer key on navigation.
+
+Model routes (inference on every protocol, and model metadata) need a key allowed on that model
+(403 otherwise). The repository routes (index, load, unload), `/v2/usage` and `/metrics` (whose
+per-key series say what every customer used) need an admin key. Any other route, including
+routes an application adds to the app, needs a valid key: open is the exception, listed here.
+"""
+
+from __future__ import annotations
+
+from flask import Request
+
+from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
+
+OPEN = "open"
+ADMIN = "admin"
+MODEL = "model"
+KEY = "key"
+
+OPEN_ENDPOINTS = frozenset(
+    {
+        "v2.live",
+        "v2.ready",
+        "v2.server_metadata",
+        "v2.model_ready",
+        "v1.model_status",
+        "sagemaker.ping",
+        "home.index",
+        "home.model_page",
+        "home.static",
+        "home.greet",
+        "static",
+    }
+)
+OPEN_PATHS = frozenset({"/", "/docs", "/openapi.json"})
+OPEN_PREFIXES = ("/static/", "/assets/", "/docs/")
+#: The routes that run a model; these are metered, rate limited and shed under overload.
+INFERENCE_ENDPOINTS = frozenset({"v2.infer", "v1.predict", "sagemaker.invocations"})
+MODEL_ENDPOINTS = INFERENCE_ENDPOINTS | {"v2.model_metadata"}
+ADMIN_ENDPOINTS = frozenset(
+    {"v2.repository_index", "v2.load_model", "v2.unload_model", "service.usage"}
+)
+ADMIN_PATHS = frozenset({"/metrics"})
+
+
+def access_of(endpoint: str, path: str) -> str:
+    """OPEN, ADMIN, MODEL (a key allowed on the model) or KEY (any valid key)."""
+    if endpoint in MODEL_ENDPOINTS:
+        return MODEL
+    if endpoint in OPEN_ENDPOINTS or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return OPEN
+    if endpoint in ADMIN_ENDPOINTS or path in ADMIN_PATHS:
+        return ADMIN
+    return KEY
+
+
+def presented_key(request: Request) -> str | None:
+    """The key from `Authorization: Bearer <key>`, else from `X-API-Key`; None if neither."""
+    header = request.headers.get("Authorization")
+    if header:
+        scheme, _, value = header.strip().partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    value = request.headers.get("X-API-Key")
+    return value.strip() if value and value.strip() else None
+
+
+def requested_model(request: Request, served: list[str]) -> str | None:
+    """The model a model route is about: from the URL, or for SageMaker's `/invocations` from
+    its target-model header, else the only model served (None when that is ambiguous)."""
+    name = (request.view_args or {}).get("name")
+    if name is not None:
+        return str(name)
+    if request.endpoint == "sagemaker.invocations":
+        named = request.headers.get(TARGET_MODEL_HEADER)
+        if named:
+            return named
+        return served[0] if len(served) == 1 else None
+    return None

@@ -1,0 +1,304 @@
+"""Wiring the service layer into the Flask app: one gate before each request, one meter after.
+
+Order of checks on a request, cheapest refusal first:
+
+0. a chunked body (no Content-Length) over `--max-request-bytes` gets 413, as a sized one does;
+1. overload: an inference request that waited longer than `--max-queue-ms` for a worker
+   thread gets 503 + `Retry-After: 1` at once (see `service.worker`);
+2. authentication and permission: 401 (no key, or an unknown one) with `WWW-Authenticate`,
+   403 (the key may not use this model, or the route needs an admin key);
+3. the key's rate limit: 429 + `Retry-After`.
+
+Inside the data plane (the one call every protocol makes, wrapped here): the batch-row limit
+(400), the request's deadline (504 when it ran out while waiting), and a single re-run of a
+request that lost a race with a model version swap (its model was unloaded between the lookup
+and the predict: it runs on the version now served instead of failing with 503).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flask import Blueprint, Flask, Response, has_request_context, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from flaskserve.core import deadlines
+from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelNotReady
+from flaskserve.core.model import Arrays, Model
+from flaskserve.protocol.v2 import json_response
+from flaskserve.service import auth, metering, prometheus
+from flaskserve.service.keys import ApiKey, KeyStore
+from flaskserve.service.limits import (
+    LocalBuckets,
+    SharedBuckets,
+    batch_rows,
+    check_batch_rows,
+    open_buckets,
+)
+from flaskserve.service.worker import queue_wait
+from flaskserve.settings import Settings
+
+#: WSGI environ keys: the access log can show the key id next to the request id.
+KEY_ID_KEY = "flaskserve.key_id"
+_USAGE_KEY = "flaskserve.service.usage"
+_BASE_KEY = "flaskserve.service.base"
+USAGE_ENDPOINT = "service.usage"
+
+
+def usage_db_path(settings: Settings) -> Path | None:
+    """Where usage is metered: `--usage-db`, else `usage.sqlite3` beside the keys file; None
+    (no metering) when neither API keys nor a database are configured."""
+    if settings.usage_db:
+        return Path(settings.usage_db)
+    if settings.auth:
+        return Path(settings.auth).with_name("usage.sqlite3")
+    return None
+
+
+@dataclass
+class Service:
+    """What the hooks of one app share."""
+
+    keys: KeyStore | None
+    meter: metering.Meter | None
+    buckets: LocalBuckets | SharedBuckets
+    max_batch_rows: int
+    request_timeout: float
+    max_queue_wait: float
+
+
+def install(app: Flask, dataplane: DataPlane, settings: Settings) -> Service:
+    """Add keys, limits, overload shedding and metering to `app` as `settings` ask."""
+    db_path = usage_db_path(settings)
+    service = Service(
+        keys=KeyStore(Path(settings.auth)) if settings.auth else None,
+        meter=metering.Meter(db_path) if db_path is not None else None,
+        buckets=open_buckets(settings.state_dir),
+        max_batch_rows=settings.max_batch_rows,
+        request_timeout=settings.request_timeout_ms / 1000.0,
+        max_queue_wait=settings.max_queue_ms / 1000.0,
+    )
+    app.extensions["flaskserve.service"] = service
+    dataplane.infer = _guarded_infer(dataplane, service)  # type: ignore[method-assign]
+    app.register_blueprint(_usage_blueprint(service))
+    app.before_request(_gate(dataplane, service))
+    app.after_request(_metering(dataplane, service))
+    return service
+
+
+def _gate(dataplane: DataPlane, service: Service) -> Callable[[], Response | None]:
+    repository = dataplane.repository
+
+    def gate() -> Response | None:
+        endpoint = request.endpoint
+        if endpoint is None:  # no such route: Flask answers 404/405
+            return None
+        environ = request.environ
+        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+            _check_chunked_size(request.max_content_length)
+        inference = endpoint in auth.INFERENCE_ENDPOINTS
+        if inference:
+            waited = queue_wait()
+            now = time.monotonic()
+            environ[_BASE_KEY] = waited[1] if waited else now
+            if waited and service.max_queue_wait and waited[0] > service.max_queue_wait:
+                return _refusal(
+                    503,
+                    f"the server is overloaded: this request waited {waited[0]:.1f}s for a "
+                    "worker; retry after the time in Retry-After",
+                    {"Retry-After": "1"},
+                )
+        if service.keys is None:
+            return None
+        access = auth.access_of(endpoint, request.path)
+        if access == auth.OPEN:
+            return None
+        presented = auth.presented_key(request)
+        if presented is None:
+            return _refusal(
+                401,
+                "this server needs an API key: send 'Authorization: Bearer <key>' or "
+                "'X-API-Key: <key>'",
+                {"WWW-Authenticate": 'Bearer realm="flaskserve"'},
+            )
+        key = service.keys.authenticate(presented)
+        if key is None:
+            return _refusal(
+                401,
+                "the API key is not valid (unknown or revoked); ask the operator for a key",
+                {"WWW-Authenticate": 'Bearer realm="flaskserve", error="invalid_token"'},
+            )
+        environ[KEY_ID_KEY] = key.id
+        if access == auth.ADMIN and not key.admin:
+            return _refusal(
+                403, f"API key {key.id!r} is not an admin key; {request.path} needs one"
+            )
+        if access == auth.MODEL:
+            served = [entry.name for entry in repository.entries()]
+            model = auth.requested_model(request, served)
+            if not key.allows(model):
+                return _refusal(403, _not_allowed(key, model))
+        if inference and key.rate > 0:
+            retry_after = service.buckets.take(key.id, key.rate, key.bucket_size)
+            if retry_after:
+                return _refusal(
+                    429,
+                    f"API key {key.id!r} is limited to {key.rate:g} requests/s; retry after "
+                    f"{retry_after}s",
+                    {"Retry-After": str(retry_after)},
+                )
+        return None
+
+    return gate
+
+
+def _check_chunked_size(limit: int | None) -> None:
+    """413 for a chunked body over the size limit. Werkzeug stops reading such a body at the
+    limit and hands the app the first `limit` bytes as if that were all (a 400 at best, from
+    a parser seeing a cut body); one more byte from the server's stream tells the two apart."""
+    if not limit:
+        return
+    body = request.get_data()  # cached: the route reads the same bytes
+    if len(body) >= limit and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+
+
+def _not_allowed(key: ApiKey, model: str | None) -> str:
+    allowed = ", ".join(key.models)
+    return f"API key {key.id!r} may not use model {model!r}; it may use: {allowed}"
+
+
+def _refusal(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    response = json_response({"error": message}, status)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _guarded_infer(dataplane: DataPlane, service: Service) -> Callable[..., tuple[Model, Arrays]]:
+    """`dataplane.infer` with the batch-row limit, the deadline, the swap retry and metering."""
+    original = dataplane.infer
+    repository = dataplane.repository
+
+    def infer(
+        name: str,
+        version: str | None,
+        inputs: Mapping[str, np.ndarray],
+        datatypes: Mapping[str, str],
+        outputs: Sequence[str] | None = None,
+    ) -> tuple[Model, Arrays]:
+        if not has_request_context():
+            return original(name, version, inputs, datatypes, outputs)
+        if service.max_batch_rows:
+            check_batch_rows(name, inputs, service.max_batch_rows)
+        environ = request.environ
+        deadline = None
+        if service.request_timeout:
+            deadline = environ.get(_BASE_KEY, time.monotonic()) + service.request_timeout
+            if deadline <= time.monotonic():
+                raise deadlines.expired("waiting for a worker thread")
+        try:
+            before = repository.entry(name)
+        except FlaskServeError:
+            before = None
+        started = time.perf_counter()
+        result: tuple[Model, Arrays] | None = None
+        try:
+            with deadlines.until(deadline) if deadline is not None else nullcontext():
+                try:
+                    result = original(name, version, inputs, datatypes, outputs)
+                except ModelNotReady:
+                    if before is None or repository.entry(name) is before:
+                        raise
+                    result = original(name, version, inputs, datatypes, outputs)
+            return result
+        finally:
+            model = result[0].name if result is not None else name
+            items = batch_rows(inputs) if result is not None else 0
+            environ[_USAGE_KEY] = (model, items, time.perf_counter() - started)
+
+    return infer
+
+
+def _metering(dataplane: DataPlane, service: Service) -> Callable[[Response], Response]:
+    repository = dataplane.repository
+    metered = service.meter is not None or service.keys is not None
+
+    def meter(response: Response) -> Response:
+        if not metered or request.endpoint not in auth.INFERENCE_ENDPOINTS:
+            return response
+        environ = request.environ
+        key_id = environ.get(KEY_ID_KEY)
+        if key_id is None:
+            if service.keys is not None:  # refused before the key was read: not billable
+                return response
+            key_id = metering.ANONYMOUS
+        served = [entry.name for entry in repository.entries()]
+        usage = environ.get(_USAGE_KEY)
+        if usage is not None:
+            model, items, compute = usage
+        else:
+            model, items, compute = auth.requested_model(request, served), 0, 0.0
+        if model not in served:
+            model = prometheus.UNKNOWN_MODEL
+        bytes_in = _bytes_received()
+        bytes_out = response.calculate_content_length() or 0
+        status = response.status_code
+
+        def record() -> None:
+            if service.meter is not None:
+                service.meter.record(
+                    key_id, model, status >= 400, items, bytes_in, bytes_out, round(compute * 1e6)
+                )
+            if service.keys is not None:
+                prometheus.count(key_id, model, status, items, bytes_in, bytes_out, compute)
+
+        # Once the server has written the response (WSGI close), not before: a worker killed
+        # between building an answer and sending it must not bill the client for it.
+        response.call_on_close(record)
+        return response
+
+    return meter
+
+
+def _bytes_received() -> int:
+    if request.content_length is not None:
+        return request.content_length
+    try:
+        return len(request.get_data())
+    except HTTPException:  # a chunked body over the size limit: it was refused unread
+        return 0
+
+
+def _usage_blueprint(service: Service) -> Blueprint:
+    bp = Blueprint("service", __name__)
+
+    @bp.get("/v2/usage")
+    def usage() -> Response:
+        if service.meter is None:
+            return json_response(
+                {
+                    "error": "usage metering is off; serve with --auth keys.toml or "
+                    "--usage-db PATH to meter usage"
+                },
+                404,
+            )
+        since_text = request.args.get("since")
+        since = None
+        if since_text:
+            try:
+                since = metering.parse_since(since_text)
+            except ValueError as exc:
+                raise InvalidInput(str(exc).replace("--since", "since")) from None
+        rows = service.meter.report(since)
+        return json_response(
+            {"since": metering.since_label(since), "usage": [row.as_dict() for row in rows]}
+        )
+
+    return bp

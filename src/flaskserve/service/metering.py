@@ -1,0 +1,435 @@
+"""Usage metering: what each API key used of each model, in an embedded SQLite database.
+
+Per request (key, model) the meter records: 1 request, whether it failed (status >= 400),
+inference items (rows of the first input), bytes received and sent, and compute time (the
+wall-clock time the request spent in the data plane: signature checks, waiting for its batch and
+the predict it ran in; a batched request is charged its batch's duration).
+
+The write path is built so that nothing is lost and the request path stays cheap:
+
+1. Each request appends one small JSON line to this process's *journal* with a single
+   `os.write` (a few microseconds, no fsync). Once `write` returns the bytes are in the kernel,
+   so a worker killed with SIGKILL loses nothing it had recorded.
+2. Every second (`FLUSH_INTERVAL`) a background thread rotates the journal and folds it into
+   SQLite in one transaction (WAL mode, so many workers and a reader share the file); on a clean
+   exit (gunicorn's `worker_exit`, atexit) the last journal is folded the same way.
+3. Folding is idempotent: the journal's name is inserted in the same transaction as its sums,
+   so a fold interrupted after the commit (or two processes folding the same orphan) never
+   counts twice. A process holds an `flock` on its open journal; a journal whose lock can be
+   taken belongs to a dead process and is folded by whichever process finds it, within
+   seconds, or by `flaskserve usage` before it reports.
+
+Usage is kept per minute (`minute` = Unix time of the minute's start, UTC), which is what
+`--since` filters on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import csv
+import fcntl
+import io
+import logging
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("flaskserve.usage")
+
+#: Seconds between folds of the journal into SQLite.
+FLUSH_INTERVAL = 1.0
+#: Seconds between looks for journals of dead processes.
+ORPHAN_INTERVAL = 5.0
+#: Key id recorded when the server meters without API keys.
+ANONYMOUS = "-"
+COLUMNS = ("requests", "failed", "items", "bytes_in", "bytes_out", "compute_us")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    minute INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    model TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    items INTEGER NOT NULL DEFAULT 0,
+    bytes_in INTEGER NOT NULL DEFAULT 0,
+    bytes_out INTEGER NOT NULL DEFAULT 0,
+    compute_us INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (minute, key_id, model)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS folded_journals (
+    name TEXT PRIMARY KEY,
+    folded_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+_UPSERT = """
+INSERT INTO usage (minute, key_id, model, requests, failed, items, bytes_in, bytes_out,
+                   compute_us)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (minute, key_id, model) DO UPDATE SET
+    requests = requests + excluded.requests,
+    failed = failed + excluded.failed,
+    items = items + excluded.items,
+    bytes_in = bytes_in + excluded.bytes_in,
+    bytes_out = bytes_out + excluded.bytes_out,
+    compute_us = compute_us + excluded.compute_us
+"""
+
+#: Folded journal names are remembered this long (a crashed fold is retried within seconds).
+_FOLDED_RETENTION = 7 * 24 * 3600.0
+
+
+def journal_dir(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".pending")
+
+
+def connect(db_path: Path) -> sqlite3.Connection:
+    """A connection to the usage database (created with its schema if new), in WAL mode."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.executescript(_SCHEMA)
+    return conn
+
+
+def fold_journal(conn: sqlite3.Connection, path: Path) -> int:
+    """Add one closed journal file to the database and delete it; returns the lines folded."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    sums: dict[tuple[int, str, str], list[int]] = {}
+    lines = 0
+    for line in raw.splitlines():
+        try:
+            minute, key_id, model, *values = orjson.loads(line)
+            row = sums.setdefault((int(minute), str(key_id), str(model)), [0] * len(COLUMNS))
+            for i, value in enumerate(values):
+                row[i] += int(value)
+        except (orjson.JSONDecodeError, TypeError, ValueError):
+            log.warning("skipping an unreadable usage record in %s", path)
+            continue
+        lines += 1
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(
+            "INSERT INTO folded_journals (name, folded_at) VALUES (?, ?)", (path.name, time.time())
+        )
+    except sqlite3.IntegrityError:  # folded before (a fold that died after its commit)
+        conn.execute("ROLLBACK")
+        path.unlink(missing_ok=True)
+        return 0
+    try:
+        conn.executemany(_UPSERT, [(*key, *values) for key, values in sums.items()])
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    path.unlink(missing_ok=True)
+    return lines
+
+
+def fold_orphans(conn: sqlite3.Connection, folder: Path) -> int:
+    """Fold the journals no live process holds: rotated ones left behind and the open
+    journals of processes that died. Returns the lines folded."""
+    if not folder.is_dir():
+        return 0
+    folded = 0
+    for path in sorted(folder.glob("*.fold")):
+        folded += fold_journal(conn, path)
+    for path in sorted(folder.glob("*.log")):
+        claimed = _claim_dead_journal(path)
+        if claimed is not None:
+            folded += fold_journal(conn, claimed)
+    return folded
+
+
+def _claim_dead_journal(path: Path) -> Path | None:
+    """Rename the open journal of a dead process to a foldable name; None if its owner lives."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        # The lock may be on a journal its owner rotated away since we opened the name; only
+        # a file still under that name and unlocked is an orphan (its owner is gone).
+        try:
+            if os.stat(path).st_ino != os.fstat(fd).st_ino:
+                return None
+        except FileNotFoundError:
+            return None
+        target = path.with_name(f"{path.stem}-orphan-{uuid.uuid4().hex[:8]}.fold")
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None
+        return target
+    finally:
+        os.close(fd)
+
+
+class Meter:
+    """Records usage in this process and folds it into the database in the background."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+        self.folder = journal_dir(db_path)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._owner = os.getpid()
+        self._id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self._seq = 0
+        self._write_lock = threading.Lock()
+        self._fold_lock = threading.Lock()
+        self._fd = -1
+        self._dirty = False
+        self._closed = False
+        self._conn: sqlite3.Connection | None = None
+        self._last_orphan_scan = 0.0
+        with self._fold_lock:
+            self._connection()  # fail at start, not on the first flush, if the path is unusable
+        self._open_journal()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="flaskserve-usage", daemon=True)
+        self._thread.start()
+        _live_meters.append(self)
+
+    # -- request path ------------------------------------------------------------------------
+
+    def record(
+        self,
+        key_id: str,
+        model: str,
+        failed: bool,
+        items: int,
+        bytes_in: int,
+        bytes_out: int,
+        compute_us: int,
+    ) -> None:
+        minute = int(time.time()) // 60 * 60
+        line = orjson.dumps(
+            [minute, key_id, model, 1, int(failed), items, bytes_in, bytes_out, compute_us]
+        )
+        with self._write_lock:
+            if self._fd < 0:
+                log.warning("usage of %s after the meter closed was not recorded", key_id)
+                return
+            os.write(self._fd, line + b"\n")
+            self._dirty = True
+
+    # -- folding -----------------------------------------------------------------------------
+
+    def _journal_path(self) -> Path:
+        return self.folder / f"{self._id}.log"
+
+    def _open_journal(self) -> None:
+        fd = os.open(self._journal_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd = fd
+
+    def _rotate(self, reopen: bool) -> Path | None:
+        """Close the current journal under a foldable name (None when it holds nothing)."""
+        with self._write_lock:
+            if self._fd < 0 or (not self._dirty and reopen):
+                return None
+            self._seq += 1
+            rotated = self.folder / f"{self._id}-{self._seq}.fold"
+            os.rename(self._journal_path(), rotated)
+            os.close(self._fd)
+            self._fd = -1
+            dirty, self._dirty = self._dirty, False
+            if reopen:
+                self._open_journal()
+        if not dirty:
+            rotated.unlink(missing_ok=True)
+            return None
+        return rotated
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = connect(self.db_path)
+        return self._conn
+
+    def flush(self) -> None:
+        """Fold what this process recorded so far into the database (the caller waits)."""
+        if os.getpid() != self._owner:  # a forked child must not touch its parent's journal
+            return
+        with self._fold_lock:
+            self._rotate(reopen=not self._closed)
+            conn = self._connection()
+            for path in sorted(self.folder.glob(f"{self._id}-*.fold")):
+                fold_journal(conn, path)
+            now = time.monotonic()
+            if now - self._last_orphan_scan >= ORPHAN_INTERVAL:
+                self._last_orphan_scan = now
+                fold_orphans(conn, self.folder)
+                conn.execute(
+                    "DELETE FROM folded_journals WHERE folded_at < ?",
+                    (time.time() - _FOLDED_RETENTION,),
+                )
+
+    def _run(self) -> None:
+        while not self._stop.wait(FLUSH_INTERVAL):
+            try:
+                self.flush()
+            except Exception:
+                log.exception("could not write usage to %s; will retry", self.db_path)
+
+    def close(self) -> None:
+        """Fold everything and stop; called on a clean exit (idempotent)."""
+        if self._closed or os.getpid() != self._owner:
+            return
+        self._closed = True
+        self._stop.set()
+        try:
+            self.flush()
+        finally:
+            with self._fold_lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+    def report(self, since: int | None = None) -> list[UsageRow]:
+        """This process's usage flushed, then the table for every key and model."""
+        if not self._closed:
+            self.flush()
+        with self._fold_lock:
+            return query(self._connection(), since)
+
+
+_live_meters: list[Meter] = []
+
+
+def close_all() -> None:
+    """Fold and close every meter of this process (gunicorn `worker_exit`, atexit)."""
+    while _live_meters:
+        meter = _live_meters.pop()
+        try:
+            meter.close()
+        except Exception:
+            log.exception("could not write the last usage records to %s", meter.db_path)
+
+
+atexit.register(close_all)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    key_id: str
+    model: str
+    requests: int
+    failed: int
+    items: int
+    bytes_in: int
+    bytes_out: int
+    compute_us: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key_id,
+            "model": self.model,
+            "requests": self.requests,
+            "failed": self.failed,
+            "items": self.items,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "compute_ms": round(self.compute_us / 1000.0, 3),
+        }
+
+
+def query(conn: sqlite3.Connection, since: int | None = None) -> list[UsageRow]:
+    """Usage per key and model, summed over the minutes from `since` (Unix time) on."""
+    sums = ", ".join(f"SUM({column})" for column in COLUMNS)
+    rows = conn.execute(
+        f"SELECT key_id, model, {sums} FROM usage WHERE minute >= ? "
+        "GROUP BY key_id, model ORDER BY key_id, model",
+        (int(since) // 60 * 60 if since is not None else 0,),
+    ).fetchall()
+    return [UsageRow(*row) for row in rows]
+
+
+def read_usage(db_path: Path, since: int | None = None) -> list[UsageRow]:
+    """The usage table from the database file, after folding journals of dead processes."""
+    if not db_path.exists():
+        raise FileNotFoundError(f"no usage database at {db_path}; has the server metered yet?")
+    with contextlib.closing(connect(db_path)) as conn:
+        fold_orphans(conn, journal_dir(db_path))
+        return query(conn, since)
+
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str, now: float | None = None) -> int:
+    """Unix time from `30m`, `24h`, `7d` (ago) or an ISO date/time (UTC unless it says)."""
+    text = text.strip()
+    match = _RELATIVE.fullmatch(text)
+    now = time.time() if now is None else now
+    if match:
+        return int(now - float(match.group(1)) * _UNIT_SECONDS[match.group(2)])
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            f"--since {text!r} is neither a duration (30m, 24h, 7d) nor an ISO date "
+            "(2024-05-01 or 2024-05-01T12:00)"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+def format_table(rows: list[UsageRow]) -> str:
+    header = ("KEY", "MODEL", "REQUESTS", "FAILED", "ITEMS", "BYTES_IN", "BYTES_OUT", "COMPUTE_MS")
+    body = [
+        (
+            r.key_id, r.model, str(r.requests), str(r.failed), str(r.items), str(r.bytes_in),
+            str(r.bytes_out), f"{r.compute_us / 1000.0:.3f}",
+        )
+        for r in rows
+    ]
+    table = [header, *body]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = []
+    for row in table:
+        cells = [
+            cell.ljust(width) if i < 2 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def format_csv(rows: list[UsageRow]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["key", "model", *COLUMNS[:-1], "compute_ms"])
+    for r in rows:
+        writer.writerow(
+            [r.key_id, r.model, r.requests, r.failed, r.items, r.bytes_in, r.bytes_out,
+             f"{r.compute_us / 1000.0:.3f}"]
+        )
+    return out.getvalue()
+
+
+def since_label(since: int | None) -> str:
+    if since is None:
+        return "all time"
+    return datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M UTC")
+

@@ -1,0 +1,109 @@
+"""Copy-paste client code for a model: curl, Python `requests` and `tritonclient.http`.
+
+Each snippet sends the model's example request (`examples.example_request`) to this server, so
+what a visitor copies from the playground runs as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import pprint
+import shlex
+from typing import Any
+from urllib.parse import urlsplit
+
+from flaskserve.core.model import TensorSpec
+from flaskserve.web.examples import example_request
+
+_NUMPY_DTYPE = {
+    "BOOL": "np.bool_",
+    "UINT8": "np.uint8",
+    "UINT16": "np.uint16",
+    "UINT32": "np.uint32",
+    "UINT64": "np.uint64",
+    "INT8": "np.int8",
+    "INT16": "np.int16",
+    "INT32": "np.int32",
+    "INT64": "np.int64",
+    "FP16": "np.float16",
+    "FP32": "np.float32",
+    "FP64": "np.float64",
+    "BYTES": "np.object_",
+}
+
+
+def infer_path(name: str) -> str:
+    return f"/v2/models/{name}/infer"
+
+
+def snippets(
+    base_url: str, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]
+) -> dict[str, str]:
+    """{"curl": ..., "requests": ..., "tritonclient": ...} for model `name` at `base_url`."""
+    base_url = base_url.rstrip("/")
+    request = example_request(inputs)
+    return {
+        "curl": curl(base_url, name, request),
+        "requests": python_requests(base_url, name, request),
+        "tritonclient": tritonclient(base_url, name, inputs, outputs, request),
+    }
+
+
+def curl(base_url: str, name: str, request: dict[str, Any]) -> str:
+    body = json.dumps(request, separators=(",", ":"))
+    return (
+        f"curl -s {shlex.quote(base_url + infer_path(name))} \\\n"
+        "  -H 'Content-Type: application/json' \\\n"
+        f"  -d {shlex.quote(body)}"
+    )
+
+
+def python_requests(base_url: str, name: str, request: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            "import requests",
+            "",
+            f"request = {_python_literal(request)}",
+            f"response = requests.post({base_url + infer_path(name)!r}, json=request, timeout=30)",
+            "response.raise_for_status()",
+            'for output in response.json()["outputs"]:',
+            '    print(output["name"], output["shape"], output["data"][:10])',
+        ]
+    )
+
+
+def tritonclient(
+    base_url: str,
+    name: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    request: dict[str, Any],
+) -> str:
+    host = urlsplit(base_url).netloc or base_url
+    lines = [
+        "import numpy as np",
+        "import tritonclient.http as httpclient",
+        "",
+        f"client = httpclient.InferenceServerClient(url={host!r})",
+        "inputs = []",
+    ]
+    for spec, tensor in zip(inputs, request["inputs"], strict=True):
+        data = tensor["data"]
+        if spec.datatype == "BYTES":
+            data = [value.encode("utf-8") for value in data]
+        lines += [
+            f"array = np.array({data!r}, dtype={_NUMPY_DTYPE[spec.datatype]})"
+            f".reshape({tensor['shape']!r})",
+            f"tensor = httpclient.InferInput({spec.name!r}, list(array.shape), "
+            f"{spec.datatype!r})",
+            "tensor.set_data_from_numpy(array)",
+            "inputs.append(tensor)",
+        ]
+    lines.append(f"result = client.infer({name!r}, inputs)")
+    lines += [f"print({spec.name!r}, result.as_numpy({spec.name!r}))" for spec in outputs]
+    return "\n".join(lines)
+
+
+def _python_literal(request: dict[str, Any]) -> str:
+    """The request as Python source, wrapped to stay readable."""
+    return pprint.pformat(request, width=96, compact=True, sort_dicts=False)

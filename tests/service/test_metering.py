@@ -1,0 +1,136 @@
+"""Usage metering: exact sums across processes, nothing lost to SIGKILL, nothing counted twice."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from flaskserve.cli import main
+from flaskserve.service import metering
+from flaskserve.service.metering import Meter, fold_journal, parse_since, read_usage
+
+
+def _record(meter: Meter, key: str, count: int, model: str = "digits") -> None:
+    for i in range(count):
+        meter.record(key, model, failed=i % 10 == 0, items=3, bytes_in=100, bytes_out=40,
+                     compute_us=1500)
+
+
+def test_flushed_usage_sums_per_key_and_model(tmp_path) -> None:
+    meter = Meter(tmp_path / "usage.sqlite3")
+    _record(meter, "alice", 20)
+    _record(meter, "alice", 5, model="minilm")
+    _record(meter, "bob", 7)
+    rows = {(row.key_id, row.model): row for row in meter.report()}
+    meter.close()
+    alice = rows[("alice", "digits")]
+    assert (alice.requests, alice.failed, alice.items) == (20, 2, 60)
+    assert (alice.bytes_in, alice.bytes_out, alice.compute_us) == (2000, 800, 30000)
+    assert rows[("alice", "minilm")].requests == 5
+    assert rows[("bob", "digits")].as_dict()["compute_ms"] == 10.5
+
+
+def _meter_in_child(db: str, key: str, count: int, how: str) -> None:
+    meter = Meter(Path(db))
+    _record(meter, key, count)
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    meter.close()
+    os._exit(0)
+
+
+def _run_children(db: Path, plan: list[tuple[str, int, str]]) -> None:
+    context = multiprocessing.get_context("fork")
+    children = [
+        context.Process(target=_meter_in_child, args=(str(db), key, count, how))
+        for key, count, how in plan
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(timeout=60)
+
+
+def test_processes_writing_at_once_lose_and_double_nothing(tmp_path) -> None:
+    db = tmp_path / "usage.sqlite3"
+    _run_children(db, [("alice", 300, "close"), ("alice", 200, "close"), ("bob", 150, "close")])
+    rows = {row.key_id: row for row in read_usage(db)}
+    assert rows["alice"].requests == 500 and rows["alice"].items == 1500
+    assert rows["bob"].requests == 150
+
+
+def test_usage_of_a_process_killed_with_sigkill_is_recovered(tmp_path) -> None:
+    db = tmp_path / "usage.sqlite3"
+    _run_children(db, [("alice", 123, "kill")])
+    assert list(metering.journal_dir(db).glob("*.log"))  # left behind by the dead process
+    rows = read_usage(db)
+    assert [(row.key_id, row.requests) for row in rows] == [("alice", 123)]
+    assert not list(metering.journal_dir(db).iterdir())
+    assert read_usage(db)[0].requests == 123  # folding again adds nothing
+
+
+def test_a_journal_folded_twice_counts_once(tmp_path) -> None:
+    db = tmp_path / "usage.sqlite3"
+    meter = Meter(db)
+    _record(meter, "alice", 4)
+    meter.close()
+    conn = metering.connect(db)
+    journal = metering.journal_dir(db) / "crashed-after-commit-1.fold"
+    journal.write_bytes(b'[0, "alice", "digits", 1, 0, 3, 100, 40, 1500]\n')
+    assert fold_journal(conn, journal) == 1
+    journal.write_bytes(b'[0, "alice", "digits", 1, 0, 3, 100, 40, 1500]\n')
+    assert fold_journal(conn, journal) == 0
+    assert not journal.exists()
+    assert metering.query(conn)[0].requests == 5
+    conn.close()
+
+
+def test_since_filters_by_minute(tmp_path) -> None:
+    db = tmp_path / "usage.sqlite3"
+    conn = metering.connect(db)
+    journal = metering.journal_dir(db) / "old-and-new.fold"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_bytes(
+        b'[1714521600, "alice", "digits", 1, 0, 1, 10, 10, 10]\n'
+        b'[1714608000, "alice", "digits", 1, 0, 2, 10, 10, 10]\n'
+    )
+    fold_journal(conn, journal)
+    assert metering.query(conn)[0].requests == 2
+    assert metering.query(conn, parse_since("2024-05-01T12:00"))[0].items == 2
+    conn.close()
+
+
+def test_since_accepts_durations_and_iso_dates() -> None:
+    assert parse_since("30m", now=10_000) == 8_200
+    assert parse_since("2d", now=200_000) == 200_000 - 172_800
+    assert parse_since("2024-05-01") == 1714521600
+    assert parse_since("2024-05-01T02:00+02:00") == 1714521600
+    with pytest.raises(ValueError, match="neither a duration"):
+        parse_since("yesterday")
+
+
+def test_usage_command_prints_a_table_and_csv(tmp_path) -> None:
+    db = tmp_path / "usage.sqlite3"
+    meter = Meter(db)
+    _record(meter, "alice", 3)
+    meter.close()
+    runner = CliRunner()
+    table = runner.invoke(main, ["usage", "--db", str(db), "--since", "1h"])
+    assert table.exit_code == 0, table.output
+    header, row = table.output.splitlines()[1:3]
+    assert header.split() == [
+        "KEY", "MODEL", "REQUESTS", "FAILED", "ITEMS", "BYTES_IN", "BYTES_OUT", "COMPUTE_MS"
+    ]
+    assert row.split() == ["alice", "digits", "3", "1", "9", "300", "120", "4.500"]
+    as_csv = runner.invoke(main, ["usage", "--csv"], env={"FLASKSERVE_USAGE_DB": str(db)})
+    assert as_csv.output.splitlines() == [
+        "key,model,requests,failed,items,bytes_in,bytes_out,compute_ms",
+        "alice,digits,3,1,9,300,120,4.500",
+    ]
+    missing = runner.invoke(main, ["usage", "--db", str(tmp_path / "none.sqlite3")])
+    assert missing.exit_code != 0 and "no usage database" in missing.output

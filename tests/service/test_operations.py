@@ -1,0 +1,152 @@
+"""Graceful operations against a real gunicorn server: SIGTERM drain, version swap, worker kill,
+overload shedding."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+from service_models import (
+    slow_body,
+    slow_predicts_started,
+    versioned_body,
+    write_slow,
+    write_versioned,
+)
+
+
+def worker_pids(master: int) -> set[int]:
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    return {int(pid) for pid in children}
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_sigterm_finishes_every_in_flight_request_then_exits(tmp_path, start_server) -> None:
+    write_slow(tmp_path)
+    server = start_server(
+        [str(tmp_path), "--workers", "2", "--threads", "4", "--graceful-timeout", "15"]
+    )
+    url = f"{server.url}/v2/models/slow/infer"
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(requests.post, url, json=slow_body(1.5), timeout=20)
+                   for _ in range(6)]
+        wait_for(lambda: slow_predicts_started(tmp_path) == 6)  # all six are in predict
+        os.kill(server.process.pid, signal.SIGTERM)
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200] * 6
+    assert all(r.json()["outputs"][0]["data"] == [1.5] for r in responses)
+    assert server.process.wait(timeout=15) == 0
+    try:
+        requests.get(f"{server.url}/v2/health/live", timeout=2)
+        raise AssertionError("the server still accepts connections after SIGTERM")
+    except requests.ConnectionError:
+        pass
+
+
+def _hammer(url: str, body: dict, stop: threading.Event, results: list) -> None:
+    with requests.Session() as session:
+        while not stop.is_set():
+            try:
+                response = session.post(url, json=body, timeout=10)
+                results.append((response.status_code, response.json()))
+            except requests.RequestException as exc:
+                results.append((None, repr(exc)))
+
+
+def test_new_version_swaps_in_without_a_failed_request(tmp_path, start_server) -> None:
+    write_versioned(tmp_path, 1)
+    server = start_server([str(tmp_path), "--workers", "2", "--threads", "4"])
+    url = f"{server.url}/v2/models/versioned/infer"
+    stop = threading.Event()
+    results: list[list] = [[] for _ in range(4)]
+    threads = [
+        threading.Thread(target=_hammer, args=(url, versioned_body(2), stop, out))
+        for out in results
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    write_versioned(tmp_path, 2)
+    loaded = requests.post(f"{server.url}/v2/repository/models/versioned/load", timeout=30)
+    time.sleep(2.0)  # the other worker replays the load within a poll interval
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=15)
+    answers = [answer for out in results for answer in out]
+    assert loaded.status_code == 200
+    failures = [answer for answer in answers if answer[0] != 200]
+    assert failures == []
+    versions = [answer[1]["outputs"][0]["data"][0] for answer in answers]
+    assert 1 in versions and 2 in versions
+    assert all(out[-1][1]["model_version"] == "2" for out in results)
+    assert all(out[-1][1]["outputs"][0]["data"] == [2, 2] for out in results)
+
+
+def test_killed_worker_is_replaced_and_only_its_requests_fail(tmp_path, start_server) -> None:
+    write_versioned(tmp_path, 1)
+    server = start_server([str(tmp_path), "--workers", "2", "--threads", "4"])
+    before = worker_pids(server.process.pid)
+    assert len(before) == 2
+    url = f"{server.url}/v2/models/versioned/infer"
+    stop = threading.Event()
+    results: list[list] = [[] for _ in range(4)]
+    threads = [
+        threading.Thread(target=_hammer, args=(url, versioned_body(), stop, out))
+        for out in results
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.7)
+    victim = sorted(before)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(worker_pids(server.process.pid) - {victim}) == 2)
+    marks = [len(out) for out in results]
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=15)
+    replaced = worker_pids(server.process.pid)
+    assert victim not in replaced and len(replaced) == 2
+    # At most the one request each client had in flight on the killed worker failed, and it
+    # failed as a lost connection, never as an HTTP error.
+    for out in results:
+        failed = [answer for answer in out if answer[0] != 200]
+        assert len(failed) <= 1
+        assert all(answer[0] is None for answer in failed)
+    # Once the worker was replaced, every request succeeded.
+    for out, mark in zip(results, marks, strict=True):
+        assert out[mark:] and all(answer[0] == 200 for answer in out[mark:])
+
+
+def test_overload_answers_503_with_retry_after_instead_of_queueing(
+    tmp_path, start_server
+) -> None:
+    write_slow(tmp_path)
+    server = start_server(
+        [str(tmp_path), "--workers", "1", "--threads", "2", "--max-queue-ms", "300"]
+    )
+    url = f"{server.url}/v2/models/slow/infer"
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(
+            pool.map(lambda _: requests.post(url, json=slow_body(1.0), timeout=30), range(8))
+        )
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) == {200, 503}
+    assert statuses.count(200) >= 1 and statuses.count(503) >= 4
+    for response in responses:
+        if response.status_code == 503:
+            assert response.headers["Retry-After"] == "1"
+            assert "overloaded" in response.json()["error"]

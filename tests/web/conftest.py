@@ -1,0 +1,140 @@
+"""A repository with one model per playground widget, and Debian's Chromium for browser tests."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flaskserve.models import digits
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "test-output" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+#: No sandbox (containers), and nothing that phones home: this machine has no internet.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+#: A text "embedding" model: letter frequencies, so similar sentences get similar vectors.
+LETTERS_TOML = """\
+runtime = "python"
+entrypoint = "letters:Letters"
+[[inputs]]
+name = "sentence"
+datatype = "BYTES"
+shape = [-1]
+[[outputs]]
+name = "vector"
+datatype = "FP32"
+shape = [-1, 26]
+"""
+
+LETTERS_PY = """\
+import numpy as np
+
+class Letters:
+    def predict(self, sentence):
+        out = np.zeros((len(sentence), 26), dtype=np.float32)
+        for row, text in enumerate(sentence):
+            for char in text.decode("utf-8").lower():
+                if "a" <= char <= "z":
+                    out[row, ord(char) - ord("a")] += 1
+        return out
+"""
+
+#: A tabular model with three inputs of different datatypes: the JSON editor's case.
+TABULAR_TOML = """\
+runtime = "python"
+entrypoint = "tabular:Tabular"
+[[inputs]]
+name = "features"
+datatype = "FP64"
+shape = [-1, 3]
+[[inputs]]
+name = "counts"
+datatype = "INT32"
+shape = [-1, 2]
+[[inputs]]
+name = "flag"
+datatype = "BOOL"
+shape = [-1]
+[[outputs]]
+name = "score"
+datatype = "FP64"
+shape = [-1]
+[[outputs]]
+name = "positive"
+datatype = "BOOL"
+shape = [-1]
+"""
+
+TABULAR_PY = """\
+class Tabular:
+    def predict(self, features, counts, flag):
+        score = features.sum(axis=1) + counts.sum(axis=1) + flag
+        return {"score": score, "positive": score > 0}
+"""
+
+
+def write_python_model(root: Path, name: str, toml: str, module: str, source: str) -> None:
+    (root / name / "1").mkdir(parents=True)
+    (root / name / "model.toml").write_text(toml)
+    (root / name / "1" / f"{module}.py").write_text(source)
+
+
+@pytest.fixture(scope="session")
+def playground_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits (drawing pad), letters (text with embeddings) and tabular (JSON editor)."""
+    root = tmp_path_factory.mktemp("playground")
+    digits.build(root / "digits")
+    write_python_model(root, "letters", LETTERS_TOML, "letters", LETTERS_PY)
+    write_python_model(root, "tabular", TABULAR_TOML, "tabular", TABULAR_PY)
+    return root
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing; `make test` installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser) -> Iterator:
+    context = browser.new_context(viewport={"width": 1100, "height": 900})
+    context.set_default_timeout(15_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda msg: errors.append(msg.text) if _is_script_error(msg) else None)
+    yield page
+    context.close()
+    assert not errors, f"the page logged errors: {errors}"
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+    SCREENSHOTS.mkdir(parents=True)
+    return SCREENSHOTS
+
+
+def _is_script_error(message) -> bool:
+    """Console errors from the page's scripts; an HTTP 4xx that a test provokes is not one."""
+    return message.type == "error" and not message.text.startswith("Failed to load resource")

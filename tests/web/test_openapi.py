@@ -1,0 +1,134 @@
+"""/openapi.json: a valid OpenAPI 3.1 document listing every route, whose examples really work."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from openapi_schema_validator import OAS31Validator
+from openapi_spec_validator import validate
+from referencing import Registry, Resource
+
+from flaskserve.app import create_app
+from flaskserve.settings import Settings
+from flaskserve.web.openapi import openapi_path
+
+
+@pytest.fixture(scope="module")
+def app(playground_repo):
+    return create_app(Settings(repository=str(playground_repo)))
+
+
+@pytest.fixture(scope="module")
+def document(app) -> dict:
+    response = app.test_client().get("/openapi.json")
+    assert response.status_code == 200
+    return response.get_json()
+
+
+def examples(document: dict):
+    """(path, method, content type, example) for every request example on a concrete path."""
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            for media_type, media in content.items():
+                for example in media.get("examples", {}).values():
+                    if "{" not in path:
+                        yield path, method, media_type, media["schema"], example["value"]
+
+
+def test_document_is_valid_openapi_3_1(document) -> None:
+    assert document["openapi"] == "3.1.0"
+    validate(document)
+
+
+def test_every_served_route_and_method_is_documented(app, document) -> None:
+    for rule in app.url_map.iter_rules():
+        path = openapi_path(rule.rule)
+        assert path in document["paths"], f"{rule.rule} is served but not documented"
+        for method in rule.methods - {"HEAD", "OPTIONS"}:
+            assert method.lower() in document["paths"][path], f"{method} {rule.rule} missing"
+    for expected in ("/v2/models/{name}/versions/{version}/infer", "/v2/repository/index",
+                     "/v1/models/{name}:predict", "/invocations", "/home/{name}", "/metrics",
+                     "/", "/models/{name}", "/docs", "/openapi.json"):
+        assert expected in document["paths"]
+
+
+def test_each_model_has_schemas_from_its_signature(document) -> None:
+    schemas = document["components"]["schemas"]
+    digits = schemas["model.digits.InferRequest"]["properties"]["inputs"]
+    tensor = digits["items"]["oneOf"][0]["properties"]
+    assert tensor["name"] == {"const": "input"} and tensor["datatype"] == {"const": "FP32"}
+    assert tensor["shape"]["minItems"] == tensor["shape"]["maxItems"] == 2
+    tabular = schemas["model.tabular.InferRequest"]["properties"]["inputs"]
+    assert tabular["minItems"] == tabular["maxItems"] == 3
+    names = {t["properties"]["name"]["const"] for t in tabular["items"]["oneOf"]}
+    assert names == {"features", "counts", "flag"}
+    outputs = schemas["model.letters.InferResponse"]["properties"]["outputs"]["items"]["oneOf"]
+    assert outputs[0]["properties"]["datatype"] == {"const": "FP32"}
+
+
+def test_examples_match_their_own_schemas(document) -> None:
+    registry = Registry().with_resource("urn:doc", Resource.opaque(document))
+    found = list(examples(document))
+    assert {path for path, *_ in found} >= {
+        "/v2/models/digits/infer", "/v2/models/letters/infer", "/v2/models/tabular/infer",
+        "/v1/models/digits:predict", "/v1/models/tabular:predict",
+    }
+    for path, _method, _media_type, schema, value in found:
+        ref = schema.get("$ref", "").replace("#", "urn:doc#")
+        validator = OAS31Validator({"$ref": ref} if ref else schema, registry=registry)
+        errors = list(validator.iter_errors(value))
+        assert not errors, f"example of {path} breaks its schema: {errors[0].message}"
+
+
+def test_every_example_is_answered_200_by_a_real_server(start_server, playground_repo) -> None:
+    server = start_server([str(playground_repo), "--workers", "1"])
+    document = requests.get(f"{server.url}/openapi.json", timeout=10).json()
+    found = list(examples(document))
+    assert len(found) >= 5
+    for path, method, media_type, _schema, value in found:
+        response = requests.request(
+            method, server.url + path, json=value, headers={"Content-Type": media_type},
+            timeout=30,
+        )
+        assert response.status_code == 200, f"{method} {path}: {response.text}"
+
+
+def test_sagemaker_example_is_given_when_one_model_is_served(digits_repo) -> None:
+    client = create_app(Settings(repository=str(digits_repo))).test_client()
+    document = client.get("/openapi.json").get_json()
+    validate(document)
+    (_, _, _, _, value), = [e for e in examples(document) if e[0] == "/invocations"]
+    response = client.post("/invocations", json=value)
+    assert response.status_code == 200
+    assert response.get_json()["outputs"][0]["data"] == [7]
+
+
+def test_docs_page_is_served_with_local_assets_only(app) -> None:
+    client = app.test_client()
+    page = client.get("/docs").get_data(as_text=True)
+    assert "/assets/docs.js" in page and "http://" not in page and "https://" not in page
+    assert client.get("/assets/docs.js").status_code == 200
+
+
+def test_routes_an_application_adds_are_documented_too() -> None:
+    from flaskserve import ModelServer, Tensor
+
+    server = ModelServer()
+
+    @server.model("double", inputs=[Tensor("x", "INT32", [-1])],
+                  outputs=[Tensor("y", "INT32", [-1])])
+    def double(x):
+        return x * 2
+
+    @server.app.route("/hello/<who>")
+    def hello(who: str) -> str:
+        """Say hello to someone."""
+        return f"hello {who}"
+
+    document = server.app.test_client().get("/openapi.json").get_json()
+    validate(document)
+    assert document["paths"]["/hello/{who}"]["get"]["summary"] == "Say hello to someone."
+    (_, _, _, _, value), = [e for e in examples(document) if e[0] == "/v2/models/double/infer"]
+    response = server.app.test_client().post("/v2/models/double/infer", json=value)
+    assert response.status_code == 200, response.get_json()
