@@ -98,6 +98,8 @@ def test_new_version_swaps_in_without_a_failed_request(tmp_path, start_server) -
 def test_killed_worker_is_replaced_and_only_its_requests_fail(tmp_path, start_server) -> None:
     write_versioned(tmp_path, 1)
     server = start_server([str(tmp_path), "--workers", "2", "--threads", "4"])
+    # Ready means one worker answers; the second may still be booting.
+    wait_for(lambda: server.log.count("model versioned version 1 is ready") == 2)
     before = worker_pids(server.process.pid)
     assert len(before) == 2
     url = f"{server.url}/v2/models/versioned/infer"
