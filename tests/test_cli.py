@@ -75,7 +75,17 @@ def test_serve_without_a_repository_serves_the_embedded_digits_model(start_serve
     server = start_server(["--workers", "1"])
     metadata = requests.get(f"{server.url}/v2/models/digits", timeout=5).json()
     assert metadata["outputs"][0] == {"name": "label", "datatype": "INT64", "shape": [-1]}
-    assert "held-out accuracy" in server.log or "Booting worker" in server.log
+    from sklearn.datasets import load_digits
+
+    features, labels = load_digits(return_X_y=True)
+    body = {
+        "inputs": [
+            {"name": "input", "shape": [5, 64], "datatype": "FP32", "data": features[:5].tolist()}
+        ],
+        "outputs": [{"name": "label"}],
+    }
+    answer = requests.post(f"{server.url}/v2/models/digits/infer", json=body, timeout=10).json()
+    assert answer["outputs"][0]["data"] == labels[:5].tolist()
 
 
 def test_debug_serves_with_the_flask_dev_server_and_logs_each_request(start_server, digits_repo):
