@@ -1,15 +1,18 @@
 """Builds the default model repository once into the cache, then reuses it.
 
 The folder is keyed by the flaskserve and scikit-learn versions (a model saved by one sklearn may
-not load in another), built in a temporary folder and renamed into place, under a file lock, so
-several workers starting at once build it once and never see half of it. The MiniLM embedding
-model joins digits when the `nlp` extra is installed; its folder name then differs, so installing
-the extra later adds it instead of reusing the digits-only folder.
+not load in another) and by a digest of the recipes (the model.toml texts and the training
+settings), so a changed recipe builds afresh instead of serving a stale cache. It is built in a
+temporary folder and renamed into place, under a file lock, so several workers starting at once
+build it once and never see half of it. The MiniLM embedding model joins digits when the `nlp`
+extra is installed; its folder name then differs, so installing the extra later adds it instead
+of reusing the digits-only folder.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import shutil
 import tempfile
@@ -25,7 +28,8 @@ def default_repository(cache_dir: Path) -> Path:
 
     with_nlp = minilm.available()
     suffix = "-nlp" if with_nlp else ""
-    root = cache_dir / f"default-models-{__version__}-sklearn{sklearn.__version__}{suffix}"
+    name = f"default-models-{__version__}-sklearn{sklearn.__version__}-{_recipe_digest()}"
+    root = cache_dir / (name + suffix)
     if root.is_dir():
         return root
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -34,6 +38,13 @@ def default_repository(cache_dir: Path) -> Path:
         if not root.is_dir():
             _build(root, with_nlp)
     return root
+
+
+def _recipe_digest() -> str:
+    from flaskserve.models import digits, minilm
+
+    recipe = "\n".join([digits.MODEL_TOML, digits.RECIPE, minilm.MODEL_TOML])
+    return hashlib.sha256(recipe.encode("utf-8")).hexdigest()[:10]
 
 
 def _build(root: Path, with_nlp: bool = False) -> None:
