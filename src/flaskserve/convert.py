@@ -93,8 +93,8 @@ def sklearn_to_onnx(
     source_dir = model_dir / str(source)
     try:
         reference = sklearn_runtime.load(sk_config, str(source), source_dir)
-        estimator = sklearn_runtime._load_estimator(
-            sk_config, sklearn_runtime._model_file(sk_config, source_dir)
+        estimator = sklearn_runtime.load_estimator(
+            sk_config, sklearn_runtime.model_file(sk_config, source_dir)
         )
     except ModelLoadError as exc:
         raise ConversionError(f"version {source} does not load: {exc}") from None
@@ -182,7 +182,7 @@ def _convert(estimator: Any, reference: Model, config: ModelConfig, opset: int |
 def _method_of(config: ModelConfig, output: str) -> str:
     named = config.option("methods", {})
     method = named.get(output) if isinstance(named, dict) else None
-    return str(method or sklearn_runtime._METHOD_OF_OUTPUT.get(output, ""))
+    return str(method or sklearn_runtime.METHOD_OF_OUTPUT.get(output, ""))
 
 
 def _onnx_shape(spec: TensorSpec) -> list[int | None]:

@@ -367,3 +367,35 @@ def test_the_dataplane_batches_concurrent_requests_and_unloading_closes_the_batc
     assert unloaded == [True]
     assert batcher.closed
     assert dataplane._batchers == {}
+
+
+def test_a_request_that_loses_the_race_with_a_version_swap_runs_on_the_new_version() -> None:
+    """The model is looked up, then swapped (its batcher closed) before it predicts: the data
+    plane runs the request on the model served now instead of failing it with 503."""
+    repository = ModelRepository(None, loader=None)  # type: ignore[arg-type]
+    repository.register(lambda: make_model(lambda arrays: double(arrays["x"])))
+    dataplane = DataPlane(repository)
+    dataplane.infer("m", None, {"x": rows_of(1, 0)}, {"x": "FP32"})  # starts v1's batcher
+    stale = repository.get("m")
+    looked_up = repository.get
+
+    def get_then_swap(name: str, version: str | None = None) -> Model:
+        if repository.get is get_then_swap:
+            repository.get = looked_up  # type: ignore[method-assign]
+            repository.load("m")  # the swap closes the stale model's batcher
+            return stale
+        return looked_up(name, version)
+
+    repository.get = get_then_swap  # type: ignore[method-assign]
+    model, outputs = dataplane.infer("m", None, {"x": rows_of(1, 3)}, {"x": "FP32"})
+    assert model is not stale and model is repository.get("m")
+    assert outputs["y"].tolist() == [[6.0, 8.0, 10.0]]
+
+
+def test_a_request_to_an_unloaded_model_still_fails_with_503() -> None:
+    repository = ModelRepository(None, loader=None)  # type: ignore[arg-type]
+    repository.register(lambda: make_model(lambda arrays: double(arrays["x"])))
+    dataplane = DataPlane(repository)
+    repository.unload("m")
+    with pytest.raises(ModelNotReady, match="unloaded"):
+        dataplane.infer("m", None, {"x": rows_of(1, 0)}, {"x": "FP32"})

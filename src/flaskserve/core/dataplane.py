@@ -48,13 +48,30 @@ class DataPlane:
         """Run `inputs` through the model; `outputs` (names the client asked for) are checked
         before any compute is spent."""
         model = self.repository.get(name, version)
+        try:
+            return model, self._run(model, inputs, datatypes, outputs)
+        except ModelNotReady:
+            # A version swap unloaded `model` between the lookup and the predict: run once more
+            # on what is served now, so a swap fails no request. Truly unloaded: raise again.
+            current = self.repository.get(name, version)
+            if current is model:
+                raise
+            return current, self._run(current, inputs, datatypes, outputs)
+
+    def _run(
+        self,
+        model: Model,
+        inputs: Mapping[str, np.ndarray],
+        datatypes: Mapping[str, str],
+        outputs: Sequence[str] | None,
+    ) -> Arrays:
         check_inputs(model, inputs, datatypes)
         if outputs:
             check_output_names(model, outputs)
         if model.max_batch_size > 0:
             batcher = self._batchers.get(id(model)) or self._start_batcher(model)
-            return model, batcher.submit(dict(inputs))
-        return model, run_model(model, dict(inputs))
+            return batcher.submit(dict(inputs))
+        return run_model(model, dict(inputs))
 
     def _start_batcher(self, model: Model) -> Batcher:
         """The batcher of `model`, started on its first request; unloading the model closes it."""

@@ -24,7 +24,7 @@ from flaskserve.core.model import Arrays, Model, TensorSpec
 SKOPS_SUFFIXES = (".skops",)
 PICKLE_SUFFIXES = (".joblib", ".pkl")
 
-_METHOD_OF_OUTPUT = {
+METHOD_OF_OUTPUT = {
     "label": "predict",
     "prediction": "predict",
     "predictions": "predict",
@@ -34,7 +34,7 @@ _METHOD_OF_OUTPUT = {
 
 
 def load(config: ModelConfig, version: str, path: Path) -> Model:
-    estimator = _load_estimator(config, _model_file(config, path))
+    estimator = load_estimator(config, model_file(config, path))
     inputs = list(config.inputs) or _infer_inputs(estimator)
     outputs = list(config.outputs) or _infer_outputs(estimator)
     if len(inputs) != 1:
@@ -70,7 +70,7 @@ def load(config: ModelConfig, version: str, path: Path) -> Model:
     )
 
 
-def _model_file(config: ModelConfig, path: Path) -> Path:
+def model_file(config: ModelConfig, path: Path) -> Path:
     named = config.option("file")
     if named is not None:
         candidate = path / str(named)
@@ -88,7 +88,7 @@ def _model_file(config: ModelConfig, path: Path) -> Path:
     return files[0]
 
 
-def _load_estimator(config: ModelConfig, file: Path) -> Any:
+def load_estimator(config: ModelConfig, file: Path) -> Any:
     if file.suffix in PICKLE_SUFFIXES:
         if config.option("trust_pickle") is not True:
             raise ModelLoadError(
@@ -152,7 +152,7 @@ def _output_methods(
         raise ModelLoadError("[methods] in model.toml must map output names to estimator methods")
     methods = {}
     for spec in outputs:
-        method_name = named.get(spec.name, _METHOD_OF_OUTPUT.get(spec.name))
+        method_name = named.get(spec.name, METHOD_OF_OUTPUT.get(spec.name))
         if method_name is None:
             raise ModelLoadError(
                 f"output {spec.name!r}: say which estimator method gives it, e.g. "

@@ -10,9 +10,8 @@ Order of checks on a request, cheapest refusal first:
 3. the key's rate limit: 429 + `Retry-After`.
 
 Inside the data plane (the one call every protocol makes, wrapped here): the batch-row limit
-(400), the request's deadline (504 when it ran out while waiting), and a single re-run of a
-request that lost a race with a model version swap (its model was unloaded between the lookup
-and the predict: it runs on the version now served instead of failing with 503).
+(400) and the request's deadline (504 when it ran out while waiting). A request that loses a
+race with a model version swap is re-run by the data plane itself.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from flaskserve.core import deadlines
 from flaskserve.core.dataplane import DataPlane
-from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelNotReady
+from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import Arrays, Model
 from flaskserve.protocol.v2 import json_response
 from flaskserve.service import auth, metering, prometheus
@@ -182,9 +181,8 @@ def _refusal(status: int, message: str, headers: dict[str, str] | None = None) -
 
 
 def _guarded_infer(dataplane: DataPlane, service: Service) -> Callable[..., tuple[Model, Arrays]]:
-    """`dataplane.infer` with the batch-row limit, the deadline, the swap retry and metering."""
+    """`dataplane.infer` with the batch-row limit, the deadline and metering."""
     original = dataplane.infer
-    repository = dataplane.repository
 
     def infer(
         name: str,
@@ -203,20 +201,11 @@ def _guarded_infer(dataplane: DataPlane, service: Service) -> Callable[..., tupl
             deadline = environ.get(_BASE_KEY, time.monotonic()) + service.request_timeout
             if deadline <= time.monotonic():
                 raise deadlines.expired("waiting for a worker thread")
-        try:
-            before = repository.entry(name)
-        except FlaskServeError:
-            before = None
         started = time.perf_counter()
         result: tuple[Model, Arrays] | None = None
         try:
             with deadlines.until(deadline) if deadline is not None else nullcontext():
-                try:
-                    result = original(name, version, inputs, datatypes, outputs)
-                except ModelNotReady:
-                    if before is None or repository.entry(name) is before:
-                        raise
-                    result = original(name, version, inputs, datatypes, outputs)
+                result = original(name, version, inputs, datatypes, outputs)
             return result
         finally:
             model = result[0].name if result is not None else name
