@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
@@ -42,6 +43,17 @@ def test_serve_rejects_a_missing_repository() -> None:
     result = CliRunner().invoke(main, ["serve", "/no/such/folder"])
     assert result.exit_code != 0
     assert "is not a folder" in result.output
+
+
+def test_serve_refuses_a_port_another_server_listens_on(tmp_path: Path) -> None:
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", str(tmp_path), "--port", str(port)])
+    assert result.exit_code != 0
+    assert f"127.0.0.1:{port} is already in use" in result.output
+    assert "choose another --port" in result.output
 
 
 def test_settings_come_from_flags_then_environment_then_defaults() -> None:

@@ -19,6 +19,7 @@ from flaskserve.app import create_app, open_repository
 from flaskserve.core.repository import ModelRepository
 from flaskserve.deploy.command import deploy
 from flaskserve.observability.metrics import shared_memory_dir
+from flaskserve.ports import PortInUse, check_port_free
 from flaskserve.service.commands import check_service, keys, usage
 from flaskserve.settings import Settings
 from flaskserve.storage import StorageError, is_remote, open_mirror
@@ -99,6 +100,8 @@ def serve(
     )
     settings = sagemaker_overrides(settings, os.environ, explicit_port=port is not None)
     _configure_logging(settings)
+    if not settings.debug:
+        _check_port(settings)
     if app_ref is None:
         _check_repository(settings)
     check_service(settings)
@@ -163,6 +166,16 @@ def _configure_logging(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
     )
+
+
+def _check_port(settings: Settings) -> None:
+    """Fail at once on a busy port, before the default models are built."""
+    try:
+        check_port_free(settings.host, settings.port)
+    except PortInUse as exc:
+        raise click.ClickException(
+            f"{exc.strerror}: stop the server listening there or choose another --port"
+        ) from None
 
 
 def _check_repository(settings: Settings) -> None:

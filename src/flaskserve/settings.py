@@ -26,6 +26,9 @@ class Settings:
     #: threads per gunicorn worker (gthread), so one worker overlaps I/O and batches requests;
     #: 16 served W1 at c=32 best of 4/8/16/32, sync and gevent (docs/benchmarks.md).
     threads: int = 16
+    #: CPU threads each model runtime (ONNX Runtime, PyTorch) uses in a worker when its
+    #: model.toml does not say; 0: the cores divided among the workers (runtimes/threads.py).
+    runtime_threads: int = 0
     debug: bool = False
     log_level: str = "info"
     #: "text" (one readable access line per request) or "json" (one JSON object per line).

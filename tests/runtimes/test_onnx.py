@@ -13,6 +13,7 @@ from flaskserve.core.config import read_model_config
 from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import TensorSpec
 from flaskserve.runtimes import onnx as onnx_runtime
+from flaskserve.runtimes.threads import RUNTIME_THREADS_ENV
 
 AFFINE_DECLARED = """\
 [[inputs]]
@@ -165,3 +166,14 @@ def test_cuda_without_a_gpu_is_a_clear_load_error_and_auto_uses_the_cpu(affine_d
         load(affine_dir)
     (affine_dir / "model.toml").write_text('device = "auto"\n')
     assert load(affine_dir).parameters["providers"] == ["CPUExecutionProvider"]
+
+
+def test_threads_default_to_the_servers_share_and_model_toml_wins(
+    affine_dir, monkeypatch
+) -> None:
+    (affine_dir / "model.toml").write_text("")
+    assert onnx_runtime.session_options(read_model_config(affine_dir)).intra_op_num_threads == 0
+    monkeypatch.setenv(RUNTIME_THREADS_ENV, "3")
+    assert onnx_runtime.session_options(read_model_config(affine_dir)).intra_op_num_threads == 3
+    (affine_dir / "model.toml").write_text("intra_op_threads = 1\n")
+    assert onnx_runtime.session_options(read_model_config(affine_dir)).intra_op_num_threads == 1

@@ -3,6 +3,8 @@ overload shedding."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import signal
 import threading
@@ -152,3 +154,81 @@ def test_overload_answers_503_with_retry_after_instead_of_queueing(
         if response.status_code == 503:
             assert response.headers["Retry-After"] == "1"
             assert "overloaded" in response.json()["error"]
+
+
+def _connect_each_time(url: str, body: dict, stop: threading.Event, results: list) -> None:
+    """A client that opens a new connection for every request (no keep-alive)."""
+    while not stop.is_set():
+        try:
+            response = requests.post(url, json=body, timeout=10,
+                                     headers={"Connection": "close"})
+            results.append(response.status_code)
+        except requests.RequestException as exc:
+            results.append(repr(exc))
+
+
+def test_rolling_restart_loses_no_request_on_new_connections(tmp_path, start_server) -> None:
+    # Each worker listens on a socket of its own (SO_REUSEPORT): a stopping worker must accept
+    # what the kernel queued there before it closes it, or those connections are reset.
+    write_versioned(tmp_path, 1)
+    server = start_server([str(tmp_path), "--workers", "2", "--threads", "4"])
+    wait_for(lambda: server.log.count("model versioned version 1 is ready") == 2)
+    before = worker_pids(server.process.pid)
+    url = f"{server.url}/v2/models/versioned/infer"
+    stop = threading.Event()
+    results: list[list] = [[] for _ in range(6)]
+    threads = [
+        threading.Thread(target=_connect_each_time, args=(url, versioned_body(), stop, out))
+        for out in results
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    os.kill(server.process.pid, signal.SIGHUP)
+    wait_for(lambda: not (worker_pids(server.process.pid) & before)
+             and server.log.count("model versioned version 1 is ready") == 4)
+    time.sleep(0.5)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=15)
+    answers = [answer for out in results for answer in out]
+    assert len(answers) > 50
+    assert [a for a in answers if a != 200] == []
+
+
+def test_a_busy_keep_alive_client_does_not_hold_the_only_thread(tmp_path, start_server) -> None:
+    # A thread stays on a kept-alive connection for its next request only while no other
+    # connection waits for a thread.
+    write_versioned(tmp_path, 1)
+    server = start_server([str(tmp_path), "--workers", "1", "--threads", "1"])
+    url = f"{server.url}/v2/models/versioned/infer"
+    stop = threading.Event()
+    busy: list = []
+    hammer = threading.Thread(target=_hammer_lean, args=(server.port, stop, busy))
+    hammer.start()
+    try:
+        wait_for(lambda: len(busy) > 20)
+        other = requests.post(url, json=versioned_body(), timeout=5)
+        still_busy = hammer.is_alive() and not stop.is_set()
+    finally:
+        stop.set()
+        hammer.join(timeout=15)
+    assert other.status_code == 200
+    assert still_busy
+    assert set(busy) == {200}
+
+
+def _hammer_lean(port: int, stop: threading.Event, results: list) -> None:
+    """Back-to-back requests on one kept-alive connection, each sent as soon as the previous
+    answer is read (http.client: far less client time between requests than `requests`)."""
+    body = json.dumps(versioned_body())
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        while not stop.is_set():
+            connection.request("POST", "/v2/models/versioned/infer", body,
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            response.read()
+            results.append(response.status)
+    finally:
+        connection.close()

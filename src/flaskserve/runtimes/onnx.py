@@ -9,7 +9,7 @@ Declaring outputs also serves only those, which is how a graph with non-tensor o
 skl2onnx's ZipMap probabilities) can still serve its tensor outputs.
 
     device = "cpu"                      # "cuda" (CUDAExecutionProvider) or "auto"
-    intra_op_threads = 2                # 0 or absent: ONNX Runtime's default (one per core)
+    intra_op_threads = 2                # absent: cores / workers (runtimes/threads.py)
     inter_op_threads = 1
     graph_optimization_level = "all"    # "disable", "basic", "extended" or "all"
 
@@ -30,6 +30,7 @@ from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.files import detail, model_file, sniff
 from flaskserve.runtimes.options import choice_option, device_option, int_option
+from flaskserve.runtimes.threads import default_threads
 
 log = logging.getLogger("flaskserve.runtimes.onnx")
 
@@ -120,7 +121,7 @@ def _reason(model: Path, exc: Exception) -> str:
 
 def session_options(config: ModelConfig) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    intra = int_option(config, "intra_op_threads")
+    intra = int_option(config, "intra_op_threads") or default_threads()
     inter = int_option(config, "inter_op_threads")
     if intra:
         options.intra_op_num_threads = intra

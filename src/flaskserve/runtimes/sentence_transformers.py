@@ -48,6 +48,7 @@ from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.files import detail
 from flaskserve.runtimes.options import bool_option, choice_option, device_option, int_option
+from flaskserve.runtimes.threads import default_threads
 
 log = logging.getLogger("flaskserve.runtimes.sentence_transformers")
 
@@ -176,7 +177,7 @@ def _torch_encoder(folder: Path, config: ModelConfig) -> Encoder:
             "pip install 'flaskserve[nlp]'"
         ) from None
     device = resolve_device(device_option(config))
-    threads = int_option(config, "threads", minimum=1)
+    threads = int_option(config, "threads", minimum=1) or default_threads()
     if threads:
         torch.set_num_threads(threads)
     try:

@@ -12,7 +12,8 @@ request, and the first request does not pay for lazy initialisation. Set `warmup
 model that cannot take zeros.
 
     device = "cpu"     # "cuda" when PyTorch sees a GPU (a load error otherwise) or "auto"
-    threads = 2        # torch.set_num_threads: process-wide, so the last model loaded sets it
+    threads = 2        # torch.set_num_threads (process-wide: the last model loaded sets it);
+                       # absent: the server's share per worker (runtimes/threads.py)
     warmup = true
 
 Inference runs under `torch.inference_mode()` (no autograd bookkeeping); modules are only read,
@@ -33,6 +34,7 @@ from flaskserve.core.errors import ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.files import detail, model_file, sniff, zip_names
 from flaskserve.runtimes.options import bool_option, device_option, int_option
+from flaskserve.runtimes.threads import default_threads
 
 PLATFORM_OF_SUFFIX = {".pt": "pytorch_torchscript", ".pt2": "pytorch_export"}
 
@@ -46,7 +48,7 @@ def load(config: ModelConfig, version: str, path: Path) -> Model:
     inputs, outputs = _declared_signature(config)
     file = model_file(path, tuple(PLATFORM_OF_SUFFIX), "torch")
     device = resolve_device(device_option(config))
-    threads = int_option(config, "threads", minimum=1)
+    threads = int_option(config, "threads", minimum=1) or default_threads()
     if threads:
         torch.set_num_threads(threads)
     module = _load_module(file, device)
