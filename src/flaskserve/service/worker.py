@@ -8,8 +8,8 @@ app (`queue_wait()`). The app answers a request that waited longer than `--max-q
 503 + Retry-After at once, which costs microseconds, so a backlog drains quickly instead of
 every request in it being served late. Requests that waited less are served as usual.
 
-The worker also spreads connections over the workers (`accept`) and serves a busy kept-alive
-connection on the same thread (`handle`).
+The worker also spreads connections over the workers (`accept`) and, when traffic is light,
+serves a kept-alive connection's next request on the same thread (`handle`).
 
 `accept`, `enqueue_req`, `handle`, `set_accept_enabled` and `wait_for_and_dispatch_events` are
 the gthread worker's own methods (gunicorn 27).
@@ -58,6 +58,8 @@ class QueueTimedWorker(ThreadWorker):  # type: ignore[misc]
         self._submitted = 0  # connections handed to the thread pool (by the main thread only)
         self._handle_calls = itertools.count(1)
         self._handled = 0  # about how many of them a thread took up (an atomic `next`)
+        self._finish_calls = itertools.count(1)
+        self._finished = 0  # about how many handle calls ended
         self._accept_paused_until = 0.0
         super().init_process()
 
@@ -89,14 +91,16 @@ class QueueTimedWorker(ThreadWorker):  # type: ignore[misc]
         super().enqueue_req(conn)
 
     def handle(self, conn: Any) -> Any:
-        """Serve a connection; then, while no other connection waits for a thread, stay on it
+        """Serve a connection; then, while it is the only one this worker serves, stay on it
         for the next request.
 
         gthread hands a kept-alive connection back to its main loop after every request, and
         the next request comes back through the poller and the pool's queue: three thread
-        hand-offs and their GIL hand-overs per request. A client that sends its next request
-        at once (a busy service, a load balancer's pool) is served on the same thread instead:
-        +29 % W1 requests/s at c=32, +53 % at c=1 (docs/benchmarks.md).
+        hand-offs and their GIL hand-overs per request, which is most of a request's cost
+        when traffic is light (W1 at c=1: 1,264 -> 1,945 req/s). Under load the hand-offs
+        are shared by many requests, and a thread parked on each connection made the GIL's
+        unfair scheduling show (W1 c=32 p99 46-52 ms against 29-30 ms, the same req/s), so a
+        thread only stays while no other connection is served or waits (docs/benchmarks.md).
         """
         self._handled = next(self._handle_calls)
         queued_at = getattr(conn, "flaskserve_queued_at", None)
@@ -104,13 +108,20 @@ class QueueTimedWorker(ThreadWorker):  # type: ignore[misc]
             _local.wait = None
         else:
             _local.wait = (time.monotonic() - queued_at, queued_at)
-        keep = super().handle(conn)
-        while keep is True and self.alive and self._submitted <= self._handled:
-            if not _next_request_soon(conn, self.STAY_MS):
-                break
-            _local.wait = (0.0, time.monotonic())
+        try:
             keep = super().handle(conn)
-        return keep
+            while keep is True and self.alive and self._alone():
+                if not _next_request_soon(conn, self.STAY_MS):
+                    break
+                _local.wait = (0.0, time.monotonic())
+                keep = super().handle(conn)
+            return keep
+        finally:
+            self._finished = next(self._finish_calls)
+
+    def _alone(self) -> bool:
+        """No other connection is being served or waits for a thread in this worker."""
+        return self._submitted <= self._handled and self._handled - self._finished <= 1
 
 
 def worker_exit(server: Any, worker: Any) -> None:
