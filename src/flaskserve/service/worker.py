@@ -81,8 +81,9 @@ class QueueTimedWorker(ThreadWorker):  # type: ignore[misc]
         super().set_accept_enabled(enabled)
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        if not self._accepting and self.alive:  # wake up when the pause ends
-            timeout = max(0.0, min(timeout, self._accept_paused_until - time.monotonic()))
+        paused_for = self._accept_paused_until - time.monotonic()
+        if paused_for > 0 and not self._accepting and self.alive:  # wake when the pause ends
+            timeout = min(timeout, paused_for)
         super().wait_for_and_dispatch_events(timeout)
 
     def enqueue_req(self, conn: Any) -> None:
