@@ -20,6 +20,7 @@ from flaskserve.observability import metrics
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
 
 REQUEST_ID_HEADER = "X-Request-ID"
+_REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"
 #: WSGI environ keys the access loggers read.
 REQUEST_ID_KEY = "flaskserve.request_id"
 MODEL_KEY = "flaskserve.model"
@@ -55,7 +56,7 @@ def install(app: Flask, dataplane: DataPlane) -> None:
     @app.before_request
     def start() -> None:
         environ = request.environ
-        given = request.headers.get(REQUEST_ID_HEADER)
+        given = environ.get(_REQUEST_ID_ENVIRON)  # not request.headers: built per request
         environ[REQUEST_ID_KEY] = (
             given if given and _VALID_REQUEST_ID.fullmatch(given) else new_request_id()
         )
