@@ -72,6 +72,21 @@ class Server:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 60) -> None:
+        """Until `text` was logged `count` times: "model m version 1 is ready" once per worker
+        tells that every worker booted (ready routes answer as soon as one has)."""
+        deadline = time.monotonic() + timeout
+        while self.log.count(text) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged {count} times:\n{self.log}")
+            time.sleep(0.1)
+
+    def worker_pids(self) -> set[int]:
+        """The gunicorn workers' process ids (the children of the server process)."""
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return {int(child) for child in children}
+
     def stop(self) -> None:
         stop_process_group(self.process)
         self._log.close()

@@ -341,32 +341,24 @@ def test_unload_reaches_every_worker_and_load_brings_the_model_back(start_server
     assert missing.status_code == 404
 
 
-def established_per_worker(master_pid: int, port: int) -> list[int]:
-    """How many established connections to `port` each worker process of `master_pid` holds."""
+def established_per_worker(server) -> list[int]:  # type: ignore[no-untyped-def]
+    """How many established connections to the server's port each worker process holds."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             for line in f.readlines()[1:]:
                 fields = line.split()
                 local_port = int(fields[1].rsplit(":", 1)[1], 16)
-                if local_port == port and fields[3] == "01":  # 01: ESTABLISHED
-                    inodes.add(fields[9])
-    counts = []
-    with open(f"/proc/{master_pid}/task/{master_pid}/children") as f:
-        workers = [int(pid) for pid in f.read().split()]
-    for pid in workers:
-        fds = Path(f"/proc/{pid}/fd")
-        links = [os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()]
-        counts.append(sum(link[len("socket:[") : -1] in inodes for link in links
-                          if link.startswith("socket:[")))
-    return counts
+                if local_port == server.port and fields[3] == "01":  # 01: ESTABLISHED
+                    inodes.add(f"socket:[{fields[9]}]")
+    return [
+        sum(os.readlink(fd) in inodes for fd in Path(f"/proc/{pid}/fd").iterdir())
+        for pid in sorted(server.worker_pids())
+    ]
 
 
 def test_a_burst_of_connections_is_spread_over_both_workers(digits_server) -> None:
-    deadline = time.monotonic() + 30
-    while digits_server.log.count("model digits version 1 is ready") < 2:  # both workers up
-        assert time.monotonic() < deadline, digits_server.log
-        time.sleep(0.1)
+    digits_server.wait_for_log("model digits version 1 is ready", count=2)  # both workers up
     # All at once, as a load balancer or `wrk -c32` opens them: unchecked, the worker that
     # wakes first accepts the whole burst and the other worker idles.
     request = b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n"
@@ -378,7 +370,7 @@ def test_a_burst_of_connections_is_spread_over_both_workers(digits_server) -> No
         for client in clients:
             client.settimeout(10)
             assert client.recv(4096).startswith(b"HTTP/1.1 200")
-        counts = established_per_worker(digits_server.process.pid, digits_server.port)
+        counts = established_per_worker(digits_server)
     finally:
         for client in clients:
             client.close()

@@ -57,14 +57,6 @@ def wait_for_version(url: str, version: str, body: dict, attempts: int = 100) ->
     raise AssertionError(f"the server did not settle on version {version}: {reply}")
 
 
-def wait_for_log(server, text: str, count: int, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while server.log.count(text) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not logged {count} times:\n{server.log}")
-        time.sleep(0.1)
-
-
 def mirror_snapshots(cache: Path, bucket: str) -> list[str]:
     return sorted(
         p.name for p in (cache / "s3" / bucket).glob("*/.snapshots/*") if p.is_dir()
@@ -89,7 +81,7 @@ def test_serves_the_same_predictions_from_s3_as_from_disk_and_loads_a_new_versio
     assert from_s3.json()["model_version"] == "1"
     assert f"s3://{bucket}/prod/digits/: 100%" in server.log  # the progress bar, on stderr
 
-    wait_for_log(server, "model digits version 1 is ready", count=2)  # both workers booted
+    server.wait_for_log("model digits version 1 is ready", count=2)  # both workers booted
     upload_tree(client, add_version(digits_repo, 2, tmp_path), bucket, "prod")
     assert served_versions(server.url) == ["1"]  # nothing changes until a load
     loaded = requests.post(f"{server.url}/v2/repository/models/digits/load", timeout=30)

@@ -48,12 +48,11 @@ def _next_request_soon(conn: Any, timeout_ms: int) -> bool:
 #: Seconds a worker that holds as many connections as it has threads stops accepting after each
 #: new connection.
 ACCEPT_PAUSE_S = 0.005
+#: Milliseconds a thread that answered its worker's only connection waits for its next request.
+STAY_MS = 2
 
 
 class QueueTimedWorker(ThreadWorker):  # type: ignore[misc]
-    #: How long a thread that answered a kept-alive connection waits for its next request.
-    STAY_MS = 2
-
     def init_process(self) -> None:
         self._submitted = 0  # connections handed to the thread pool (by the main thread only)
         self._handle_calls = itertools.count(1)
@@ -112,7 +111,7 @@ class QueueTimedWorker(ThreadWorker):  # type: ignore[misc]
         try:
             keep = super().handle(conn)
             while keep is True and self.alive and self._alone():
-                if not _next_request_soon(conn, self.STAY_MS):
+                if not _next_request_soon(conn, STAY_MS):
                     break
                 _local.wait = (0.0, time.monotonic())
                 keep = super().handle(conn)
