@@ -62,6 +62,21 @@ def main() -> None:
 @click.option(
     "--graceful-timeout", type=int, default=None, help="Seconds to drain on SIGTERM [30]."
 )
+@click.option(
+    "--model-control",
+    is_flag=True,
+    default=None,
+    help="Allow loading and unloading models over HTTP [off; admin keys with --auth].",
+)
+@click.option(
+    "--cors-origins", default=None, help="Comma-separated origins allowed to call the API [none]."
+)
+@click.option(
+    "--allowed-hosts",
+    default=None,
+    help="Comma-separated Host names answered besides loopback ones [none].",
+)
+@click.option("--public-url", default=None, help="URL clients use, shown in snippets [relative].")
 def serve(
     repository: str | None,
     host: str | None,
@@ -79,6 +94,10 @@ def serve(
     request_timeout_ms: int | None,
     max_queue_ms: int | None,
     graceful_timeout: int | None,
+    model_control: bool | None,
+    cors_origins: str | None,
+    allowed_hosts: str | None,
+    public_url: str | None,
 ) -> None:
     """Serve REPOSITORY (a folder of models), or the embedded default models when omitted."""
     settings = Settings.from_env(
@@ -97,6 +116,10 @@ def serve(
         request_timeout_ms=request_timeout_ms,
         max_queue_ms=max_queue_ms,
         graceful_timeout=graceful_timeout,
+        model_control=model_control,
+        cors_origins=cors_origins,
+        allowed_hosts=allowed_hosts,
+        public_url=public_url,
     )
     settings = sagemaker_overrides(settings, os.environ, explicit_port=port is not None)
     _configure_logging(settings)

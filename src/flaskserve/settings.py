@@ -56,6 +56,18 @@ class Settings:
     #: An inference request that waited longer than this for a worker thread gets 503 +
     #: Retry-After at once (overload shedding); 0 turns shedding off.
     max_queue_ms: int = 2000
+    #: Whether `POST /v2/repository/models/<m>/load|unload` may change what is served. Off by
+    #: default, as Triton's `--model-control-mode=none`; with `auth`, admin keys may always.
+    model_control: bool = False
+    #: Origins (comma-separated, e.g. `https://app.example.com`) whose browser pages may call
+    #: the API; any other `Origin` is refused. Empty: only the server's own pages.
+    cors_origins: str = ""
+    #: Host names (comma-separated) a server bound to a loopback address also answers to;
+    #: without them it answers only loopback names and addresses (DNS-rebinding guard).
+    allowed_hosts: str = ""
+    #: The URL clients reach this server at (e.g. behind a load balancer), used in the code
+    #: snippets of the pages; None: snippets use relative paths and the bound address.
+    public_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
