@@ -49,6 +49,12 @@ def open_repository(settings: Settings) -> ModelRepository:
     return repository
 
 
+def model_control_enabled(settings: Settings) -> bool:
+    """Whether load/unload may change what is served: asked for with `--model-control`, or
+    implied by `--auth`, whose gate then lets only admin keys reach those routes."""
+    return settings.model_control or bool(settings.auth)
+
+
 def create_app(
     settings: Settings | None = None, repository: ModelRepository | None = None
 ) -> Flask:
@@ -62,7 +68,9 @@ def create_app(
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     dataplane = DataPlane(repository)
     app.extensions["flaskserve"] = dataplane
-    control = RepositoryControl(repository, state_dir, baseline)
+    control = RepositoryControl(
+        repository, state_dir, baseline, enabled=model_control_enabled(settings)
+    )
     app.register_blueprint(v2.create_blueprint(dataplane, control))
     app.register_blueprint(v1.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))

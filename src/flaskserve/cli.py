@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import ipaddress
 import logging
 import os
 import shutil
@@ -23,6 +24,8 @@ from flaskserve.ports import PortInUse, check_port_free
 from flaskserve.service.commands import check_service, keys, usage
 from flaskserve.settings import Settings
 from flaskserve.storage import StorageError, is_remote, open_mirror
+
+log = logging.getLogger("flaskserve")
 
 SAGEMAKER_PORT = 8080
 SAGEMAKER_MODEL_DIR = "/opt/ml/model"
@@ -123,6 +126,9 @@ def serve(
     )
     settings = sagemaker_overrides(settings, os.environ, explicit_port=port is not None)
     _configure_logging(settings)
+    warning = open_model_control_warning(settings)
+    if warning is not None:
+        log.warning("%s", warning)
     if not settings.debug:
         _check_port(settings)
     if app_ref is None:
@@ -139,6 +145,29 @@ def serve(
         from flaskserve.serving import serve_gunicorn
 
         serve_gunicorn(factory, settings)
+
+
+def open_model_control_warning(settings: Settings) -> str | None:
+    """The warning to log when anyone who reaches the server may load and unload its models:
+    model control on, no keys, and an address other hosts can connect to."""
+    if not settings.model_control or settings.auth or is_loopback(settings.host):
+        return None
+    return (
+        f"MODEL CONTROL IS OPEN TO THE NETWORK: anyone who can reach {settings.host}:"
+        f"{settings.port} may load and unload models (POST /v2/repository/models/<m>/load|unload)"
+        " without a key, and an unloaded model leaves /v2/health/* answering 200. Serve with "
+        "--auth KEYS so only admin keys may, or bind --host 127.0.0.1."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a bind address) accepts connections from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def sagemaker_overrides(

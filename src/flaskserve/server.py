@@ -8,6 +8,9 @@
         return {"y": x * 2}
 
     app = server.app          # a Flask app: add your own @app.route as usual
+
+As with `flaskserve serve`, `POST /v2/repository/models/<m>/load|unload` answer 403 unless the
+settings allow it: `ModelServer(settings=Settings(model_control=True))`, or API keys (`auth`).
 """
 
 from __future__ import annotations

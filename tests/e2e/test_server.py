@@ -316,7 +316,7 @@ def test_every_request_writes_one_access_line(digits_server) -> None:
 
 
 def test_unload_reaches_every_worker_and_load_brings_the_model_back(start_server, digits_repo):
-    server = start_server([str(digits_repo), "--workers", "2"])
+    server = start_server([str(digits_repo), "--workers", "2", "--model-control"])
     url = server.url
     assert requests.post(f"{url}/v2/repository/models/digits/unload", timeout=10).status_code == 200
     time.sleep(1.0)

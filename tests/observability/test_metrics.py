@@ -47,7 +47,9 @@ def v2_body(rows: int = 1, width: int = 64) -> dict:
 def test_counts_add_up_exactly_across_two_workers_and_unloads_show(
     start_server, digits_repo
 ) -> None:
-    server = start_server([str(digits_repo), "--workers", "2", "--threads", "4"])
+    server = start_server(
+        [str(digits_repo), "--workers", "2", "--threads", "4", "--model-control"]
+    )
     url = server.url
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # both workers booted (each records its load time)

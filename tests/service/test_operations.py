@@ -83,7 +83,7 @@ def running_clients(client, count: int, *args) -> Iterator[list[list]]:
 
 def test_new_version_swaps_in_without_a_failed_request(tmp_path, start_server) -> None:
     write_versioned(tmp_path, 1)
-    server = start_server([str(tmp_path), "--workers", "2", "--threads", "4"])
+    server = start_server([str(tmp_path), "--workers", "2", "--threads", "4", "--model-control"])
     url = f"{server.url}/v2/models/versioned/infer"
     with running_clients(_hammer, 4, url, versioned_body(2)) as results:
         time.sleep(0.5)

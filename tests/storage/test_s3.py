@@ -69,7 +69,8 @@ def test_serves_the_same_predictions_from_s3_as_from_disk_and_loads_a_new_versio
     client = s3_server.client()
     upload_tree(client, digits_repo, bucket, "prod")
     server = start_server(
-        [f"s3://{bucket}/prod", "--workers", "2"], env=s3_env, ready_path="/v2/health/ready"
+        [f"s3://{bucket}/prod", "--workers", "2", "--model-control"],
+        env=s3_env, ready_path="/v2/health/ready",
     )
     features = digits_data[0][:20]
     body = infer_body(features)
@@ -145,7 +146,7 @@ def test_a_corrupted_new_version_is_rejected_and_the_old_one_keeps_serving(
     client = s3_server.client()
     upload_tree(client, digits_repo, bucket, "prod")
     server = start_server(
-        [f"s3://{bucket}/prod", "--workers", "1"],
+        [f"s3://{bucket}/prod", "--workers", "1", "--model-control"],
         env=client_env(proxy.endpoint), ready_path="/v2/health/ready",
     )
     body = infer_body(digits_data[0][:5])

@@ -40,7 +40,9 @@ def test_a_model_whose_versions_live_in_s3_serves_beside_local_models(
     upload_tree(client, digits_repo / "digits", bucket, "remote/digits")
     client.delete_object(Bucket=bucket, Key="remote/digits/model.toml")  # only versions in S3
     root = local_repository(tmp_path, digits_repo, f"s3://{bucket}/remote/digits")
-    app = create_app(Settings(repository=str(root), cache_dir=str(tmp_path / "cache")))
+    app = create_app(
+        Settings(repository=str(root), cache_dir=str(tmp_path / "cache"), model_control=True)
+    )
     http = app.test_client()
 
     features = digits_data[0][:10]

@@ -18,11 +18,29 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from flaskserve.core.errors import FlaskServeError
 from flaskserve.core.repository import ModelEntry, ModelRepository
 
 log = logging.getLogger("flaskserve.coordination")
 
 STATE_FILE = "repository-actions.json"
+
+
+class ModelControlDisabled(FlaskServeError):
+    """Load and unload were asked of a server started without model control.
+
+    Off by default, as Triton's `--model-control-mode=none`: whoever reaches an open server
+    could otherwise unload every model while the health routes keep answering 200.
+    """
+
+    status_code = 403
+
+    def __init__(self, action: str, name: str) -> None:
+        super().__init__(
+            f"cannot {action} model {name!r}: model control is off on this server. Start it "
+            "with --model-control (FLASKSERVE_MODEL_CONTROL=1), or with --auth KEYS so admin "
+            "keys may load and unload; the repository index stays readable"
+        )
 
 
 def generations(state_dir: Path | None) -> dict[str, int]:
@@ -47,6 +65,10 @@ def _read_state(path: Path) -> dict[str, Any]:
 class RepositoryControl:
     """load/unload for the routes: act locally, then tell the other workers.
 
+    Unless `enabled`, both refuse with `ModelControlDisabled`: the one place that decides
+    whether what is served may change over HTTP (replaying other workers' actions is not
+    affected; only an enabled worker publishes any).
+
     `baseline` holds the generations recorded before this worker loaded its models (see
     `generations`): at start it replays unloads at or below it and every action above it.
     """
@@ -57,8 +79,10 @@ class RepositoryControl:
         state_dir: Path | None,
         baseline: dict[str, int] | None = None,
         poll_seconds: float = 0.2,
+        enabled: bool = False,
     ) -> None:
         self.repository = repository
+        self.enabled = enabled
         self._path = state_dir / STATE_FILE if state_dir is not None else None
         self._applied: dict[str, int] = dict(baseline or {})
         self._poll_seconds = poll_seconds
@@ -69,11 +93,15 @@ class RepositoryControl:
             threading.Thread(target=self._watch, name="flaskserve-sync", daemon=True).start()
 
     def load(self, name: str) -> ModelEntry:
+        if not self.enabled:
+            raise ModelControlDisabled("load", name)
         entry = self.repository.load(name)
         self._publish("load", name)
         return entry
 
     def unload(self, name: str) -> None:
+        if not self.enabled:
+            raise ModelControlDisabled("unload", name)
         self.repository.unload(name)
         self._publish("unload", name)
 

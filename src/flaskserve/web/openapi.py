@@ -58,6 +58,10 @@ _ERRORS = {
     "503": _answer("The model is not ready (failed to load, or unloaded).", _ERROR),
 }
 
+_CONTROL_OFF = _answer(
+    "Model control is off (serve with --model-control, or --auth and an admin key).", _ERROR
+)
+
 
 def _scalar_schema(datatype: str) -> dict[str, Any]:
     if datatype == "BYTES":
@@ -296,13 +300,18 @@ _OPERATIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
         {
             "200": _answer("Loaded.", {"type": "object"}),
             "400": _answer("It failed to load; the reason says why.", _ERROR),
+            "403": _CONTROL_OFF,
             "404": _ERRORS["404"],
         },
     ),
     "v2.unload_model": lambda ex: _op(
         "V2 repository",
         "Unload a model, in every worker",
-        {"200": _answer("Unloaded.", {"type": "object"}), "404": _ERRORS["404"]},
+        {
+            "200": _answer("Unloaded.", {"type": "object"}),
+            "403": _CONTROL_OFF,
+            "404": _ERRORS["404"],
+        },
     ),
     "v1.model_status": lambda ex: _op(
         "V1",
