@@ -6,12 +6,19 @@ the schemas it ships (offline), and one checkov scan over everything (it is slow
 
 from __future__ import annotations
 
+import fnmatch
 import json
+import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import yaml
@@ -19,10 +26,21 @@ from cfnlint.decode import decode_str
 from click.testing import CliRunner
 
 from flaskserve.cli import main, sagemaker_overrides
+from flaskserve.service.keys import KeyStore, add_key
 from flaskserve.settings import Settings
 
 BUCKET = "acme-models"
 PREFIX = "serving/prod/"
+SECRET_ARN = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:flaskserve/api-keys-AbCdEf"
+KEYS_FILE = "/var/lib/flaskserve/keys.toml"
+OPERATOR_PATHS = (
+    "/v2/repository/index", "/v2/repository/models/digits/load",
+    "/v2/repository/models/digits/unload", "/v2/usage", "/metrics",
+)
+PUBLIC_PATHS = (
+    "/v2/models/digits/infer", "/v2/models/digits/versions/1/infer", "/v2/health/ready", "/v2",
+    "/v1/models/digits:predict", "/invocations", "/", "/docs",
+)
 #: cfn-lint's exit code is a bitmask: 1 fatal, 2 error, 4 warning, 8 informational. Errors and
 #: warnings fail; informational rules are opt-in (--include-checks I) and we do not opt in.
 CFN_LINT_FAILURE_BITS = 1 | 2 | 4
@@ -158,8 +176,11 @@ def test_the_instances_may_only_read_the_model_prefix_and_only_the_balancer_reac
     resources = load_cfn(generated / "aws" / "flaskserve.yaml")["Resources"]
     (policy,) = resources["InstanceRole"]["Properties"]["Policies"]
     statements = policy["PolicyDocument"]["Statement"]
-    assert sorted(s["Action"] for s in statements) == ["s3:GetObject", "s3:ListBucket"]
-    resources_of = {s["Action"]: s["Resource"]["Fn::Sub"] for s in statements}
+    assert sorted(s["Action"] for s in statements) == [
+        "s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue"
+    ]
+    resources_of = {s["Action"]: s["Resource"]["Fn::Sub"] for s in statements
+                    if s["Action"].startswith("s3:")}
     assert resources_of == {
         "s3:ListBucket": "arn:${AWS::Partition}:s3:::${ModelBucket}",
         "s3:GetObject": "arn:${AWS::Partition}:s3:::${ModelBucket}/${ModelPrefix}*",
@@ -177,16 +198,26 @@ def test_the_instances_may_only_read_the_model_prefix_and_only_the_balancer_reac
     }]
 
 
-def test_the_user_data_installs_flaskserve_and_runs_it_under_systemd_from_s3(generated):
+def cloud_config(generated: Path) -> dict:
+    """The instances' cloud-init user data, with the stack's parameters substituted."""
     resources = load_cfn(generated / "aws" / "flaskserve.yaml")["Resources"]
     data = resources["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
     assert data["MetadataOptions"]["HttpTokens"] == "required"
     script = data["UserData"]["Fn::Base64"]["Fn::Sub"]
     values = {"AWS::Region": "eu-west-1", "ModelBucket": BUCKET, "ModelPrefix": PREFIX,
-              "FlaskServeSpec": "flaskserve[s3]==0.1.0"}
+              "FlaskServeSpec": "flaskserve[s3]==0.1.0", "ApiKeysSecretArn": SECRET_ARN}
     rendered = re.sub(r"\$\{([^}]+)\}", lambda m: values[m.group(1)], script)
     assert rendered.startswith("#cloud-config\n")
-    config = yaml.safe_load(rendered)
+    return yaml.safe_load(rendered)
+
+
+def written_file(config: dict, path: str) -> str:
+    (found,) = [f for f in config["write_files"] if f["path"] == path]
+    return found["content"]
+
+
+def test_the_user_data_installs_flaskserve_and_runs_it_under_systemd_from_s3(generated):
+    config = cloud_config(generated)
     (unit,) = [f for f in config["write_files"] if f["path"].endswith("flaskserve.service")]
     assert (
         f"ExecStart=/opt/flaskserve/bin/flaskserve serve s3://{BUCKET}/{PREFIX} "
@@ -197,6 +228,118 @@ def test_the_user_data_installs_flaskserve_and_runs_it_under_systemd_from_s3(gen
     assert ["/opt/flaskserve/bin/pip", "install", "--no-cache-dir", "flaskserve[s3]==0.1.0"] in (
         config["runcmd"]
     )
+
+
+def test_the_instances_serve_with_keys_from_the_secret_the_stack_names(generated):
+    template = load_cfn(generated / "aws" / "flaskserve.yaml")
+    parameter = template["Parameters"]["ApiKeysSecretArn"]
+    assert "Default" not in parameter  # no stack without keys
+    assert re.fullmatch(parameter["AllowedPattern"], SECRET_ARN)
+    assert not re.fullmatch(parameter["AllowedPattern"], "my-secret")
+    (policy,) = template["Resources"]["InstanceRole"]["Properties"]["Policies"]
+    (secret_read,) = [s for s in policy["PolicyDocument"]["Statement"]
+                      if s["Action"].startswith("secretsmanager:")]
+    assert secret_read["Resource"] == {"Ref": "ApiKeysSecretArn"}
+
+    config = cloud_config(generated)
+    unit = written_file(config, "/etc/systemd/system/flaskserve.service")
+    (start,) = re.findall(r"^ExecStart=(.*)$", unit, re.MULTILINE)
+    assert f"--auth {KEYS_FILE} --usage-db /var/lib/flaskserve/usage.sqlite3" in start
+    assert "--model-control" not in start
+    fetch = f"/opt/flaskserve/bin/python /usr/local/bin/flaskserve-fetch-keys {KEYS_FILE}"
+    assert f"\nExecStartPre={fetch}\n" in unit  # no keys, no start
+    assert f"\nEnvironment=FLASKSERVE_KEYS_SECRET={SECRET_ARN}\n" in unit
+    assert "\nStateDirectory=flaskserve\n" in unit  # /var/lib/flaskserve, writable
+    refresh = written_file(config, "/etc/systemd/system/flaskserve-keys.service")
+    assert f"\nExecStart={fetch}\n" in refresh and "\nUser=flaskserve\n" in refresh
+    assert "OnUnitActiveSec=5min" in written_file(
+        config, "/etc/systemd/system/flaskserve-keys.timer"
+    )
+    assert ["systemctl", "enable", "--now", "flaskserve-keys.timer"] in config["runcmd"]
+
+
+class FakeSecretsManager(BaseHTTPRequestHandler):
+    """GetSecretValue of the Secrets Manager JSON API, answering `secrets[SecretId]`."""
+
+    secrets: ClassVar[dict[str, str]] = {}
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        assert self.headers["X-Amz-Target"] == "secretsmanager.GetSecretValue"
+        reply = json.dumps({"ARN": body["SecretId"], "Name": "keys",
+                            "SecretString": self.secrets[body["SecretId"]]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def secrets_endpoint() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeSecretsManager)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_key_fetcher_installs_valid_keys_and_keeps_them_when_the_secret_breaks(
+    generated, secrets_endpoint, tmp_path
+):
+    fetcher = tmp_path / "flaskserve-fetch-keys"
+    script = written_file(cloud_config(generated), "/usr/local/bin/flaskserve-fetch-keys")
+    fetcher.write_text(script)
+    made = tmp_path / "made.toml"
+    admin = add_key(made, "ops", admin=True)
+    target = tmp_path / "state" / "keys.toml"
+    target.parent.mkdir()
+    env = {**os.environ, "FLASKSERVE_KEYS_SECRET": SECRET_ARN, "AWS_ENDPOINT_URL": secrets_endpoint,
+           "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test"}
+
+
+    def fetch() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(fetcher), str(target)], env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    FakeSecretsManager.secrets[SECRET_ARN] = made.read_text()
+    fetched = fetch()
+    assert fetched.returncode == 0, fetched.stderr
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert KeyStore(target).authenticate(admin).admin
+
+    FakeSecretsManager.secrets[SECRET_ARN] = "[keys.ops]\nhash = 'plain-text-key'\n"
+    broken = fetch()
+    assert broken.returncode != 0 and "keeping the keys in" in broken.stderr
+    assert KeyStore(target).authenticate(admin).admin
+
+
+def test_the_public_listeners_refuse_the_operator_routes(generated):
+    resources = load_cfn(generated / "aws" / "flaskserve.yaml")["Resources"]
+    rules = {r["Properties"]["ListenerArn"]["Ref"]: r for r in resources.values()
+             if r["Type"] == "AWS::ElasticLoadBalancingV2::ListenerRule"}
+    assert set(rules) == {"HttpListener", "HttpsListener"}
+    assert rules["HttpsListener"]["Condition"] == "HasCertificate"
+    for rule in rules.values():
+        (condition,) = rule["Properties"]["Conditions"]
+        assert condition["Field"] == "path-pattern"
+        patterns = condition["PathPatternConfig"]["Values"]
+        # ALB path patterns: `*` is any characters, `?` one, case-sensitive like flaskserve.
+        def refused(path: str, patterns: list[str] = patterns) -> bool:
+            return any(fnmatch.fnmatchcase(path, pattern) for pattern in patterns)
+
+        assert [p for p in OPERATOR_PATHS if not refused(p)] == []
+        assert [p for p in PUBLIC_PATHS if refused(p)] == []
+        (action,) = rule["Properties"]["Actions"]
+        assert action["Type"] == "fixed-response"
+        answer = action["FixedResponseConfig"]
+        assert (answer["StatusCode"], answer["ContentType"]) == ("403", "application/json")
+        assert "error" in json.loads(answer["MessageBody"])
 
 
 # -- k8s and kserve -------------------------------------------------------------------------------
@@ -221,7 +364,7 @@ def test_the_deployment_drains_and_probes_and_the_autoscaler_bounds_it(generated
     (container,) = pod["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert container["args"] == ["serve", f"s3://{BUCKET}/{PREFIX}"]
+    assert container["args"][:2] == ["serve", f"s3://{BUCKET}/{PREFIX}"]
     assert set(container["resources"]) == {"requests", "limits"}
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
     assert pod["terminationGracePeriodSeconds"] > pre_stop + Settings().graceful_timeout
@@ -238,6 +381,45 @@ def test_the_deployment_drains_and_probes_and_the_autoscaler_bounds_it(generated
     assert service["spec"]["selector"].items() <= labels.items()
 
 
+def check_keys_and_usage_mounts(container: dict, volumes: list[dict], name: str) -> None:
+    """--auth reads a Secret mounted read-only; --usage-db writes to a writable emptyDir."""
+    args = container["args"]
+    keys_file = Path(args[args.index("--auth") + 1])
+    usage_db = Path(args[args.index("--usage-db") + 1])
+    assert "--model-control" not in args
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    by_name = {v["name"]: v for v in volumes}
+    keys_mount = mounts[str(keys_file.parent)]
+    assert keys_mount["readOnly"] is True
+    secret = by_name[keys_mount["name"]]["secret"]
+    assert secret["secretName"] == f"{name}-keys" and not secret.get("optional", False)
+    usage_mount = mounts[str(usage_db.parent)]
+    assert not usage_mount.get("readOnly", False)
+    assert "emptyDir" in by_name[usage_mount["name"]]
+
+
+@pytest.mark.parametrize("variant", ["k8s", "k8s-defaults"])
+def test_the_pods_serve_with_keys_from_a_read_only_secret(generated, variant):
+    pod = load_yaml(generated / variant / "deployment.yaml")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    check_keys_and_usage_mounts(container, pod["volumes"], "flaskserve")
+
+
+def test_only_the_ingress_controllers_namespace_reaches_the_pods(generated, tmp_path):
+    def admitted(folder: Path) -> list[dict]:
+        policy = load_yaml(folder / "networkpolicy.yaml")
+        (rule,) = policy["spec"]["ingress"]
+        assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+        return rule["from"]
+
+    selector = {"kubernetes.io/metadata.name": "ingress-nginx"}
+    assert admitted(generated / "k8s") == [{"namespaceSelector": {"matchLabels": selector}}]
+    traefik = generate(tmp_path / "k8s", "k8s", "--ingress-namespace", "traefik")
+    selector = {"kubernetes.io/metadata.name": "traefik"}
+    assert admitted(traefik) == [{"namespaceSelector": {"matchLabels": selector}}]
+
+
 def test_the_inference_service_uses_the_flaskserve_runtime_over_protocol_v2(generated, tmp_path):
     runtime = load_yaml(generated / "kserve" / "servingruntime.yaml")
     service = load_yaml(generated / "kserve" / "inferenceservice.yaml")
@@ -249,9 +431,11 @@ def test_the_inference_service_uses_the_flaskserve_runtime_over_protocol_v2(gene
     assert model["protocolVersion"] == "v2" and "v2" in runtime["spec"]["protocolVersions"]
     (container,) = runtime["spec"]["containers"]
     assert container["args"][:2] == ["serve", "/mnt/models"]  # where KServe puts storageUri
-    # KServe's CRDs are not shipped offline; validate the container part as a core Pod.
+    check_keys_and_usage_mounts(container, runtime["spec"]["volumes"], "flaskserve")
+    # KServe's CRDs are not shipped offline; validate the pod part as a core Pod.
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runtime"},
-           "spec": {"containers": runtime["spec"]["containers"]}}
+           "spec": {"containers": runtime["spec"]["containers"],
+                    "volumes": runtime["spec"]["volumes"]}}
     (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
     files = [str(tmp_path / "pod.yaml"), str(generated / "kserve" / "serviceaccount.yaml")]
     result = run(tool("kubernetes-validate"), "--strict", "--quiet", *files)
@@ -310,6 +494,7 @@ def test_deploy_writes_to_deploy_target_and_never_overwrites_without_force(tmp_p
         (["--bucket", "Not_A_Bucket"], "is not an S3 bucket name"),
         (["--min-replicas", "5", "--max-replicas", "2"], "1 <= min (5) <= max (2)"),
         (["--name", "Flask Serve"], "must be DNS labels"),
+        (["--ingress-namespace", "Ingress_NGINX"], "must be DNS labels"),
     ],
 )
 def test_deploy_rejects_options_that_cannot_work(tmp_path, options, message):

@@ -61,6 +61,8 @@ class DeployOptions:
     min_replicas: int = 2
     max_replicas: int = 10
     instance_type: str = "t3.small"
+    #: The namespace of the ingress controller, the only one the k8s NetworkPolicy admits.
+    ingress_namespace: str = "ingress-nginx"
 
     def __post_init__(self) -> None:
         if self.bucket is not None and not _BUCKET.match(self.bucket):
@@ -68,8 +70,13 @@ class DeployOptions:
                 f"--bucket {self.bucket!r} is not an S3 bucket name (3-63 lowercase letters, "
                 "digits, dots and hyphens)"
             )
-        if not _K8S_NAME.match(self.name) or not _K8S_NAME.match(self.namespace):
-            raise DeployError("--name and --namespace must be DNS labels such as 'flaskserve'")
+        if not all(
+            _K8S_NAME.match(value) for value in (self.name, self.namespace, self.ingress_namespace)
+        ):
+            raise DeployError(
+                "--name, --namespace and --ingress-namespace must be DNS labels such as "
+                "'flaskserve'"
+            )
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise DeployError(
                 f"replicas must satisfy 1 <= min ({self.min_replicas}) <= max "

@@ -13,12 +13,23 @@ _DEFAULTS = DeployOptions()
 _NEXT_STEPS = {
     "docker": "build it: docker build -t {image} {out}",
     "aws": (
-        "check and create the stack: aws cloudformation deploy --stack-name {name} "
+        "put a keys file in Secrets Manager (flaskserve keys add ops --admin --file keys.toml; "
+        "aws secretsmanager create-secret --name {name}/api-keys --secret-string "
+        "file://keys.toml), then create the stack: aws cloudformation deploy --stack-name {name} "
         "--template-file {out}/flaskserve.yaml --capabilities CAPABILITY_IAM "
-        "--parameter-overrides VpcId=... LoadBalancerSubnets=... InstanceSubnets=..."
+        "--parameter-overrides VpcId=... LoadBalancerSubnets=... InstanceSubnets=... "
+        "ApiKeysSecretArn=..."
     ),
-    "k8s": "apply it: kubectl apply -f {out}",
-    "kserve": "apply it: kubectl apply -f {out}",
+    "k8s": (
+        "create the keys Secret (flaskserve keys add ops --admin --file keys.toml; kubectl -n "
+        "{namespace} create secret generic {name}-keys --from-file=keys.toml), then apply it: "
+        "kubectl apply -f {out}"
+    ),
+    "kserve": (
+        "create the keys Secret (flaskserve keys add ops --admin --file keys.toml; kubectl -n "
+        "{namespace} create secret generic {name}-keys --from-file=keys.toml), then apply it: "
+        "kubectl apply -f {out}"
+    ),
 }
 
 
@@ -43,6 +54,8 @@ _NEXT_STEPS = {
               help="Most instances or pods under load.")
 @click.option("--instance-type", default=_DEFAULTS.instance_type, show_default=True,
               help="EC2 instance type (aws).")
+@click.option("--ingress-namespace", default=_DEFAULTS.ingress_namespace, show_default=True,
+              help="Namespace of the ingress controller, the only one admitted (k8s).")
 @click.option("--force", is_flag=True, help="Overwrite files that already exist.")
 def deploy(target: str, out: Path | None, force: bool, **values: object) -> None:
     """Write the files that run flaskserve on TARGET, ready to read, edit and apply.
@@ -62,4 +75,5 @@ def deploy(target: str, out: Path | None, force: bool, **values: object) -> None
     for path in written:
         click.echo(f"wrote {path}")
     click.echo("next, " + _NEXT_STEPS[target].format(out=out, image=options.image,
-                                                    name=options.name))
+                                                    name=options.name,
+                                                    namespace=options.namespace))
