@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place the version is written; pyproject.toml reads it
 
 from flaskserve.app import create_app
 from flaskserve.core.model import Model, Tensor, TensorSpec

@@ -1,4 +1,5 @@
-"""The adaptive batcher: batch boundaries, exact splitting, error isolation, idle cost, unload.
+"""The adaptive batcher: batch boundaries, exact splitting, error isolation, idle cost, the
+`max_delay_ms` window, unload.
 
 The model's predict records every call and can block on a gate, so each test decides what is
 queued while a batch runs; batch boundaries are then deterministic, not a matter of timing.
@@ -135,7 +136,7 @@ def test_requests_queued_during_a_predict_form_the_next_batch_and_split_back_exa
     batchers: Any,
 ) -> None:
     recorder = Recorder(double)
-    batcher = batchers(make_model(recorder, max_batch_size=8, max_delay_ms=60_000))
+    batcher = batchers(make_model(recorder, max_batch_size=8))
     busy = occupy(batcher, recorder)
     queued = [Client(batcher, {"x": rows_of(n, 100 * n)}) for n in (1, 3, 0, 4)]
     wait_until(lambda: batcher.queued == 4, "four requests queue")
@@ -144,18 +145,56 @@ def test_requests_queued_during_a_predict_form_the_next_batch_and_split_back_exa
     recorder.gate.set()
     for client in [busy, *queued, over]:
         assert_answered_exactly(client.join())
-    assert recorder.rows() == [1, 8, 2]  # no timer: each batch goes when the predict before ends
+    assert recorder.rows() == [1, 8, 2]  # no window: each batch goes when the predict before ends
     np.testing.assert_array_equal(
         recorder.calls[1]["x"], np.concatenate([c.inputs["x"] for c in queued])
     )
 
 
-def test_a_request_finding_the_model_idle_runs_at_once_in_its_own_thread(batchers: Any) -> None:
+def test_a_request_finding_the_model_idle_runs_at_once_in_its_own_thread_despite_a_window(
+    batchers: Any,
+) -> None:
     recorder = Recorder(double, gated=False)
     batcher = batchers(make_model(recorder, max_delay_ms=60_000))
-    result = batcher.submit({"x": rows_of(2, 0)})
-    np.testing.assert_array_equal(result["y"], rows_of(2, 0) * 2)
-    assert recorder.threads == [threading.current_thread()]
+    for start in (0, 10):  # idle again once the first is answered
+        client = Client(batcher, {"x": rows_of(2, start)}).join()
+        assert_answered_exactly(client)
+        assert recorder.threads[-1] is client.thread
+    assert recorder.rows() == [2, 2]
+
+
+def test_with_a_window_requests_arriving_within_it_share_the_batch_which_goes_once_full(
+    batchers: Any,
+) -> None:
+    recorder = Recorder(double)
+    batcher = batchers(make_model(recorder, max_batch_size=8, max_delay_ms=60_000))
+    busy = occupy(batcher, recorder)
+    leader = Client(batcher, {"x": rows_of(1, 10)})
+    wait_until(lambda: batcher.queued == 1, "a request queues behind the running predict")
+    recorder.gate.set()
+    assert_answered_exactly(busy.join())  # the predict ended: the leader now waits for company
+    late = Client(batcher, {"x": rows_of(3, 20)})
+    wait_until(lambda: batcher.queued == 2, "a request arriving after the predict queues")
+    assert len(recorder.calls) == 1, "the leader ran before its window ended or the batch filled"
+    filling = Client(batcher, {"x": rows_of(4, 50)})  # 1 + 3 + 4 = 8 rows: full, goes at once
+    for client in (leader, late, filling):
+        assert_answered_exactly(client.join())
+    assert recorder.rows() == [1, 8]
+    assert recorder.threads[1] is leader.thread
+
+
+def test_when_the_window_ends_the_leader_runs_the_rows_it_has(batchers: Any) -> None:
+    recorder = Recorder(double)
+    batcher = batchers(make_model(recorder, max_batch_size=8, max_delay_ms=1000))
+    busy = occupy(batcher, recorder)
+    leader = Client(batcher, {"x": rows_of(1, 10)})
+    wait_until(lambda: batcher.queued == 1, "a request queues behind the running predict")
+    recorder.gate.set()
+    assert_answered_exactly(busy.join())
+    late = Client(batcher, {"x": rows_of(2, 20)})  # within the window, yet the batch is not full
+    for client in (leader, late):
+        assert_answered_exactly(client.join())
+    assert recorder.rows() == [1, 3]
 
 
 def test_a_batch_runs_in_the_thread_of_its_oldest_request(batchers: Any) -> None:
@@ -303,6 +342,19 @@ def test_closing_fails_queued_requests_at_once_and_waits_for_the_running_predict
     assert recorder.rows() == [1]
     with pytest.raises(ModelNotReady):
         batcher.submit({"x": rows_of(1, 0)})
+
+
+def test_closing_fails_a_leader_waiting_out_its_window_at_once(batchers: Any) -> None:
+    recorder = Recorder(double)
+    batcher = batchers(make_model(recorder, max_delay_ms=60_000))
+    busy = occupy(batcher, recorder)
+    leader = Client(batcher, {"x": rows_of(1, 10)})
+    wait_until(lambda: batcher.queued == 1, "a request queues behind the running predict")
+    recorder.gate.set()
+    assert_answered_exactly(busy.join())
+    batcher.close()
+    assert isinstance(leader.join().error, ModelNotReady)
+    assert recorder.rows() == [1]
 
 
 def test_a_request_chosen_to_lead_while_the_model_closes_fails_cleanly(batchers: Any) -> None:

@@ -20,7 +20,7 @@ def test_default_repository_serves_minilm_with_the_nlp_extra(
     assert root.name.endswith("-nlp")
     assert sorted(p.name for p in root.iterdir()) == ["digits", "minilm"]
     config = read_model_config(root / "minilm")
-    assert (config.max_batch_size, config.max_delay_ms) == (32, 10.0)
+    assert (config.max_batch_size, config.max_delay_ms) == (32, 0.0)
     model = load_model(config, "1", root / "minilm" / "1")
     assert model.platform == "sentence_transformers_onnx"
     assert [(s.name, s.datatype, s.shape) for s in model.outputs] == [

@@ -5,18 +5,19 @@ One `Batcher` serves one model version whose `max_batch_size` > 0. A request han
 requests that queued meanwhile concatenated along the first dimension (up to `max_batch_size`
 rows, not requests), and each request gets back exactly its own rows of every output.
 
-Batching only pays under load, so it costs light traffic nothing, and nothing waits on a timer:
+Batching only pays under load, so it costs light traffic nothing:
 
 - A request that finds the model idle (no predict running, nothing queued) runs `predict` at
-  once in its own thread: no hand-off, no wait.
+  once in its own thread: no hand-off, and no `max_delay_ms` window.
 - A request that arrives while a predict runs is queued. When the predict ends, the oldest
   queued request becomes the leader: in its own thread it takes everything that queued
   meanwhile and runs it as one batch, while the others wait for their rows. Batches therefore
   grow with the load (continuous batching), and there is no batcher thread to wake.
-- `max_delay_ms` caps how long a request may be held back to gather company. This batcher never
-  holds one back beyond the predict that is running: measured in docs/benchmarks.md, a
-  gathering window costs more throughput than the larger batches win (requests of one worker
-  reach the batcher one by one, behind the GIL), and costs light traffic its latency.
+- `max_delay_ms` (default 0) lets the leader wait for company: until the queue holds
+  `max_batch_size` rows or until the leader has been queued for `max_delay_ms`, whichever
+  comes first. The window counts from the leader's arrival, so time spent behind the running
+  predict is part of it; a lone request on an idle model never waits. Whether a window pays
+  depends on the model: see docs/benchmarks.md.
 - A request with more rows than `max_batch_size` runs on its own, at once, beside the batches.
 
 A batch that fails is retried request by request, so one request the model cannot handle fails
@@ -114,8 +115,10 @@ class Batcher:
             raise ValueError(f"model {model.name!r} has max_batch_size 0; it does not batch")
         self.model = model
         self.max_rows = model.max_batch_size
+        self.max_delay = model.max_delay_ms / 1000.0
         self._queue: deque[_Pending] = deque()
-        self._queued_rows = 0
+        self._queued_rows = 0  # rows of the queued requests: a full queue ends a leader's wait
+        self._gathering = False  # a leader waits out its `max_delay_ms` window
         self._busy = False  # a predict (inline or a batch) is running; one at a time
         self._alone = 0  # oversized requests predicting on their own, beside the batches
         self._closed = False
@@ -139,6 +142,8 @@ class Batcher:
                 pending = _Pending(inputs, rows, key)
                 self._queue.append(pending)
                 self._queued_rows += rows
+                if self._gathering and self._queued_rows >= self.max_rows:
+                    self._cond.notify_all()
         if pending is None:
             metrics.queue_waited(self.model.name, self.model.version, 0.0)
             try:
@@ -176,6 +181,8 @@ class Batcher:
     def _lead(self, me: _Pending) -> None:
         """Run the batch headed by `me` in this (its own) thread, then hand over."""
         with self._cond:
+            if self.max_delay > 0:
+                self._gather(me)
             batch = self._take() if self._queue and self._queue[0] is me else None
         if batch is None:  # closed after `me` was chosen: `_fail_queued` set its error
             self._hand_over()
@@ -190,6 +197,23 @@ class Batcher:
                     pending.resolve(None, error)
         finally:
             self._hand_over()
+
+    def _gather(self, me: _Pending) -> None:
+        """Hold the batch back (the lock held; waiting releases it, so others can queue) until
+        it is full, `me` has been queued `max_delay_ms`, `me`'s deadline nears, or it closes."""
+        until = me.arrived + self.max_delay
+        remaining = deadlines.remaining()
+        if remaining is not None:
+            until = min(until, time.monotonic() + remaining)
+        self._gathering = True
+        try:
+            while self._queued_rows < self.max_rows and not self._closed:
+                timeout = until - time.monotonic()
+                if timeout <= 0:
+                    break
+                self._cond.wait(timeout)
+        finally:
+            self._gathering = False
 
     def _abandon(self, pending: _Pending) -> None:
         """The request's deadline (`core.deadlines`) passed while it waited for its batch: fail
@@ -286,6 +310,7 @@ class Batcher:
         with self._cond:
             self._closed = True
             self._fail_queued()
+            self._cond.notify_all()  # a leader waiting out its window
             while self._busy or self._alone:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

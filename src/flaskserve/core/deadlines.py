@@ -44,5 +44,5 @@ def remaining() -> float | None:
 def expired(what: str) -> RequestTimeout:
     return RequestTimeout(
         f"the request timed out while {what}; the server is busy, retry later or raise "
-        "--request-timeout"
+        "--request-timeout-ms"
     )

@@ -29,7 +29,7 @@ shape = [-1, 10]
 
 [batching]
 max_batch_size = 64
-max_delay_ms = 2
+max_delay_ms = 0
 """
 
 MIN_ACCURACY = 0.95

@@ -36,7 +36,7 @@ shape = [-1, {DIMENSION}]
 
 [batching]
 max_batch_size = 32
-max_delay_ms = 10
+max_delay_ms = 0
 """
 
 #: What the `nlp` extra brings that this model needs; checked without importing any of it.

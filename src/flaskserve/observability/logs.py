@@ -17,8 +17,6 @@ from gunicorn import glogging
 
 from flaskserve.observability.requests import MODEL_KEY, REQUEST_ID_KEY
 
-LOG_FORMATS = ("text", "json")
-
 
 def _timestamp(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")

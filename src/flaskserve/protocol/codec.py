@@ -17,7 +17,6 @@ from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import DATATYPES, datatype_of
 
 _INT_DATATYPES = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
-_FLOAT_DATATYPES = {"FP16", "FP32", "FP64"}
 
 
 def loads(body: bytes) -> Any:

@@ -47,7 +47,6 @@ from flaskserve.settings import Settings
 KEY_ID_KEY = "flaskserve.key_id"
 _USAGE_KEY = "flaskserve.service.usage"
 _BASE_KEY = "flaskserve.service.base"
-USAGE_ENDPOINT = "service.usage"
 
 
 def usage_db_path(settings: Settings) -> Path | None:

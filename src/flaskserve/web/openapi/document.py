@@ -1,0 +1,143 @@
+"""The OpenAPI 3.1 document of one app: every route in its URL map, plus concrete per-model
+paths (`/v2/models/digits/infer`, `/v1/models/digits:predict`) whose schemas and examples come
+from each model's signature, so a client generator or a person gets the exact tensors."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from flask import Flask
+
+from flaskserve import __version__
+from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.model import TensorSpec
+from flaskserve.web.examples import example_instances, example_request
+from flaskserve.web.home import signature
+from flaskserve.web.openapi.operations import known_operation
+from flaskserve.web.openapi.schemas import (
+    COMPONENTS,
+    ERRORS,
+    answer,
+    json_content,
+    model_components,
+    operation,
+    ref,
+)
+
+_RULE_ARGUMENT = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+_COMPONENT_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def openapi_path(rule: str) -> str:
+    """`/v2/models/<name>/versions/<version>` -> `/v2/models/{name}/versions/{version}`."""
+    return _RULE_ARGUMENT.sub(r"{\1}", rule)
+
+
+def _summary(app: Flask, endpoint: str) -> str:
+    """A route flaskserve does not know (added by an application) is summed up by the first
+    line of its view's docstring."""
+    doc = (app.view_functions[endpoint].__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else endpoint
+
+
+def _operation_id(method: str, path: str) -> str:
+    words = re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_") or "root"
+    return f"{method}_{words}"
+
+
+def _path_parameters(path: str) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in re.findall(r"{([^{}]+)}", path)
+    ]
+
+
+def _batchable(inputs: list[TensorSpec]) -> bool:
+    """V1 reads instances along the first dimension, so every input needs a batch dimension."""
+    return bool(inputs) and all(spec.shape[:1] == (-1,) for spec in inputs)
+
+
+def _route_paths(app: Flask, examples: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """One operation per route and method of the app's URL map."""
+    paths: dict[str, dict[str, Any]] = {}
+    for rule in sorted(app.url_map.iter_rules(), key=lambda r: r.rule):
+        path = openapi_path(rule.rule)
+        for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+            found = known_operation(rule.endpoint, examples)
+            if found is None:
+                found = operation(
+                    "Application", _summary(app, rule.endpoint), {"200": {"description": "OK."}}
+                )
+            found["operationId"] = _operation_id(method.lower(), path)
+            parameters = _path_parameters(path) + found.pop("parameters", [])
+            if parameters:
+                found["parameters"] = parameters
+            paths.setdefault(path, {})[method.lower()] = found
+    return paths
+
+
+def _model_paths(name: str, key: str, inputs: list[TensorSpec]) -> dict[str, dict[str, Any]]:
+    """The concrete paths of one model, with its own schemas and a working example."""
+    paths = {
+        f"/v2/models/{name}/infer": {
+            "post": operation(
+                f"Model {name}",
+                f"Inference on {name}",
+                {"200": answer("Outputs.", ref(f"{key}.InferResponse")), **ERRORS},
+                operationId=_operation_id("post", f"model {name} infer"),
+                requestBody={
+                    "required": True,
+                    "content": json_content(
+                        ref(f"{key}.InferRequest"), {"example": example_request(inputs)}
+                    ),
+                },
+            )
+        }
+    }
+    if _batchable(inputs):
+        paths[f"/v1/models/{name}:predict"] = {
+            "post": operation(
+                f"Model {name}",
+                f"V1 predict on {name}",
+                {"200": answer("Predictions.", ref("V1Response")), **ERRORS},
+                operationId=_operation_id("post", f"model {name} v1 predict"),
+                requestBody={
+                    "required": True,
+                    "content": json_content(
+                        ref("V1Request"), {"example": example_instances(inputs)}
+                    ),
+                },
+            )
+        }
+    return paths
+
+
+def build_document(app: Flask, dataplane: DataPlane) -> dict[str, Any]:
+    entries = dataplane.repository.entries()
+    models = [(entry.name, *signature(entry)[:2]) for entry in entries]
+    examples: dict[str, Any] = {}
+    if len(models) == 1 and models[0][1]:
+        name, inputs, _ = models[0]
+        examples["sagemaker"] = {name: example_request(inputs)}
+
+    paths = _route_paths(app, examples)
+    components = dict(COMPONENTS)
+    for name, inputs, outputs in models:
+        if not inputs or not outputs:
+            continue
+        key = "model." + _COMPONENT_NAME.sub("_", name)
+        components.update(model_components(key, inputs, outputs))
+        paths.update(_model_paths(name, key, inputs))
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "flaskserve",
+            "version": __version__,
+            "description": "Open Inference Protocol V2 (with the repository and binary tensor "
+            "extensions), KServe V1 and SageMaker routes over the same models, plus the "
+            "playground and operations routes. Per-model paths carry each model's signature.",
+        },
+        "paths": paths,
+        "components": {"schemas": components},
+    }
