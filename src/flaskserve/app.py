@@ -63,6 +63,7 @@ def create_app(
     dataplane = DataPlane(repository)
     app.extensions["flaskserve"] = dataplane
     control = RepositoryControl(repository, state_dir, baseline)
+    app.extensions["flaskserve.control"] = control
     app.register_blueprint(v2.create_blueprint(dataplane, control))
     app.register_blueprint(v1.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))
