@@ -300,7 +300,8 @@ def test_two_hundred_concurrent_calls_all_succeed_and_are_counted(served, digits
         tensor = tg.InferInput("input", [1, 64], "FP32")
         tensor.set_data_from_numpy(features[i : i + 1])
         start.wait(timeout=60)
-        return clients[i % 8].infer("digits", [tensor], client_timeout=120).as_numpy("label")
+        # No deadline: the way most clients call, and the batcher must cope with it.
+        return clients[i % 8].infer("digits", [tensor]).as_numpy("label")
 
     with ThreadPoolExecutor(200) as pool:
         labels = list(pool.map(call, range(200)))

@@ -40,6 +40,9 @@ STATUS_CODES = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 INTERNAL_MESSAGE = "internal server error; the server log has details"
+#: Seconds left beyond which a call counts as having no deadline: gRPC reports a call sent
+#: without one as about 9.2e18 seconds left, too long for any timed wait.
+NO_DEADLINE = 365 * 24 * 3600.0
 
 Run = Callable[[], tuple[Model, Arrays]]
 
@@ -120,7 +123,7 @@ class InferenceServicer:
             metadata = {
                 key: value for key, value in context.invocation_metadata() if isinstance(value, str)
             }
-            call = self.hooks(rpc, model, version, metadata, context.time_remaining())
+            call = self.hooks(rpc, model, version, metadata, _time_left(context))
             status, response = 200, None
             try:
                 call.admit()
@@ -201,6 +204,12 @@ class InferenceServicer:
     def RepositoryModelUnload(self, request: Any, call: Call) -> Any:
         self.control.unload(request.model_name)
         return messages.RepositoryModelUnloadResponse()
+
+
+def _time_left(context: grpc.ServicerContext) -> float | None:
+    """Seconds before the client's deadline; None when it set none."""
+    left = context.time_remaining()
+    return None if left is None or left > NO_DEADLINE else left
 
 
 def _target(request: Any) -> tuple[str | None, str | None]:
