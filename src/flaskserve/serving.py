@@ -3,6 +3,11 @@
 gunicorn forks its workers before the app is built, so each worker loads its own model instances
 (no runtime thread pool crosses a fork). Anything that must happen once, such as building the
 default models, happens in the master before gunicorn starts.
+
+With `--grpc-port`, each worker also starts a gRPC server once its app is built
+(`start_grpc`, after the fork: gRPC's threads do not survive one). On SIGTERM it stops taking
+calls at the same moment the worker stops taking HTTP requests, and the worker waits for its
+running calls before it exits, as it does for HTTP requests.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from gunicorn import glogging
@@ -26,6 +32,10 @@ from flaskserve.runtimes.threads import RUNTIME_THREADS_ENV, per_worker
 from flaskserve.service.worker import QueueTimedWorker, worker_exit
 from flaskserve.settings import Settings
 
+if TYPE_CHECKING:
+    from flaskserve.protocol.grpc.server import GrpcServer
+
+log = logging.getLogger("flaskserve")
 #: Memory-backed folder for gunicorn's worker heartbeat files, where the OS has one.
 SHM = "/dev/shm"
 ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
@@ -57,8 +67,10 @@ class GunicornApp(BaseApplication):  # type: ignore[misc]
             "proc_name": "flaskserve",
             "child_exit": _child_exit,
             # Writes the usage a worker still holds when it stops (SIGTERM, SIGHUP, max age).
-            "worker_exit": worker_exit,
+            "worker_exit": _worker_exit,
         }
+        if settings.grpc_port:
+            options["post_worker_init"] = _grpc_worker_init(settings)
         if settings.log_format == "json":
             options["logger_class"] = JsonGunicornLogger
         else:
@@ -105,6 +117,60 @@ class TextAccessLogger(glogging.Logger):  # type: ignore[misc]
 
 def _child_exit(server: Any, worker: Any) -> None:
     metrics.worker_exited(worker.pid)
+
+
+def start_grpc(app: Flask, settings: Settings) -> GrpcServer | None:
+    """The gRPC front door of `app` on `--grpc-port`, sharing its data plane, keys, limits and
+    meter; None when the port is 0 or the app is not a flaskserve app."""
+    if not settings.grpc_port:
+        return None
+    dataplane = app.extensions.get("flaskserve")
+    control = app.extensions.get("flaskserve.control")
+    service = app.extensions.get("flaskserve.service")
+    if dataplane is None or control is None or service is None:
+        log.warning("--grpc-port ignored: the app serves no flaskserve model repository")
+        return None
+    from flaskserve.protocol.grpc import server
+    from flaskserve.service.grpc_guard import GrpcGuard
+
+    guard = GrpcGuard(service, dataplane.repository)
+    return server.start(
+        dataplane,
+        control,
+        settings.host,
+        settings.grpc_port,
+        settings.threads,
+        settings.max_request_bytes,
+        guard,
+    )
+
+
+def _grpc_worker_init(settings: Settings) -> Callable[[Any], None]:
+    def post_worker_init(worker: Any) -> None:
+        grpc_server = start_grpc(worker.wsgi, settings)
+        if grpc_server is None:
+            return
+        worker.flaskserve_grpc = grpc_server
+        stop_http = signal.getsignal(signal.SIGTERM)
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            grpc_server.stop(settings.graceful_timeout)
+            if callable(stop_http):
+                stop_http(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    return post_worker_init
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    """After the worker's last HTTP request: let its running gRPC calls finish, then write the
+    usage it still holds."""
+    grpc_server = getattr(worker, "flaskserve_grpc", None)
+    if grpc_server is not None:
+        grace = worker.cfg.graceful_timeout
+        grpc_server.stop(grace).wait(grace)
+    worker_exit(server, worker)
 
 
 def serve_gunicorn(app_factory: Callable[[], Flask], settings: Settings) -> None:
@@ -180,6 +246,8 @@ def serve_debug(app: Flask, settings: Settings) -> None:
         logger.propagate = False
     json = settings.log_format == "json"
     app.wsgi_app = AccessLog(app.wsgi_app, logger, json)  # type: ignore[method-assign]
+    if os.environ.get("WERKZEUG_RUN_MAIN") == "true":  # the reloader's child, which serves
+        start_grpc(app, settings)
     app.run(
         host=settings.host,
         port=settings.port,

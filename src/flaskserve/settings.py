@@ -21,6 +21,8 @@ class Settings:
     repository: str | None = None
     host: str = "127.0.0.1"
     port: int = 5000
+    #: Port of the V2 gRPC front door (`inference.GRPCInferenceService`) on `host`; 0: off.
+    grpc_port: int = 0
     #: gunicorn worker processes; 0 means one per CPU core.
     workers: int = 0
     #: threads per gunicorn worker (gthread), so one worker overlaps I/O and batches requests;

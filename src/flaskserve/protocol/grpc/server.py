@@ -1,0 +1,65 @@
+"""Starting and stopping the gRPC server of one process.
+
+Each gunicorn worker runs its own gRPC server, created after the fork (gRPC's threads and
+sockets do not survive one), all bound to the same port with SO_REUSEPORT so the kernel spreads
+connections over the workers as it does for HTTP.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+
+from flaskserve.core.coordination import RepositoryControl
+from flaskserve.core.dataplane import DataPlane
+from flaskserve.protocol.grpc.servicer import Hooks, InferenceServicer, open_hooks
+
+
+class GrpcServer:
+    """A started gRPC server; `stop` refuses new calls at once and lets running ones finish."""
+
+    def __init__(self, server: grpc.Server, address: str) -> None:
+        self._server = server
+        self.address = address
+        self._stopped: threading.Event | None = None
+        self._lock = threading.Lock()
+
+    def stop(self, grace: float) -> threading.Event:
+        """Begin a graceful stop (idempotent); the event is set once every call has ended or
+        `grace` seconds have passed, whichever is first."""
+        with self._lock:
+            if self._stopped is None:
+                self._stopped = self._server.stop(grace)
+            return self._stopped
+
+
+def start(
+    dataplane: DataPlane,
+    control: RepositoryControl,
+    host: str,
+    port: int,
+    threads: int,
+    max_message_bytes: int,
+    hooks: Hooks = open_hooks,
+) -> GrpcServer:
+    """Serve `inference.GRPCInferenceService` on host:port with `threads` handler threads."""
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.so_reuseport", 1),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", -1),
+        ],
+    )
+    server.add_generic_rpc_handlers((InferenceServicer(dataplane, control, hooks).handler(),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from None
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {address}")
+    server.start()
+    return GrpcServer(server, address)

@@ -1,0 +1,224 @@
+"""`inference.GRPCInferenceService`: the V2 protocol over gRPC, on the same data plane as HTTP.
+
+Each RPC decodes its message, calls the `DataPlane` (or the repository control) exactly as the
+HTTP routes do, and encodes the answer. What the service layer adds (keys, rate limits, the
+batch-row limit and deadline, metering, metrics) comes in through `Hooks`, called once per RPC,
+so this module knows nothing of keys or meters.
+
+Failures follow the HTTP discipline, mapped to gRPC status codes: a `FlaskServeError` becomes the
+code of its HTTP status with its message as the details; anything else is logged with its
+traceback and answered INTERNAL with one sentence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import grpc
+import numpy as np
+
+from flaskserve.core.coordination import RepositoryControl
+from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.errors import FlaskServeError, InvalidInput
+from flaskserve.core.model import Arrays, Model
+from flaskserve.protocol.grpc import messages
+from flaskserve.protocol.grpc.tensors import decode_request, encode_response
+
+log = logging.getLogger("flaskserve.grpc")
+
+#: HTTP status of a `FlaskServeError` -> the gRPC status code it is answered with.
+STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+INTERNAL_MESSAGE = "internal server error; the server log has details"
+#: Seconds left beyond which a call counts as having no deadline: gRPC reports a call sent
+#: without one as about 9.2e18 seconds left, too long for any timed wait.
+NO_DEADLINE = 365 * 24 * 3600.0
+
+Run = Callable[[], tuple[Model, Arrays]]
+
+
+class Call(Protocol):
+    """The service layer's view of one RPC."""
+
+    def admit(self) -> None:
+        """Raise a `FlaskServeError` (401, 403, 429) to refuse the call before any work."""
+
+    def infer(self, inputs: Mapping[str, np.ndarray], run: Run) -> tuple[Model, Arrays]:
+        """Run the data plane call `run` (with limits and a deadline around it)."""
+
+    def done(self, status: int, bytes_in: int, bytes_out: int) -> None:
+        """The call ended with `status` (the HTTP status of the same outcome)."""
+
+
+class Hooks(Protocol):
+    def __call__(
+        self,
+        rpc: str,
+        model: str | None,
+        version: str | None,
+        metadata: Mapping[str, str],
+        time_left: float | None,
+    ) -> Call: ...
+
+
+class OpenCall:
+    """No keys, no limits, nothing recorded."""
+
+    def admit(self) -> None:
+        pass
+
+    def infer(self, inputs: Mapping[str, np.ndarray], run: Run) -> tuple[Model, Arrays]:
+        return run()
+
+    def done(self, status: int, bytes_in: int, bytes_out: int) -> None:
+        pass
+
+
+def open_hooks(
+    rpc: str,
+    model: str | None,
+    version: str | None,
+    metadata: Mapping[str, str],
+    time_left: float | None,
+) -> Call:
+    return OpenCall()
+
+
+class InferenceServicer:
+    """The RPCs; `handler()` registers them with a `grpc.Server`."""
+
+    def __init__(
+        self, dataplane: DataPlane, control: RepositoryControl, hooks: Hooks = open_hooks
+    ) -> None:
+        self.dataplane = dataplane
+        self.repository = dataplane.repository
+        self.control = control
+        self.hooks = hooks
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods = {}
+        for name, (request_type, response_type) in messages.method_types().items():
+            methods[name] = grpc.unary_unary_rpc_method_handler(
+                self._wrap(name, getattr(self, name)),
+                request_deserializer=request_type.FromString,
+                response_serializer=response_type.SerializeToString,
+            )
+        return grpc.method_handlers_generic_handler(messages.SERVICE, methods)
+
+    def _wrap(
+        self, rpc: str, method: Callable[[Any, Call], Any]
+    ) -> Callable[[Any, grpc.ServicerContext], Any]:
+        def serve(request: Any, context: grpc.ServicerContext) -> Any:
+            model, version = _target(request)
+            metadata = {
+                key: value for key, value in context.invocation_metadata() if isinstance(value, str)
+            }
+            call = self.hooks(rpc, model, version, metadata, _time_left(context))
+            status, response = 200, None
+            try:
+                call.admit()
+                response = method(request, call)
+                return response
+            except FlaskServeError as exc:
+                status = exc.status_code
+                code = STATUS_CODES.get(status, grpc.StatusCode.INTERNAL)
+                context.abort(code, exc.message)
+            except Exception:
+                status = 500
+                log.exception("unhandled error in %s", rpc)
+                context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+            finally:
+                bytes_out = response.ByteSize() if response is not None else 0
+                call.done(status, request.ByteSize(), bytes_out)
+
+        return serve
+
+    def ServerLive(self, request: Any, call: Call) -> Any:
+        return messages.ServerLiveResponse(live=True)
+
+    def ServerReady(self, request: Any, call: Call) -> Any:
+        return messages.ServerReadyResponse(ready=self.repository.is_ready())
+
+    def ModelReady(self, request: Any, call: Call) -> Any:
+        ready = self.repository.is_model_ready(request.name, request.version or None)
+        return messages.ModelReadyResponse(ready=ready)
+
+    def ServerMetadata(self, request: Any, call: Call) -> Any:
+        return messages.ServerMetadataResponse(**self.dataplane.server_metadata())
+
+    def ModelMetadata(self, request: Any, call: Call) -> Any:
+        meta = self.dataplane.model_metadata(request.name, request.version or None)
+        response = messages.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+        )
+        for field in ("inputs", "outputs"):
+            for spec in meta[field]:
+                getattr(response, field).add(
+                    name=spec["name"], datatype=spec["datatype"], shape=spec["shape"]
+                )
+        return response
+
+    def ModelInfer(self, request: Any, call: Call) -> Any:
+        decoded = decode_request(request)
+        model, outputs = call.infer(
+            decoded.inputs,
+            lambda: self.dataplane.infer(
+                request.model_name,
+                request.model_version or None,
+                decoded.inputs,
+                decoded.datatypes,
+                decoded.outputs,
+            ),
+        )
+        return encode_response(model, outputs, decoded.outputs, request.id)
+
+    def RepositoryIndex(self, request: Any, call: Call) -> Any:
+        response = messages.RepositoryIndexResponse()
+        for row in self.repository.index():
+            if request.ready and row["state"] != "READY":
+                continue
+            response.models.add(
+                name=row["name"],
+                version=row.get("version", ""),
+                state=row["state"],
+                reason=row.get("reason") or "",
+            )
+        return response
+
+    def RepositoryModelLoad(self, request: Any, call: Call) -> Any:
+        entry = self.control.load(request.model_name)
+        if entry.default is None:
+            raise InvalidInput(f"model {request.model_name!r} failed to load: {entry.reason}")
+        return messages.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request: Any, call: Call) -> Any:
+        self.control.unload(request.model_name)
+        return messages.RepositoryModelUnloadResponse()
+
+
+def _time_left(context: grpc.ServicerContext) -> float | None:
+    """Seconds before the client's deadline; None when it set none."""
+    left = context.time_remaining()
+    return None if left is None or left > NO_DEADLINE else left
+
+
+def _target(request: Any) -> tuple[str | None, str | None]:
+    """The model (and version) an RPC is about, whichever field the message names it in."""
+    for name_field, version_field in (("model_name", "model_version"), ("name", "version")):
+        if name_field in request.DESCRIPTOR.fields_by_name:
+            name = getattr(request, name_field) or None
+            version = None
+            if version_field in request.DESCRIPTOR.fields_by_name:
+                version = getattr(request, version_field) or None
+            return name, version
+    return None, None

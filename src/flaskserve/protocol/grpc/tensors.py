@@ -1,0 +1,138 @@
+"""gRPC tensors <-> numpy arrays: `raw_input_contents` or typed `contents` in, raw bytes out.
+
+Raw tensors use the same layout as the binary tensor data extension over HTTP (little-endian,
+row major; BYTES elements as a 4-byte length and the bytes), so they decode with the same code
+and the same checks. Typed contents are checked against the declared shape before an array is
+made, and narrow integer types against their range, since the protocol carries INT8/16 in
+int32 fields and UINT8/16 in uint32 fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flaskserve.core.errors import InvalidInput
+from flaskserve.core.model import DATATYPES, Arrays, Model, datatype_of
+from flaskserve.protocol.binary import decode_binary_tensor, encode_binary_tensor
+from flaskserve.protocol.codec import element_count, parse_datatype
+from flaskserve.protocol.grpc import messages
+
+#: The `InferTensorContents` field each datatype's typed values travel in (FP16 has none).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_NARROW = {"UINT8", "UINT16", "INT8", "INT16"}
+
+
+@dataclass
+class DecodedRequest:
+    inputs: dict[str, np.ndarray]
+    datatypes: dict[str, str]
+    outputs: list[str] | None
+
+
+def decode_request(request: Any) -> DecodedRequest:
+    """The arrays of a `ModelInferRequest`, and the output names it asks for (None: all)."""
+    if not request.inputs:
+        raise InvalidInput("the inference request needs at least one entry in 'inputs'")
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {len(raw)} entries but the request has "
+            f"{len(request.inputs)} inputs; send one per input, in order"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    datatypes: dict[str, str] = {}
+    for index, tensor in enumerate(request.inputs):
+        name = tensor.name
+        if not name:
+            raise InvalidInput(f"inputs[{index}] has no name")
+        if name in inputs:
+            raise InvalidInput(f"input {name!r} appears twice in 'inputs'")
+        datatype = parse_datatype(name, tensor.datatype)
+        shape = _shape(name, tensor.shape)
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input {name!r} has typed contents and raw_input_contents is used; "
+                    "send every input one way"
+                )
+            inputs[name] = decode_binary_tensor(name, shape, datatype, memoryview(raw[index]))
+        else:
+            inputs[name] = _decode_contents(name, shape, datatype, tensor.contents)
+        datatypes[name] = datatype
+    names = [output.name for output in request.outputs]
+    return DecodedRequest(inputs, datatypes, names or None)
+
+
+def _shape(name: str, dims: Sequence[int]) -> list[int]:
+    shape = list(dims)
+    if any(dim < 0 for dim in shape):
+        raise InvalidInput(f"input {name!r}: shape must not have negative sizes, got {shape}")
+    return shape
+
+
+def _decode_contents(name: str, shape: list[int], datatype: str, contents: Any) -> np.ndarray:
+    field = CONTENTS_FIELD.get(datatype)
+    if field is None:
+        raise InvalidInput(
+            f"input {name!r}: {datatype} has no typed contents field; send it in raw_input_contents"
+        )
+    values = getattr(contents, field)
+    count = element_count(shape)
+    if len(values) != count:
+        raise InvalidInput(
+            f"input {name!r}: shape {shape} needs {count} values but contents.{field} has "
+            f"{len(values)}"
+        )
+    if datatype == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = list(values)
+        return array.reshape(shape)
+    target = DATATYPES[datatype]
+    if datatype in _NARROW:
+        wide = np.asarray(values, dtype=np.int64)
+        info = np.iinfo(target)
+        if wide.size and (wide.min() < info.min or wide.max() > info.max):
+            raise InvalidInput(
+                f"input {name!r}: values must lie in [{info.min}, {info.max}] for {datatype}"
+            )
+        return wide.astype(target).reshape(shape)
+    return np.asarray(values, dtype=target).reshape(shape)
+
+
+def encode_response(
+    model: Model, outputs: Arrays, requested: list[str] | None, request_id: str
+) -> Any:
+    """A `ModelInferResponse` carrying every requested output (all when none was named) as
+    raw bytes, the way Triton answers."""
+    response = messages.ModelInferResponse(
+        model_name=model.name, model_version=model.version, id=request_id
+    )
+    names = requested or [spec.name for spec in model.outputs]
+    raw = []
+    for name in names:
+        array = outputs[name]
+        datatype = datatype_of(array)
+        tensor = response.outputs.add()
+        tensor.name = name
+        tensor.datatype = datatype
+        tensor.shape.extend(array.shape)
+        raw.append(encode_binary_tensor(array, datatype))
+    response.raw_output_contents.extend(raw)
+    return response
