@@ -36,6 +36,9 @@ LOAD_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: The `model` label of requests naming a model the repository does not know, so a client sending
 #: random names cannot create unbounded series.
 UNKNOWN_MODEL = "(unknown)"
+#: The `version` label of requests naming a version of a known model that the repository does
+#: not have, for the same reason.
+UNKNOWN_VERSION = "(unknown)"
 
 
 def shared_memory_dir() -> str | None:

@@ -40,8 +40,9 @@ def install(app: Flask, dataplane: DataPlane) -> None:
     repository = dataplane.repository
 
     def model_label(name: str | None) -> tuple[str, str]:
-        """(model, version) labels: the served version unless the URL names one; names the
-        repository does not know share one label."""
+        """(model, version) labels: the served version unless the URL names one. Labels come
+        only from the repository: a model or version it does not know is `(unknown)`, so a
+        client making names up cannot create series (each costs memory in every worker)."""
         if not name:
             return metrics.UNKNOWN_MODEL, ""
         try:
@@ -50,8 +51,8 @@ def install(app: Flask, dataplane: DataPlane) -> None:
             return metrics.UNKNOWN_MODEL, ""
         version = (request.view_args or {}).get("version")
         if version is None:
-            version = entry.default.version if entry.default is not None else ""
-        return name, version
+            return name, entry.default.version if entry.default is not None else ""
+        return name, version if version in entry.versions else metrics.UNKNOWN_VERSION
 
     @app.before_request
     def start() -> None:
