@@ -242,3 +242,9 @@ def test_a_huge_content_length_is_billed_as_read_and_usage_keeps_answering(
     assert printed.exit_code == 0, printed.output
     (row,) = [row for row in printed.output.splitlines() if row.startswith("alice,")]
     assert row.split(",")[1:6] == ["digits", "2", "1", "1", str(len(body))]
+
+
+def test_usage_command_refuses_an_empty_auth_setting() -> None:
+    result = CliRunner().invoke(main, ["usage"], env={"FLASKSERVE_AUTH": ""})
+    assert result.exit_code != 0
+    assert "FLASKSERVE_AUTH is set but empty" in result.output
