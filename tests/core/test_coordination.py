@@ -17,7 +17,7 @@ ROW = [0.0] * 64
 @pytest.mark.parametrize(
     "content",
     [
-        b"{\"generation\": 3, \"models\": {\"digits\": {\"act",  # cut short
+        b'{"generation": 3, "models": {"digits": {"act',  # cut short
         b"\xff\xfe\x00garbage",
         b"[1, 2, 3]",
         b'{"generation": "x", "models": {}}',
