@@ -159,3 +159,26 @@ def test_operator_folder_is_cleaned_and_dead_workers_leave_no_live_gauges(
     # The dead worker's counts stay: nothing served is forgotten.
     assert total(samples, "flaskserve_requests_total", model="digits") == 10
     assert total(samples, "flaskserve_requests_in_flight") == 0
+
+
+def test_made_up_versions_share_one_label_and_do_not_grow_metrics(
+    start_server, digits_repo
+) -> None:
+    server = start_server([str(digits_repo), "--workers", "1"])
+
+    def infer(version: str) -> int:
+        url = f"{server.url}/v2/models/digits/versions/{version}/infer"
+        return requests.post(url, json=v2_body(), timeout=10).status_code
+
+    assert infer("made-up-0") == 404  # the (unknown) series exist from here on
+    before = requests.get(f"{server.url}/metrics", timeout=10).text
+    made_up = [f"made-up-{i}-{'v' * 200}" for i in range(1, 51)]
+    assert {infer(version) for version in made_up} == {404}
+    after = requests.get(f"{server.url}/metrics", timeout=10).text
+    assert len(after) - len(before) < 100  # only digits of the counts change
+    assert "made-up" not in after
+    series = {(name, tuple(sorted(labels.items()))) for name, labels, _ in parse(after)}
+    assert series == {(name, tuple(sorted(labels.items()))) for name, labels, _ in parse(before)}
+    unknown = {"model": "digits", "version": "(unknown)", "status": "404"}
+    assert (total(parse(after), "flaskserve_requests_total", **unknown)
+            - total(parse(before), "flaskserve_requests_total", **unknown)) == 50

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+
 import pytest
 
 from flaskserve.app import create_app
 from flaskserve.service.keys import add_key
 from flaskserve.settings import Settings
+from raw_http import exchange
+from servers import FLASKSERVE, Server, free_port, stop_process_group
 
 ROW = [0.0] * 64
 
@@ -115,3 +120,47 @@ def test_without_auth_every_route_is_open(digits_repo) -> None:
     assert client.post("/v2/repository/index").status_code == 200
     usage = client.get("/v2/usage")
     assert usage.status_code == 404 and "--usage-db" in usage.get_json()["error"]
+
+
+@pytest.fixture(scope="module")
+def keyed_server(digits_repo, tmp_path_factory):
+    keys_file = tmp_path_factory.mktemp("keyed") / "keys.toml"
+    add_key(keys_file, "alice")
+    server = Server([str(digits_repo), "--workers", "1", "--auth", str(keys_file)])
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize(
+    "framing", ["Content-Length: 1000", "Transfer-Encoding: chunked"], ids=["sized", "chunked"]
+)
+@pytest.mark.parametrize(
+    "credentials", ["", "\nAuthorization: Bearer fsk_not-a-key"], ids=["no-key", "bad-key"]
+)
+def test_a_request_without_a_valid_key_is_refused_before_its_body(
+    keyed_server, framing, credentials
+) -> None:
+    head = f"POST /v2/models/digits/infer HTTP/1.1\nHost: x\n{framing}{credentials}"
+    # The body never comes: a server reading it before checking the key would wait for it.
+    status, answer = exchange(keyed_server.port, head, timeout=5)
+    assert status == 401 and "API key" in answer["error"]
+
+
+@pytest.mark.parametrize("how", ["env", "flag"])
+def test_an_empty_auth_setting_stops_serve_at_start(digits_repo, how) -> None:
+    args, env = [str(digits_repo), "--port", str(free_port())], dict(os.environ)
+    if how == "env":
+        env["FLASKSERVE_AUTH"] = ""
+    else:
+        args += ["--auth", ""]
+    process = subprocess.Popen(
+        [*FLASKSERVE, "serve", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        stop_process_group(process)
+        pytest.fail("flaskserve serve started with an empty FLASKSERVE_AUTH")
+    assert process.returncode != 0
+    assert b"FLASKSERVE_AUTH is set but empty" in output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import threading
 
 import pytest
 from click.testing import CliRunner
@@ -99,3 +100,53 @@ def test_keys_commands_print_the_key_once_list_and_revoke(tmp_path) -> None:
     assert list(KeyStore(path).keys()) == ["ops"]
     again = runner.invoke(main, ["keys", "revoke", "alice", "--file", str(path)])
     assert again.exit_code != 0 and "no key 'alice'" in again.output
+
+
+def test_keys_file_is_replaced_whole_so_readers_never_see_part_of_it(tmp_path) -> None:
+    path = tmp_path / "keys.toml"
+    runner = CliRunner()
+    for name in ("alice", "bob"):
+        assert runner.invoke(main, ["keys", "add", name, "--file", str(path)]).exit_code == 0
+    before = path.read_bytes()
+    with open(path, "rb") as opened_before:  # as a server reloading at that moment has it
+        assert runner.invoke(main, ["keys", "revoke", "alice", "--file", str(path)]).exit_code == 0
+        assert opened_before.read() == before  # the old file, whole, not rewritten in place
+
+    seen: list[bytes] = []
+    done = threading.Event()
+
+    def read_in_a_loop() -> None:
+        while not done.is_set():
+            seen.append(path.read_bytes())
+
+    reader = threading.Thread(target=read_in_a_loop)
+    reader.start()
+    try:
+        for i in range(20):
+            add_key(path, f"k{i}")
+            revoke_key(path, f"k{i}")
+    finally:
+        done.set()
+        reader.join()
+    assert seen and all(set(parse_keys(text.decode())) >= {"bob"} for text in seen)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["keys.toml"]  # no staging file left
+
+
+def test_a_reload_that_finds_no_keys_keeps_the_previous_ones(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(keys_module, "RELOAD_INTERVAL", 0.0)
+    path = tmp_path / "keys.toml"
+    alice = add_key(path, "alice")
+    bob = add_key(path, "bob")
+    store = KeyStore(path)
+    path.write_text("")  # truncated by a botched copy or edit
+    with caplog.at_level("ERROR", logger="flaskserve.keys"):
+        assert store.authenticate(alice).id == "alice"
+    assert "holds no keys" in caplog.text and "keeping the 2 keys" in caplog.text
+    path.write_text(path.read_text() + "# still empty\n")
+    assert store.authenticate(bob).id == "bob"
+
+    carol = add_key(path, "carol")  # keys again: the reload takes them
+    assert store.authenticate(alice) is None and store.authenticate(carol).id == "carol"
+    revoke_key(path, "carol")  # revoking the last key is meant: it takes effect
+    assert store.authenticate(carol) is None

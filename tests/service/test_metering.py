@@ -5,14 +5,20 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import stat
+import time
 from pathlib import Path
 
+import orjson
 import pytest
+import requests
 from click.testing import CliRunner
 
 from flaskserve.cli import main
 from flaskserve.service import metering
+from flaskserve.service.keys import add_key
 from flaskserve.service.metering import Meter, fold_journal, parse_since, read_usage
+from raw_http import exchange
 
 
 def _record(meter: Meter, key: str, count: int, model: str = "digits") -> None:
@@ -134,3 +140,111 @@ def test_usage_command_prints_a_table_and_csv(tmp_path) -> None:
     ]
     missing = runner.invoke(main, ["usage", "--db", str(tmp_path / "none.sqlite3")])
     assert missing.exit_code != 0 and "no usage database" in missing.output
+
+
+MAX_SQLITE_INTEGER = 2**63 - 1
+
+
+def test_values_past_sqlites_range_are_clamped_not_fatal(tmp_path) -> None:
+    db = tmp_path / "usage.sqlite3"
+    metering.connect(db).close()
+    folder = metering.journal_dir(db)
+    folder.mkdir()
+    huge = 18446744073709551615
+    (folder / "hostile-1.fold").write_bytes(
+        b'[60, "mallory", "digits", 1, 1, 0, %d, 0, 0]\n'
+        b'[120, "mallory", "digits", 1, 1, 0, %d, 0, 0]\n' % (huge, MAX_SQLITE_INTEGER)
+    )
+    (folder / "hostile-2.fold").write_bytes(
+        b'[60, "mallory", "digits", 1, 0, 0, %d, -5, 0]\n' % MAX_SQLITE_INTEGER
+    )
+    (rows,) = read_usage(db)
+    assert (rows.requests, rows.failed) == (3, 2)
+    assert (rows.bytes_in, rows.bytes_out) == (MAX_SQLITE_INTEGER, 0)
+    assert not list(folder.iterdir())
+
+
+def test_a_journal_with_unreadable_records_is_quarantined_and_later_records_count(
+    tmp_path, caplog
+) -> None:
+    db = tmp_path / "usage.sqlite3"
+    folder = metering.journal_dir(db)
+    folder.mkdir(parents=True)
+    bad_lines = [
+        b'[0, "alice", "digits", 1, 0, 3, 100, 40, 1500, 7, 7]',  # more columns than exist
+        b'{"not": "a record"}',
+        b"\xff\xfe binary",
+        b'[0, "alice", "digits", 1, 0, "three", 100, 40, 1500]',
+    ]
+    corrupt = folder / "0000-corrupt-1.fold"
+    corrupt.write_bytes(
+        b"\n".join([b'[0, "alice", "digits", 1, 0, 3, 100, 40, 1500]', *bad_lines]) + b"\n"
+    )
+    meter = Meter(db)
+    _record(meter, "alice", 4)
+    with caplog.at_level("WARNING", logger="flaskserve.usage"):
+        meter.close()
+        rows = read_usage(db)
+    assert [(row.key_id, row.requests, row.items) for row in rows] == [("alice", 5, 15)]
+    quarantined = [path for path in folder.iterdir() if path.suffix == ".bad"]
+    assert len(quarantined) == 1
+    assert quarantined[0].read_bytes().splitlines() == bad_lines
+    assert "quarantined" in caplog.text and str(quarantined[0]) in caplog.text
+    assert read_usage(db)[0].requests == 5  # the quarantined lines are never folded again
+
+
+def test_usage_database_side_files_and_folders_are_private(tmp_path) -> None:
+    db = tmp_path / "state" / "billing" / "usage.sqlite3"
+    previous = os.umask(0o022)
+    try:
+        meter = Meter(db)
+        _record(meter, "alice", 2)
+        meter.flush()
+        files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"),
+                 *metering.journal_dir(db).iterdir()]
+        modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
+        meter.close()
+    finally:
+        os.umask(previous)
+    assert len(files) >= 4 and set(modes.values()) == {0o600}, modes
+    for folder in (db.parent.parent, db.parent, metering.journal_dir(db)):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+
+
+def test_a_huge_content_length_is_billed_as_read_and_usage_keeps_answering(
+    start_server, digits_repo, tmp_path
+) -> None:
+    keys_file = tmp_path / "keys.toml"
+    alice, ops = add_key(keys_file, "alice"), add_key(keys_file, "ops", admin=True)
+    server = start_server([str(digits_repo), "--workers", "1", "--auth", str(keys_file)])
+    infer = "POST /v2/models/digits/infer HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+    body = orjson.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]}
+    )
+    hostile = f"{infer}Authorization: Bearer {alice}\nContent-Length: 18446744073709551615"
+    status, answer = exchange(server.port, hostile, body)
+    assert status == 413 and "error" in answer
+    honest = f"{infer}Authorization: Bearer {alice}\nContent-Length: {len(body)}"
+    assert exchange(server.port, honest, body)[0] == 200
+
+    deadline = time.monotonic() + 30
+    while True:  # each request is metered once its response is written
+        report = requests.get(f"{server.url}/v2/usage", headers={"X-API-Key": ops}, timeout=10)
+        assert report.status_code == 200, report.text
+        rows = [row for row in report.json()["usage"] if row["key"] == "alice"]
+        if (rows and rows[0]["requests"] == 2) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert rows and (rows[0]["requests"], rows[0]["failed"]) == (2, 1)
+    assert rows[0]["bytes_in"] == len(body)
+    server.stop()
+    printed = CliRunner().invoke(main, ["usage", "--csv", "--db", str(tmp_path / "usage.sqlite3")])
+    assert printed.exit_code == 0, printed.output
+    (row,) = [row for row in printed.output.splitlines() if row.startswith("alice,")]
+    assert row.split(",")[1:6] == ["digits", "2", "1", "1", str(len(body))]
+
+
+def test_usage_command_refuses_an_empty_auth_setting() -> None:
+    result = CliRunner().invoke(main, ["usage"], env={"FLASKSERVE_AUTH": ""})
+    assert result.exit_code != 0
+    assert "FLASKSERVE_AUTH is set but empty" in result.output

@@ -49,17 +49,47 @@ def generations(state_dir: Path | None) -> dict[str, int]:
     if state_dir is None:
         return {}
     return {
-        name: int(event.get("generation", 0))
-        for name, event in _read_state(state_dir / STATE_FILE).get("models", {}).items()
+        name: event["generation"]
+        for name, event in _read_state(state_dir / STATE_FILE)["models"].items()
     }
 
 
 def _read_state(path: Path) -> dict[str, Any]:
+    """The file's state, checked: `{"generation": int, "models": {name: {"action": "load" |
+    "unload", "generation": int}}}`. A file that is not that (truncated, edited by hand, left
+    by another version) is ignored with a warning, and entries that are not that are dropped:
+    a worker must boot and serve whatever is in the shared folder."""
+    empty: dict[str, Any] = {"generation": 0, "models": {}}
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, ValueError):
-        return {}
-    return state if isinstance(state, dict) else {}
+    except FileNotFoundError:
+        return empty
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the coordination file %s: %s", path, exc)
+        return empty
+    models = state.get("models", {}) if isinstance(state, dict) else None
+    generation = state.get("generation", 0) if isinstance(state, dict) else None
+    if not isinstance(models, dict) or not _is_count(generation):
+        log.warning("ignoring the coordination file %s: not a record of repository actions", path)
+        return empty
+    kept = {
+        name: {"action": event["action"], "generation": event["generation"]}
+        for name, event in models.items()
+        if isinstance(event, dict)
+        and event.get("action") in ("load", "unload")
+        and _is_count(event.get("generation"))
+    }
+    if len(kept) != len(models):
+        log.warning(
+            "ignoring %d malformed entries of the coordination file %s",
+            len(models) - len(kept),
+            path,
+        )
+    return {"generation": generation, "models": kept}
+
+
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
 
 
 class RepositoryControl:
@@ -111,9 +141,11 @@ class RepositoryControl:
         with open(self._path.with_suffix(".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = self._read()
-            generation = int(state.get("generation", 0)) + 1
+            recorded = [event["generation"] for event in state["models"].values()]
+            # Above anything any worker may have applied, even from a file since replaced.
+            generation = max([state["generation"], *recorded, *self._applied.values()]) + 1
             state["generation"] = generation
-            state.setdefault("models", {})[name] = {"action": action, "generation": generation}
+            state["models"][name] = {"action": action, "generation": generation}
             staging = self._path.with_suffix(f".{os.getpid()}.tmp")
             staging.write_text(json.dumps(state), encoding="utf-8")
             self._applied[name] = generation
@@ -133,8 +165,8 @@ class RepositoryControl:
 
     def _replay_unloads_up_to(self, baseline: dict[str, int]) -> None:
         """Models unloaded before this worker started stay unloaded here too."""
-        for name, event in self._read().get("models", {}).items():
-            if event.get("action") == "unload" and name in baseline:
+        for name, event in self._read()["models"].items():
+            if event["action"] == "unload" and name in baseline:
                 self._apply("unload", name)
 
     def _replay(self) -> None:
@@ -146,12 +178,12 @@ class RepositoryControl:
         if mtime == self._seen_mtime:
             return
         self._seen_mtime = mtime
-        for name, event in self._read().get("models", {}).items():
-            generation = int(event.get("generation", 0))
+        for name, event in self._read()["models"].items():
+            generation = event["generation"]
             if generation <= self._applied.get(name, 0):
                 continue
             self._applied[name] = generation
-            self._apply(str(event.get("action")), name)
+            self._apply(event["action"], name)
 
     def _apply(self, action: str, name: str) -> None:
         try:

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from flaskserve.core.errors import ModelNotFound
+
 if TYPE_CHECKING:
     from flaskserve.core.repository import ModelRepository
 
@@ -36,6 +38,26 @@ LOAD_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: The `model` label of requests naming a model the repository does not know, so a client sending
 #: random names cannot create unbounded series.
 UNKNOWN_MODEL = "(unknown)"
+#: The `version` label of requests naming a version of a known model that the repository does
+#: not have, for the same reason.
+UNKNOWN_VERSION = "(unknown)"
+
+
+def model_labels(
+    repository: ModelRepository, name: str | None, version: str | None
+) -> tuple[str, str]:
+    """(model, version) labels of a request: the served version unless the request names one.
+    Labels come only from the repository: a model or version it does not know is `(unknown)`,
+    so a client making names up cannot create series (each costs memory in every worker)."""
+    if not name:
+        return UNKNOWN_MODEL, ""
+    try:
+        entry = repository.entry(name)
+    except ModelNotFound:
+        return UNKNOWN_MODEL, ""
+    if version is None:
+        return name, entry.default.version if entry.default is not None else ""
+    return name, version if version in entry.versions else UNKNOWN_VERSION
 
 
 def shared_memory_dir() -> str | None:

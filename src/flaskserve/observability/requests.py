@@ -15,7 +15,6 @@ import time
 from flask import Flask, Response, request
 
 from flaskserve.core.dataplane import DataPlane
-from flaskserve.core.errors import ModelNotFound
 from flaskserve.observability import metrics
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
 
@@ -40,18 +39,7 @@ def install(app: Flask, dataplane: DataPlane) -> None:
     repository = dataplane.repository
 
     def model_label(name: str | None) -> tuple[str, str]:
-        """(model, version) labels: the served version unless the URL names one; names the
-        repository does not know share one label."""
-        if not name:
-            return metrics.UNKNOWN_MODEL, ""
-        try:
-            entry = repository.entry(name)
-        except ModelNotFound:
-            return metrics.UNKNOWN_MODEL, ""
-        version = (request.view_args or {}).get("version")
-        if version is None:
-            version = entry.default.version if entry.default is not None else ""
-        return name, version
+        return metrics.model_labels(repository, name, (request.view_args or {}).get("version"))
 
     @app.before_request
     def start() -> None:

@@ -27,6 +27,7 @@ _file_option = click.option(
 
 def check_service(settings: Settings) -> None:
     """Fail before gunicorn forks when the keys file or the usage database is unusable."""
+    _check_not_empty(settings, click.BadParameter)
     if settings.auth:
         try:
             KeyStore(Path(settings.auth))
@@ -41,6 +42,18 @@ def check_service(settings: Settings) -> None:
                 f"cannot open the usage database {db}: {exc}",
                 param_hint="--usage-db / FLASKSERVE_USAGE_DB",
             ) from None
+
+
+def _check_not_empty(settings: Settings, error: type[click.ClickException]) -> None:
+    """`FLASKSERVE_AUTH=` (say, a variable a deploy template left unfilled) must not quietly
+    mean "no keys": an empty path is an error, as is an empty usage database path."""
+    for name, value in (("auth", settings.auth), ("usage_db", settings.usage_db)):
+        if value is not None and not value.strip():
+            flag, variable = "--" + name.replace("_", "-"), ENV_PREFIX + name.upper()
+            raise error(
+                f"{flag} / {variable} is set but empty; give a path, or unset {variable} "
+                + ("to serve without API keys" if name == "auth" else "for the default")
+            )
 
 
 def _keys_file(path: Path | None) -> Path:
@@ -130,6 +143,7 @@ def usage(since: str | None, as_csv: bool, db: Path | None) -> None:
     """Print usage per API key and model: the table a bill is made from."""
     if db is None:
         settings = Settings.from_env()
+        _check_not_empty(settings, click.ClickException)
         if settings.auth is None and settings.usage_db is None:
             settings = settings.with_overrides(auth=DEFAULT_KEYS_FILE)
         db = usage_db_path(settings)

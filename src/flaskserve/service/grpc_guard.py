@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from flaskserve.core import deadlines
-from flaskserve.core.errors import FlaskServeError, ModelNotFound
+from flaskserve.core.errors import FlaskServeError
 from flaskserve.core.model import Arrays, Model
 from flaskserve.core.repository import ModelRepository
 from flaskserve.observability import metrics
@@ -108,16 +108,7 @@ class GuardedCall:
 
     def _labels(self) -> tuple[str, str]:
         """(model, version) metric labels, as the HTTP routes use them."""
-        if not self.model:
-            return metrics.UNKNOWN_MODEL, ""
-        try:
-            entry = self.guard.repository.entry(self.model)
-        except ModelNotFound:
-            return metrics.UNKNOWN_MODEL, ""
-        version = self.version
-        if version is None:
-            version = entry.default.version if entry.default is not None else ""
-        return self.model, version
+        return metrics.model_labels(self.guard.repository, self.model, self.version)
 
     def admit(self) -> None:
         service = self.guard.service

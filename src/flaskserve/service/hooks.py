@@ -1,13 +1,14 @@
 """Wiring the service layer into the Flask app: one gate before each request, one meter after.
 
-Order of checks on a request, cheapest refusal first:
+Order of checks on a request, cheapest refusal first; none of 1-3 reads the body, so a client
+without a valid key cannot make the server wait for (or buffer) one:
 
-0. a chunked body (no Content-Length) over `--max-request-bytes` gets 413, as a sized one does;
 1. overload: an inference request that waited longer than `--max-queue-ms` for a worker
    thread gets 503 + `Retry-After: 1` at once (see `service.worker`);
 2. authentication and permission: 401 (no key, or an unknown one) with `WWW-Authenticate`,
    403 (the key may not use this model, or the route needs an admin key);
-3. the key's rate limit: 429 + `Retry-After`.
+3. the key's rate limit: 429 + `Retry-After`;
+4. a chunked body (no Content-Length) over `--max-request-bytes` gets 413, as a sized one does.
 
 Inside the data plane (the one call every protocol makes, wrapped here): the batch-row limit
 (400) and the request's deadline (504 when it ran out while waiting). A request that loses a
@@ -24,14 +25,14 @@ from pathlib import Path
 
 import numpy as np
 from flask import Blueprint, Flask, Response, has_request_context, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from flaskserve.core import deadlines
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import Arrays, Model
 from flaskserve.protocol.v2 import json_response
-from flaskserve.service import auth, metering, prometheus
+from flaskserve.service import auth, metering, prometheus, received
 from flaskserve.service.keys import ApiKey, KeyStore
 from flaskserve.service.limits import (
     LocalBuckets,
@@ -83,6 +84,8 @@ def install(app: Flask, dataplane: DataPlane, settings: Settings) -> Service:
         max_queue_wait=settings.max_queue_ms / 1000.0,
     )
     app.extensions["flaskserve.service"] = service
+    if service.meter is not None or service.keys is not None:
+        app.wsgi_app = received.count_input(app.wsgi_app)  # type: ignore[method-assign]
     dataplane.infer = _guarded_infer(dataplane, service)  # type: ignore[method-assign]
     app.register_blueprint(_usage_blueprint(service))
     app.before_request(_gate(dataplane, service))
@@ -94,12 +97,16 @@ def _gate(dataplane: DataPlane, service: Service) -> Callable[[], Response | Non
     repository = dataplane.repository
 
     def gate() -> Response | None:
-        endpoint = request.endpoint
-        if endpoint is None:  # no such route: Flask answers 404/405
+        if request.endpoint is None:  # no such route: Flask answers 404/405
             return None
-        environ = request.environ
-        if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower():
+        refusal = admit(request.endpoint)
+        coding = request.environ.get("HTTP_TRANSFER_ENCODING", "")
+        if refusal is None and "chunked" in coding.lower():
             _check_chunked_size(request.max_content_length)
+        return refusal
+
+    def admit(endpoint: str) -> Response | None:
+        environ = request.environ
         inference = endpoint in auth.INFERENCE_ENDPOINTS
         if inference:
             waited = queue_wait()
@@ -235,7 +242,7 @@ def _metering(dataplane: DataPlane, service: Service) -> Callable[[Response], Re
             model, items, compute = auth.requested_model(request, served), 0, 0.0
         if model not in served:
             model = prometheus.UNKNOWN_MODEL
-        bytes_in = _bytes_received()
+        bytes_in = received.received(environ)
         bytes_out = response.calculate_content_length() or 0
         status = response.status_code
 
@@ -253,15 +260,6 @@ def _metering(dataplane: DataPlane, service: Service) -> Callable[[Response], Re
         return response
 
     return meter
-
-
-def _bytes_received() -> int:
-    if request.content_length is not None:
-        return request.content_length
-    try:
-        return len(request.get_data())
-    except HTTPException:  # a chunked body over the size limit: it was refused unread
-        return 0
 
 
 def _usage_blueprint(service: Service) -> Blueprint:

@@ -20,10 +20,18 @@ from anywhere else (a human-chosen string) would need a slow hash; `add_key` nev
 Lookups compare the presented key's digest with every stored digest using
 `hmac.compare_digest`, without stopping at the first match, so the time taken does not depend on
 how much of a digest matched or on which entry did.
+
+The file is never changed in place: `keys add` and `keys revoke` write a new file beside it and
+rename it over the old one, so a serving process reloading it reads the old keys or the new ones,
+never a half-written or empty file. A reload that finds no keys at all where there were some
+keeps the keys it had and logs why: an empty file is far more often a botched edit or copy than
+an operator revoking every customer at once. Revoking keys one by one still works to the last:
+`keys revoke` leaves an explicit, empty `[keys]` table, which a reload takes at its word.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
@@ -31,6 +39,8 @@ import logging
 import os
 import re
 import secrets
+import stat
+import tempfile
 import threading
 import time
 import tomllib
@@ -169,28 +179,28 @@ def add_key(
     key = new_key()
     entry = ApiKey(key_id, digest_of(key), tuple(models), admin, float(rate), float(burst))
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with _locked_for_update(path) as handle:
-        text = handle.read()
+    with _locked_for_update(path) as current:
+        text = current.read()
         if key_id in parse_keys(text, str(path)):
             raise KeyFileError(f"{path} already has a key {key_id!r}; revoke it or pick another")
         prefix = HEADER if not text else ("" if text.endswith("\n") else "\n")
-        handle.write(prefix + "\n" + render_entry(entry, created))
+        current.replace(text + prefix + "\n" + render_entry(entry, created))
     return key
 
 
 def revoke_key(path: Path, key_id: str) -> None:
     """Remove a key's entry; serving processes stop accepting it within `RELOAD_INTERVAL`."""
-    with _locked_for_update(path) as handle:
-        text = handle.read()
+    with _locked_for_update(path) as current:
+        text = current.read()
         keys = parse_keys(text, str(path))
         if key_id not in keys:
             raise KeyFileError(f"{path} has no key {key_id!r}")
         kept = _without_table(text, key_id)
         if set(parse_keys(kept, str(path))) != set(keys) - {key_id}:
             raise KeyFileError(f"could not remove {key_id!r} from {path}; edit it by hand")
-        handle.seek(0)
-        handle.truncate()
-        handle.write(kept)
+        if not _declares_keys(kept):  # the last key: say "no keys" on purpose (see KeyStore)
+            kept = kept.rstrip("\n") + "\n\n[keys]\n"
+        current.replace(kept)
 
 
 def _without_table(text: str, key_id: str) -> str:
@@ -207,6 +217,14 @@ def _without_table(text: str, key_id: str) -> str:
     return "".join(kept)
 
 
+def _declares_keys(text: str) -> bool:
+    """Whether `text` has a `keys` table at all (an empty one says "no keys" on purpose)."""
+    try:
+        return "keys" in tomllib.loads(text)
+    except tomllib.TOMLDecodeError:
+        return False
+
+
 def _is_table_of(header: str, key_id: str) -> bool:
     try:
         parsed = tomllib.loads(header + "\n")
@@ -217,22 +235,62 @@ def _is_table_of(header: str, key_id: str) -> bool:
 
 
 class _locked_for_update:
-    """Open (creating 0600) and exclusively lock the keys file for a read-modify-write."""
+    """The keys file (created 0600 if missing), exclusively locked for a read-modify-write.
+
+    The lock is an `flock` on the file itself; since an update renames a new file over it, a
+    writer that waited for the lock checks the name still leads to the file it locked and
+    starts again if not (it would otherwise read, and overwrite, the keys as they were)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._fd = -1
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> _locked_for_update:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        self.handle = os.fdopen(fd, "r+", encoding="utf-8")
-        fcntl.flock(self.handle, fcntl.LOCK_EX)
-        return self.handle
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    self._fd = fd
+                    return self
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def read(self) -> str:
+        with os.fdopen(os.dup(self._fd), "r", encoding="utf-8") as handle:
+            return handle.read()
+
+    def replace(self, text: str) -> None:
+        """Make `text` the file's content in one step: a private temporary file beside it,
+        synced, then renamed over it (the keys file's mode is kept)."""
+        mode = stat.S_IMODE(os.fstat(self._fd).st_mode)
+        fd, staging = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                os.fchmod(handle.fileno(), mode)
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(staging, self.path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staging)
+            raise
+        _sync_folder(self.path.parent)
 
     def __exit__(self, *exc: object) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
+        os.close(self._fd)  # drops the lock
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class KeyStore:
@@ -242,14 +300,14 @@ class KeyStore:
         self.path = path
         self._lock = threading.Lock()
         self._checked = 0.0
-        self._mtime = -1
+        self._version: tuple[int, int] = (-1, -1)
         self._keys: dict[str, ApiKey] = {}
         self._digests: list[tuple[bytes, ApiKey]] = []
         self._load()
 
     def _load(self) -> None:
         try:
-            stat = self.path.stat()
+            found = self.path.stat()
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise KeyFileError(
@@ -257,9 +315,18 @@ class KeyStore:
                 f"`flaskserve keys add NAME --file {self.path}`"
             ) from None
         keys = parse_keys(text, str(self.path))
+        self._version = (found.st_ino, found.st_mtime_ns)
+        if not keys and self._keys and not _declares_keys(text):
+            log.error(
+                "keys file %s now holds no keys; keeping the %d keys loaded before (an empty "
+                "file is usually a botched edit; to refuse every key, leave an empty [keys] "
+                "table in it, as `flaskserve keys revoke` does for the last key)",
+                self.path,
+                len(self._keys),
+            )
+            return
         self._keys = keys
         self._digests = [(k.digest.encode("ascii"), k) for k in keys.values()]
-        self._mtime = stat.st_mtime_ns
 
     def _refresh(self) -> None:
         now = time.monotonic()
@@ -270,7 +337,8 @@ class KeyStore:
                 return
             self._checked = now
             try:
-                if self.path.stat().st_mtime_ns != self._mtime:
+                found = self.path.stat()
+                if (found.st_ino, found.st_mtime_ns) != self._version:
                     self._load()
             except (OSError, KeyFileError) as exc:
                 # Keep serving with the keys already known; a broken edit must not open the door.

@@ -21,6 +21,13 @@ The write path is built so that nothing is lost and the request path stays cheap
 
 Usage is kept per minute (`minute` = Unix time of the minute's start, UTC), which is what
 `--since` filters on.
+
+Nothing in a journal can stop metering: every value is clamped to what an SQLite INTEGER holds
+(0 to 2**63 - 1), sums saturate there instead of overflowing, a record that does not parse is
+moved to a `*.bad` file beside the journal (and logged) while the rest is folded, and a journal
+that cannot be folded at all for what it holds is renamed `*.fold.bad` and logged, so the
+journals after it are still counted. The database, its side files and the folders made for them
+are private to the server's user (0600 files, 0700 folders): they say what every customer used.
 """
 
 from __future__ import annotations
@@ -53,6 +60,10 @@ ORPHAN_INTERVAL = 5.0
 #: Key id recorded when the server meters without API keys.
 ANONYMOUS = "-"
 COLUMNS = ("requests", "failed", "items", "bytes_in", "bytes_out", "compute_us")
+#: The largest value an SQLite INTEGER holds; every count and sum is clamped to it.
+MAX_INTEGER = 2**63 - 1
+#: Suffix of quarantined journals and of the unreadable records taken out of a journal.
+QUARANTINE_SUFFIX = ".bad"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -73,17 +84,12 @@ CREATE TABLE IF NOT EXISTS folded_journals (
 ) WITHOUT ROWID;
 """
 
-_UPSERT = """
+_UPSERT = f"""
 INSERT INTO usage (minute, key_id, model, requests, failed, items, bytes_in, bytes_out,
                    compute_us)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (minute, key_id, model) DO UPDATE SET
-    requests = requests + excluded.requests,
-    failed = failed + excluded.failed,
-    items = items + excluded.items,
-    bytes_in = bytes_in + excluded.bytes_in,
-    bytes_out = bytes_out + excluded.bytes_out,
-    compute_us = compute_us + excluded.compute_us
+    {", ".join(f"{c} = MIN({c} + excluded.{c}, {MAX_INTEGER})" for c in COLUMNS)}
 """
 
 #: Folded journal names are remembered this long (a crashed fold is retried within seconds).
@@ -94,9 +100,38 @@ def journal_dir(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".pending")
 
 
+def make_private_dirs(folder: Path) -> None:
+    """Create `folder` and its missing parents 0700 whatever the umask; existing ones are left
+    as the operator made them."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(0o700)
+        except FileExistsError:  # another process made it first
+            continue
+        os.chmod(path, 0o700)
+
+
+def _create_private_file(path: Path) -> None:
+    """An empty 0600 file at `path` unless one exists (SQLite gives its -wal, -shm and
+    -journal files the database file's mode)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def connect(db_path: Path) -> sqlite3.Connection:
-    """A connection to the usage database (created with its schema if new), in WAL mode."""
-    db_path.parent.mkdir(parents=True, exist_ok=True)
+    """A connection to the usage database (created 0600 with its schema if new), in WAL mode."""
+    make_private_dirs(db_path.parent)
+    _create_private_file(db_path)
     conn = sqlite3.connect(db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -104,24 +139,51 @@ def connect(db_path: Path) -> sqlite3.Connection:
     return conn
 
 
+def _clamp(value: int) -> int:
+    return min(max(value, 0), MAX_INTEGER)
+
+
+def _parse_record(line: bytes) -> tuple[tuple[int, str, str], list[int]] | None:
+    """(minute, key id, model) and the clamped counts of one journal line; None when the line
+    is not a record `Meter.record` writes."""
+    try:
+        record = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(record, list) or len(record) != 3 + len(COLUMNS):
+        return None
+    minute, key_id, model, *values = record
+    numbers = [minute, *values]
+    if not (isinstance(key_id, str) and isinstance(model, str)) or not all(
+        type(n) is int for n in numbers
+    ):
+        return None
+    return (_clamp(minute), key_id, model), [_clamp(v) for v in values]
+
+
 def fold_journal(conn: sqlite3.Connection, path: Path) -> int:
-    """Add one closed journal file to the database and delete it; returns the lines folded."""
+    """Add one closed journal file to the database and delete it; returns the records folded.
+    Lines that are not records are moved to a `.bad` file beside it, with a warning."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         return 0
     sums: dict[tuple[int, str, str], list[int]] = {}
+    bad: list[bytes] = []
     lines = 0
     for line in raw.splitlines():
-        try:
-            minute, key_id, model, *values = orjson.loads(line)
-            row = sums.setdefault((int(minute), str(key_id), str(model)), [0] * len(COLUMNS))
-            for i, value in enumerate(values):
-                row[i] += int(value)
-        except (orjson.JSONDecodeError, TypeError, ValueError):
-            log.warning("skipping an unreadable usage record in %s", path)
+        parsed = _parse_record(line)
+        if parsed is None:
+            if line.strip():
+                bad.append(line)
             continue
+        key, values = parsed
+        row = sums.setdefault(key, [0] * len(COLUMNS))
+        for i, value in enumerate(values):
+            row[i] = min(row[i] + value, MAX_INTEGER)
         lines += 1
+    if bad:
+        _quarantine_lines(path, bad)
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute(
@@ -141,6 +203,42 @@ def fold_journal(conn: sqlite3.Connection, path: Path) -> int:
     return lines
 
 
+def _quarantine_lines(path: Path, lines: list[bytes]) -> None:
+    target = path.with_suffix(QUARANTINE_SUFFIX)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, b"".join(line + b"\n" for line in lines))
+    finally:
+        os.close(fd)
+    log.warning(
+        "%d unreadable usage records in %s were quarantined in %s (not billed); the other "
+        "records were folded",
+        len(lines),
+        path,
+        target,
+    )
+
+
+def fold_or_quarantine(conn: sqlite3.Connection, path: Path) -> int:
+    """`fold_journal`, except that a journal whose contents make the fold fail is renamed
+    `*.fold.bad` with a warning instead of failing every later fold. Database errors (locked,
+    disk full) are raised: the journal is fine and is folded on the next try."""
+    try:
+        return fold_journal(conn, path)
+    except sqlite3.OperationalError:
+        raise
+    except Exception as exc:
+        target = path.with_name(path.name + QUARANTINE_SUFFIX)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return 0
+        log.warning(
+            "usage journal %s could not be folded (%s); quarantined as %s", path, exc, target
+        )
+        return 0
+
+
 def fold_orphans(conn: sqlite3.Connection, folder: Path) -> int:
     """Fold the journals no live process holds: rotated ones left behind and the open
     journals of processes that died. Returns the lines folded."""
@@ -148,11 +246,11 @@ def fold_orphans(conn: sqlite3.Connection, folder: Path) -> int:
         return 0
     folded = 0
     for path in sorted(folder.glob("*.fold")):
-        folded += fold_journal(conn, path)
+        folded += fold_or_quarantine(conn, path)
     for path in sorted(folder.glob("*.log")):
         claimed = _claim_dead_journal(path)
         if claimed is not None:
-            folded += fold_journal(conn, claimed)
+            folded += fold_or_quarantine(conn, claimed)
     return folded
 
 
@@ -190,7 +288,7 @@ class Meter:
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
         self.folder = journal_dir(db_path)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.folder)
         self._owner = os.getpid()
         self._id = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._seq = 0
@@ -239,6 +337,7 @@ class Meter:
 
     def _open_journal(self) -> None:
         fd = os.open(self._journal_path(), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._fd = fd
 
@@ -273,7 +372,7 @@ class Meter:
             self._rotate(reopen=not self._closed)
             conn = self._connection()
             for path in sorted(self.folder.glob(f"{self._id}-*.fold")):
-                fold_journal(conn, path)
+                fold_or_quarantine(conn, path)
             now = time.monotonic()
             if now - self._last_orphan_scan >= ORPHAN_INTERVAL:
                 self._last_orphan_scan = now
@@ -353,14 +452,34 @@ class UsageRow:
 
 
 def query(conn: sqlite3.Connection, since: int | None = None) -> list[UsageRow]:
-    """Usage per key and model, summed over the minutes from `since` (Unix time) on."""
+    """Usage per key and model, summed over the minutes from `since` (Unix time) on; a sum past
+    SQLite's range (SUM() raises rather than wrap) is clamped to `MAX_INTEGER`."""
+    start = int(since) // 60 * 60 if since is not None else 0
     sums = ", ".join(f"SUM({column})" for column in COLUMNS)
-    rows = conn.execute(
-        f"SELECT key_id, model, {sums} FROM usage WHERE minute >= ? "
-        "GROUP BY key_id, model ORDER BY key_id, model",
-        (int(since) // 60 * 60 if since is not None else 0,),
-    ).fetchall()
+    try:
+        rows = conn.execute(
+            f"SELECT key_id, model, {sums} FROM usage WHERE minute >= ? "
+            "GROUP BY key_id, model ORDER BY key_id, model",
+            (start,),
+        ).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "overflow" not in str(exc):
+            raise
+        return _clamped_sums(conn, start)
     return [UsageRow(*row) for row in rows]
+
+
+def _clamped_sums(conn: sqlite3.Connection, start: int) -> list[UsageRow]:
+    totals: dict[tuple[str, str], list[int]] = {}
+    for key_id, model, *values in conn.execute(
+        f"SELECT key_id, model, {', '.join(COLUMNS)} FROM usage WHERE minute >= ? "
+        "ORDER BY key_id, model",
+        (start,),
+    ):
+        row = totals.setdefault((key_id, model), [0] * len(COLUMNS))
+        for i, value in enumerate(values):
+            row[i] = min(row[i] + value, MAX_INTEGER)
+    return [UsageRow(*key, *values) for key, values in totals.items()]
 
 
 def read_usage(db_path: Path, since: int | None = None) -> list[UsageRow]:
