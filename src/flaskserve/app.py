@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from flaskserve import service
 from flaskserve.core.coordination import RepositoryControl, generations
 from flaskserve.core.dataplane import DataPlane
-from flaskserve.core.errors import FlaskServeError
+from flaskserve.core.errors import FlaskServeError, ModelFailed
 from flaskserve.core.repository import ModelRepository
 from flaskserve.observability import endpoint as metrics_endpoint
 from flaskserve.observability import requests as request_hooks
@@ -89,6 +89,16 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(FlaskServeError)
     def flaskserve_error(exc: FlaskServeError) -> Response:
         return json_response({"error": exc.message}, exc.status_code)
+
+    @app.errorhandler(ModelFailed)
+    def model_failed(exc: ModelFailed) -> Response:
+        # The exception's text goes to the log only, on the line that carries the request id.
+        request_id = request.environ.get(request_hooks.REQUEST_ID_KEY) or "-"
+        log.error(
+            "request %s: model %s version %s failed: %s: %s",
+            request_id, exc.model, exc.version, exc.kind, exc.cause, exc_info=exc.cause,
+        )
+        return json_response({"error": exc.client_message(request_id)}, exc.status_code)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> Response:

@@ -262,7 +262,7 @@ BAD_REQUESTS = [
         "/v1/models/digits:predict",
         {"instances": [[1, 2], [3]]},
         400,
-        "needs",
+        "expects [-1, 64]",
     ),
     ("SageMaker CSV with text", "/invocations", b"1,2,x", 400, "not a number"),
 ]

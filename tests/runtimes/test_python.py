@@ -113,7 +113,9 @@ def test_a_model_breaking_its_promise_fails_without_a_traceback() -> None:
     assert "returned no output 'y'" in liar_response.json["error"]
     crash_response = client.post("/v2/models/crash/infer", json=body)
     assert crash_response.status_code == 500
+    request_id = crash_response.headers["X-Request-ID"]
     assert crash_response.json == {
-        "error": "model 'crash' failed to predict: ZeroDivisionError: boom"
+        "error": f"model 'crash' failed (ZeroDivisionError); request id {request_id}, "
+        "see the server log"
     }
     assert "Traceback" not in crash_response.get_data(as_text=True)

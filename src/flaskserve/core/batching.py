@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from flaskserve.core import deadlines
-from flaskserve.core.errors import FlaskServeError, InferenceFailed, ModelNotReady
+from flaskserve.core.errors import FlaskServeError, InferenceFailed, ModelFailed, ModelNotReady
 from flaskserve.core.model import Arrays, Model
 from flaskserve.core.signature import conform_outputs
 from flaskserve.observability import metrics
@@ -50,7 +50,7 @@ CLOSE_TIMEOUT = 30.0
 
 def run_model(model: Model, inputs: Arrays) -> Arrays:
     """`model.predict` with outputs conformed to the signature; any failure becomes a
-    `FlaskServeError` (a model's own exception is logged with its traceback, never sent)."""
+    `FlaskServeError` (a model's own exception a `ModelFailed`, whose text is never sent)."""
     try:
         started = time.perf_counter()
         outputs = conform_outputs(model, model.predict(inputs))
@@ -67,13 +67,14 @@ def _rows(inputs: Arrays) -> int:
 
 
 def prediction_error(model: Model, exc: BaseException) -> FlaskServeError:
-    """The client-facing error for `exc` raised by `model`; logs the traceback server-side."""
+    """The client-facing error for `exc` raised by `model`.
+
+    Nothing is logged here: the request's own thread logs a `ModelFailed` with its request id
+    (a batch runs in another request's thread, so only there is the right id known).
+    """
     if isinstance(exc, FlaskServeError):
         return exc
-    log.error(
-        "model %s version %s failed to predict", model.name, model.version, exc_info=exc
-    )
-    return InferenceFailed(f"model {model.name!r} failed to predict: {type(exc).__name__}: {exc}")
+    return ModelFailed(model.name, model.version, exc)
 
 
 class _Pending:
@@ -271,9 +272,10 @@ class Batcher:
             }
             outputs = self._predict(inputs, sum(p.rows for p in batch))
         except Exception as exc:
+            # Its text is logged by each request that fails again alone, with its request id.
             log.warning(
                 "model %s version %s failed on a batch of %d requests (%s); retrying each alone",
-                self.model.name, self.model.version, len(batch), exc,
+                self.model.name, self.model.version, len(batch), type(exc).__name__,
             )
             for pending in batch:
                 self._run_pending(pending)

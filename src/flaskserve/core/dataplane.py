@@ -1,8 +1,9 @@
 """The protocol-neutral data plane: every front door (V2, V1, SageMaker) ends up here.
 
 Routes decode their wire format into arrays and call `infer`; this module finds the model, checks
-the request against its signature, runs it and conforms the outputs. A failure inside a model is
-logged with its traceback here and reaches the client as one sentence.
+the request against its signature, runs it and conforms the outputs. A failure inside a model
+raises `ModelFailed`, which carries the exception for the web layer to log with the request id;
+the client hears only its type.
 
 Models whose `max_batch_size` > 0 run through one `Batcher` per model version, created on the
 version's first request and closed when the repository unloads that version.

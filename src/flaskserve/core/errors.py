@@ -40,9 +40,28 @@ class ModelNotReady(FlaskServeError):
 
 
 class InferenceFailed(FlaskServeError):
-    """The model itself raised while predicting; the cause is summarised, never traced back."""
+    """The model broke its contract (an output missing or of the wrong kind) or raised."""
 
     status_code = 500
+
+
+class ModelFailed(InferenceFailed):
+    """A model's own code raised while predicting.
+
+    The client hears the exception's type, never its text: that text may quote file paths,
+    inputs or credentials. The web layer logs `cause` (text and traceback) with the request id
+    and hands the client that id (`client_message`), so the two can be matched in the log.
+    """
+
+    def __init__(self, model: str, version: str, cause: BaseException) -> None:
+        self.model = model
+        self.version = version
+        self.cause = cause
+        self.kind = type(cause).__name__
+        super().__init__(f"model {model!r} failed ({self.kind})")
+
+    def client_message(self, request_id: str) -> str:
+        return f"{self.message}; request id {request_id}, see the server log"
 
 
 class ModelLoadError(Exception):

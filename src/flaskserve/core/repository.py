@@ -26,6 +26,25 @@ log = logging.getLogger("flaskserve.repository")
 READY = "READY"
 UNAVAILABLE = "UNAVAILABLE"
 
+#: A model folder holding this file is UNAVAILABLE with the file's text as its reason: a remote
+#: repository's mirror leaves one where it cannot lay a model's files out (`flaskserve.storage`).
+UNAVAILABLE_NOTE = ".unavailable"
+#: The longest file name (in bytes) Linux filesystems allow; no folder has a longer name.
+NAME_MAX = 255
+
+
+def is_folder_name(name: str) -> bool:
+    """Whether `name` could name a model folder. A name no folder can have (too long, '.', '..',
+    a '/' or a NUL) is not a model on any repository, so it is unknown (404), as on disk."""
+    return (
+        bool(name)
+        and name not in (".", "..")
+        and "/" not in name
+        and "\0" not in name
+        and len(name.encode("utf-8", "surrogatepass")) <= NAME_MAX
+    )
+
+
 #: Turns a model's config, one version number and its folder into a loaded `Model`.
 Loader = Callable[[ModelConfig, str, Path], Model]
 #: Brings one model's files under `root` up to date before it is reloaded (a remote repository's
@@ -75,7 +94,8 @@ class ModelRepository:
         return {
             child.name: child
             for child in sorted(self.root.iterdir())
-            if child.is_dir() and (child / CONFIG_FILE).is_file()
+            if child.is_dir()
+            and ((child / CONFIG_FILE).is_file() or (child / UNAVAILABLE_NOTE).is_file())
         }
 
     def load_all(self) -> None:
@@ -93,7 +113,7 @@ class ModelRepository:
         With a `sync` hook and `refresh`, the model's files are brought up to date first, so a
         load picks up a version uploaded to the remote store since the last one.
         """
-        if refresh and self._sync is not None:
+        if refresh and self._sync is not None and is_folder_name(name):
             self._sync(name)
         with self._lock:
             current = self._entries.get(name)
@@ -124,6 +144,11 @@ class ModelRepository:
         return ModelEntry(model.name, None, {model.version: status}, default=model, factory=factory)
 
     def _load_dir(self, name: str, model_dir: Path) -> ModelEntry:
+        note = model_dir / UNAVAILABLE_NOTE
+        if note.is_file():
+            reason = note.read_text(encoding="utf-8", errors="replace").strip()
+            log.error("model %s is unavailable: %s", name, reason)
+            return ModelEntry(name, None, state=UNAVAILABLE, reason=reason)
         try:
             config = read_model_config(model_dir)
             if config.name != name:

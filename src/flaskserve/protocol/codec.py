@@ -3,7 +3,8 @@
 A request tensor declares its shape and datatype and carries its data flat or nested. Everything a
 client can get wrong is caught here with a message naming the tensor and what to fix: the declared
 size is compared with the data before anything is allocated, so a request claiming a shape of
-[10**12] costs nothing.
+[10**12] costs nothing, and a shape no numpy array can take (more than 64 dimensions, or more
+elements than memory can address even when one dimension is 0) is refused by name.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import DATATYPES, datatype_of
 
 _INT_DATATYPES = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
+#: numpy's limits: at most 64 dimensions, and the product of the non-zero dimensions times the
+#: item size must fit a signed 64-bit size (it checks this even for an empty array).
+MAX_DIMS = 64
+_MAX_BYTES = 2**63 - 1
 
 
 def loads(body: bytes) -> Any:
@@ -41,6 +46,22 @@ def parse_shape(name: str, shape: Any) -> list[int]:
     return shape
 
 
+def check_shape_limits(name: str, shape: list[int], datatype: str) -> None:
+    """Refuse a shape numpy cannot build, before anything is built from it."""
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(
+            f"input {name!r} has {len(shape)} dimensions; an array has at most {MAX_DIMS}"
+        )
+    size = DATATYPES[datatype].itemsize
+    for dim in shape:
+        if dim:
+            size *= dim
+            if size > _MAX_BYTES:
+                raise InvalidInput(
+                    f"input {name!r}: shape {shape} is larger than any array can be"
+                )
+
+
 def parse_datatype(name: str, datatype: Any) -> str:
     if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise InvalidInput(
@@ -57,7 +78,8 @@ def element_count(shape: list[int]) -> int:
 
 
 def tensor_header(entry: Any, index: int) -> tuple[str, list[int], str]:
-    """Check the name, shape and datatype of one request tensor (JSON or binary)."""
+    """Check the name, shape and datatype of one request tensor (JSON or binary), and that an
+    array of that shape and datatype can exist at all."""
     if not isinstance(entry, dict):
         raise InvalidInput(f"inputs[{index}] must be an object with name, shape, datatype and data")
     name = entry.get("name")
@@ -67,7 +89,10 @@ def tensor_header(entry: Any, index: int) -> tuple[str, list[int], str]:
         raise InvalidInput(f"input {name!r} has no 'shape'")
     if "datatype" not in entry:
         raise InvalidInput(f"input {name!r} has no 'datatype'")
-    return name, parse_shape(name, entry["shape"]), parse_datatype(name, entry["datatype"])
+    shape = parse_shape(name, entry["shape"])
+    datatype = parse_datatype(name, entry["datatype"])
+    check_shape_limits(name, shape, datatype)
+    return name, shape, datatype
 
 
 def decode_json_data(name: str, shape: list[int], datatype: str, data: Any) -> np.ndarray:

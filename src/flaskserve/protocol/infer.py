@@ -3,6 +3,10 @@
 `parse_infer_request` turns a body (and the `Inference-Header-Content-Length` header, if any) into
 arrays; `encode_infer_response` does the reverse, returning binary tensors where the client asked
 for them (`binary_data` on an output, or `binary_data_output` on the request).
+
+Parsing reads every tensor's header first (name, shape, datatype, where its data lies) and, given
+the model, checks them against its signature before a single tensor is decoded: a request that
+cannot fit the model costs its JSON header, not its data.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 
 from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import Arrays, Model, datatype_of
+from flaskserve.core.signature import check_output_names, check_signature
 from flaskserve.protocol.binary import decode_binary_tensor, encode_binary_tensor
 from flaskserve.protocol.codec import (
     decode_json_data,
@@ -42,7 +47,27 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
+@dataclass(slots=True)
+class _WireTensor:
+    """One request tensor before decoding: its data is JSON values or a slice of the body."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: Any = None
+    chunk: memoryview | None = None
+
+    def decode(self) -> np.ndarray:
+        if self.chunk is not None:
+            return decode_binary_tensor(self.name, self.shape, self.datatype, self.chunk)
+        return decode_json_data(self.name, self.shape, self.datatype, self.data)
+
+
+def parse_infer_request(
+    body: bytes, header_length: str | None = None, model: Model | None = None
+) -> InferRequest:
+    """The request in `body`; with `model`, its inputs and requested outputs are checked against
+    the model's signature before any tensor is decoded."""
     if header_length is not None:
         json_length = _json_length(header_length, len(body))
         request = loads(body[:json_length])
@@ -52,18 +77,39 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         binary = memoryview(b"")
     if not isinstance(request, dict):
         raise InvalidInput("the inference request must be a JSON object with an 'inputs' list")
+    tensors = _wire_tensors(request, binary)
+    request_parameters = _parameters(request, "the request")
+    parsed = InferRequest(
+        inputs={},
+        datatypes={tensor.name: tensor.datatype for tensor in tensors},
+        id=_request_id(request.get("id")),
+        outputs=_requested_outputs(request.get("outputs")),
+        binary_output=request_parameters.get("binary_data_output") is True,
+        parameters=request_parameters,
+    )
+    if model is not None:
+        check_signature(model, {t.name: t.shape for t in tensors}, parsed.datatypes)
+        names = output_names(parsed)
+        if names:
+            check_output_names(model, names)
+    parsed.inputs = {tensor.name: tensor.decode() for tensor in tensors}
+    return parsed
+
+
+def _wire_tensors(request: dict[str, Any], binary: memoryview) -> list[_WireTensor]:
+    """Every input's header, with its binary slice checked against the body; nothing decoded."""
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise InvalidInput("the inference request needs a non-empty 'inputs' list")
-    inputs: dict[str, np.ndarray] = {}
-    datatypes: dict[str, str] = {}
+    tensors: list[_WireTensor] = []
+    seen: set[str] = set()
     offset = 0
     for index, entry in enumerate(raw_inputs):
         name, shape, datatype = tensor_header(entry, index)
-        if name in inputs:
+        if name in seen:
             raise InvalidInput(f"input {name!r} appears twice in 'inputs'")
-        parameters = _parameters(entry, f"input {name!r}")
-        size = parameters.get("binary_data_size")
+        seen.add(name)
+        size = _parameters(entry, f"input {name!r}").get("binary_data_size")
         if size is not None:
             if type(size) is not int or size < 0:
                 raise InvalidInput(
@@ -75,28 +121,19 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
                     f"({len(binary) - offset} binary bytes remain); check "
                     f"{HEADER_LENGTH} and the sizes"
                 )
-            inputs[name] = decode_binary_tensor(
-                name, shape, datatype, binary[offset : offset + size]
+            tensors.append(
+                _WireTensor(name, shape, datatype, chunk=binary[offset : offset + size])
             )
             offset += size
         elif "data" in entry:
-            inputs[name] = decode_json_data(name, shape, datatype, entry["data"])
+            tensors.append(_WireTensor(name, shape, datatype, data=entry["data"]))
         else:
             raise InvalidInput(f"input {name!r} has neither 'data' nor binary_data_size")
-        datatypes[name] = datatype
     if offset != len(binary):
         raise InvalidInput(
             f"{len(binary) - offset} bytes of binary data follow the inputs that no input claims"
         )
-    request_parameters = _parameters(request, "the request")
-    return InferRequest(
-        inputs=inputs,
-        datatypes=datatypes,
-        id=_request_id(request.get("id")),
-        outputs=_requested_outputs(request.get("outputs")),
-        binary_output=request_parameters.get("binary_data_output") is True,
-        parameters=request_parameters,
-    )
+    return tensors
 
 
 def _json_length(header: str, body_length: int) -> int:

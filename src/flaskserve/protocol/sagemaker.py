@@ -72,13 +72,19 @@ def _csv_rows(body: bytes) -> list[list[Any]]:
     except UnicodeDecodeError:
         raise InvalidInput("text/csv bodies must be UTF-8") from None
     rows: list[list[Any]] = []
-    for number, row in enumerate(csv.reader(io.StringIO(text)), start=1):
-        if not row:
-            continue
-        try:
-            rows.append([_number(cell) for cell in row])
-        except ValueError:
-            raise InvalidInput(f"CSV line {number} holds a value that is not a number") from None
+    reader = csv.reader(io.StringIO(text))
+    try:
+        for row in reader:
+            if not row:
+                continue
+            try:
+                rows.append([_number(cell) for cell in row])
+            except ValueError:
+                raise InvalidInput(
+                    f"CSV line {reader.line_num} holds a value that is not a number"
+                ) from None
+    except csv.Error as exc:  # a NUL byte, a field past the parser's size limit, ...
+        raise InvalidInput(f"CSV line {reader.line_num} cannot be read: {exc}") from None
     return rows
 
 

@@ -16,7 +16,8 @@ from flask import Blueprint, Response, request
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import Arrays, Model
-from flaskserve.protocol.codec import decode_json_data, loads
+from flaskserve.core.signature import check_signature
+from flaskserve.protocol.codec import MAX_DIMS, check_shape_limits, decode_json_data, loads
 from flaskserve.protocol.v2 import json_response
 
 
@@ -50,9 +51,22 @@ def predict_instances(dataplane: DataPlane, name: str, instances: Any) -> dict[s
 
 
 def instances_to_arrays(model: Model, instances: list[Any]) -> Arrays:
+    """One array per input; the shapes the nesting implies are checked against the model's
+    signature before any array is built."""
     if len(model.inputs) == 1:
-        spec = model.inputs[0]
-        return {spec.name: _array(spec.name, spec.datatype, instances)}
+        columns = {model.inputs[0].name: instances}
+    else:
+        columns = _columns(model, instances)
+    datatypes = {spec.name: spec.datatype for spec in model.inputs}
+    shapes = {name: _shape(name, datatypes[name], values) for name, values in columns.items()}
+    check_signature(model, shapes, datatypes)
+    return {
+        name: decode_json_data(name, shapes[name], datatypes[name], values)
+        for name, values in columns.items()
+    }
+
+
+def _columns(model: Model, instances: list[Any]) -> dict[str, list[Any]]:
     columns: dict[str, list[Any]] = {spec.name: [] for spec in model.inputs}
     for index, instance in enumerate(instances):
         if not isinstance(instance, dict):
@@ -70,18 +84,23 @@ def instances_to_arrays(model: Model, instances: list[Any]) -> Arrays:
     missing = [key for key, values in columns.items() if len(values) != len(instances)]
     if missing:
         raise InvalidInput(f"every instance needs the input(s) {', '.join(missing)}")
-    return {
-        spec.name: _array(spec.name, spec.datatype, columns[spec.name]) for spec in model.inputs
-    }
+    return columns
 
 
-def _array(name: str, datatype: str, values: list[Any]) -> np.ndarray:
+def _shape(name: str, datatype: str, values: list[Any]) -> list[int]:
+    """The shape the nesting of `values` implies, read along the first element of each level."""
     shape = []
     probe: Any = values
     while isinstance(probe, list):
         shape.append(len(probe))
+        if len(shape) > MAX_DIMS:  # refused here, without walking the rest of the nesting
+            raise InvalidInput(
+                f"input {name!r}: instances are nested more than {MAX_DIMS} levels deep; an "
+                f"array has at most {MAX_DIMS} dimensions"
+            )
         probe = probe[0] if probe else None
-    return decode_json_data(name, shape, datatype, values)
+    check_shape_limits(name, shape, datatype)
+    return shape
 
 
 def predictions(model: Model, outputs: Arrays) -> Any:

@@ -28,8 +28,12 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 
 def infer_response(dataplane: DataPlane, name: str, version: str | None) -> Response:
-    """Decode the current request as a V2 inference request, run it, encode the answer."""
-    parsed = parse_infer_request(request.get_data(), request.headers.get(HEADER_LENGTH))
+    """Decode the current request as a V2 inference request, run it, encode the answer.
+
+    The model is looked up first, so its signature is checked before any tensor is decoded.
+    """
+    model = dataplane.repository.get(name, version)
+    parsed = parse_infer_request(request.get_data(), request.headers.get(HEADER_LENGTH), model)
     model, outputs = dataplane.infer(
         name, version, parsed.inputs, parsed.datatypes, output_names(parsed)
     )

@@ -14,6 +14,12 @@ is swapped with one `rename`: a reader sees the old model or the new one, never 
 and a download that fails its check is deleted without ever being linked. Files shared with the
 current snapshot are hard-linked rather than downloaded again.
 
+A model whose keys cannot be laid out as files (an object `m/1` beside `m/1/model.skops`, a
+key with an empty, '.' or '..' segment or one longer than a file name) gets a snapshot holding
+only an `.unavailable` note: the repository reports it UNAVAILABLE with that reason and the
+other models serve. A model folder whose name is longer than a file name can be is skipped, as
+no folder on disk could hold it.
+
 Endpoint, region and credentials come from boto3's standard chain (environment, shared config,
 `AWS_ENDPOINT_URL`, instance or pod roles); nothing here reads them itself.
 """
@@ -46,6 +52,7 @@ from botocore.exceptions import (
 from tqdm import tqdm
 
 from flaskserve.core.config import CONFIG_FILE
+from flaskserve.core.repository import NAME_MAX, UNAVAILABLE_NOTE, is_folder_name
 from flaskserve.storage import StorageError
 from flaskserve.storage.verify import md5_hex, multipart_etag, parse_etag, uniform_part_sizes
 
@@ -142,7 +149,7 @@ class S3Mirror:
         return self.root / name
 
     def sync(self, name: str) -> None:
-        if not name or name.startswith(".") or "/" in name:
+        if not is_folder_name(name) or name.startswith("."):
             return
         with self._locked():
             models = _group_by_model(self._list(f"{self.location.prefix}{name}/"), self.location)
@@ -186,14 +193,27 @@ class S3Mirror:
         self, name: str, objects: list[S3Object], local_files: dict[str, Path] | None = None
     ) -> None:
         local_files = local_files or {}
+        problem = layout_problem(objects, self.location, name)
+        if problem is not None:
+            self._mark_unavailable(name, problem)
+            return
         entries = [(o.rel, o.etag, o.size) for o in objects] + [
             (rel, hashlib.sha256(path.read_bytes()).hexdigest(), 0)
             for rel, path in local_files.items()
         ]
-        listing = json.dumps(sorted(entries)).encode()
-        snapshot = self._snapshots / f"{name}-{hashlib.sha256(listing).hexdigest()[:16]}"
+        snapshot = self._snapshots / _snapshot_name(name, json.dumps(sorted(entries)))
         if not snapshot.is_dir():
             self._build_snapshot(name, objects, snapshot, local_files)
+        self._point(name, snapshot)
+
+    def _mark_unavailable(self, name: str, reason: str) -> None:
+        """Link `name` to a snapshot holding only the note saying why it cannot be served."""
+        log.error("model %s is unavailable: %s", name, reason)
+        snapshot = self._snapshots / _snapshot_name(name, f"{UNAVAILABLE_NOTE}\n{reason}")
+        if not snapshot.is_dir():
+            staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=self._snapshots))
+            (staging / UNAVAILABLE_NOTE).write_text(reason + "\n", encoding="utf-8")
+            os.rename(staging, snapshot)
         self._point(name, snapshot)
 
     def _build_snapshot(
@@ -236,7 +256,7 @@ class S3Mirror:
             if link.is_symlink():
                 link.unlink()
         elif old != snapshot.resolve():
-            staging = self.root / f".{name}.{os.getpid()}.link"
+            staging = self.root / f".{_digest(name)}.{os.getpid()}.link"
             staging.unlink(missing_ok=True)
             staging.symlink_to(os.path.relpath(snapshot, self.root))
             os.replace(staging, link)
@@ -390,27 +410,72 @@ def _below(objects: list[S3Object], location: S3Location) -> list[S3Object]:
         rel = obj.key[len(location.prefix) :]
         if not rel or rel.endswith("/"):
             continue  # a zero-byte "folder" marker made by consoles
-        if any(part in ("", ".", "..") for part in rel.split("/")):
-            raise StorageError(
-                f"refusing {location.uri(obj.key)}: its key has an empty, '.' or '..' segment"
-            )
         below.append(S3Object(obj.key, rel, obj.etag, obj.size))
     return below
 
 
 def _group_by_model(objects: list[S3Object], location: S3Location) -> dict[str, list[S3Object]]:
-    """Objects by model folder, keeping only folders holding `<model>/model.toml`."""
+    """Objects by model folder, keeping only folders holding `<model>/model.toml`; a folder whose
+    name no local folder can have is skipped (with a warning when it holds a model)."""
     by_model: dict[str, list[S3Object]] = {}
     for obj in _below(objects, location):
         name, _, rel = obj.rel.partition("/")
         if not rel or name.startswith("."):
             continue
         by_model.setdefault(name, []).append(S3Object(obj.key, rel, obj.etag, obj.size))
-    return {
-        name: items
-        for name, items in sorted(by_model.items())
-        if any(o.rel == CONFIG_FILE for o in items)
-    }
+    models = {}
+    for name, items in sorted(by_model.items()):
+        if not any(o.rel == CONFIG_FILE for o in items):
+            continue
+        if not is_folder_name(name):
+            log.warning(
+                "skipping the model folder %s: its name is longer than the %d bytes a folder "
+                "name can hold", location.uri(f"{location.prefix}{name[:64]}..."), NAME_MAX,
+            )
+            continue
+        models[name] = items
+    return models
+
+
+def layout_problem(objects: list[S3Object], location: S3Location, name: str) -> str | None:
+    """Why the objects of model `name` (`rel` below its folder) cannot be laid out as files on
+    disk, or None. S3 keys are names, not paths: `m/1` and `m/1/model.skops` may both exist."""
+    rels = {obj.rel for obj in objects}
+    for obj in objects:
+        where = location.uri(obj.key)
+        parts = obj.rel.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            return f"the key of {where} has an empty, '.' or '..' segment; rename it"
+        if any(len(part.encode("utf-8", "surrogatepass")) > NAME_MAX for part in parts):
+            return (
+                f"the key of {where} has a segment longer than the {NAME_MAX} bytes a file name "
+                "can hold; rename it"
+            )
+        if parts[0] in (MANIFEST, UNAVAILABLE_NOTE):
+            return f"{where} uses the name {parts[0]}, which flaskserve keeps for itself"
+        for depth in range(1, len(parts)):
+            folder = "/".join(parts[:depth])
+            if folder in rels:
+                return (
+                    f"{location.uri(obj.key[: len(obj.key) - len(obj.rel)] + folder)} is an "
+                    f"object and also a folder holding {where}; a file and a folder cannot "
+                    "share a name on disk, so delete or rename one of them"
+                )
+    return None
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _snapshot_name(name: str, listing: str) -> str:
+    """`<name>-<digest of listing>`, with a long name cut short (and its own digest added) so
+    the folder name stays within NAME_MAX."""
+    label = name
+    if len(name.encode("utf-8", "surrogatepass")) > 100:
+        label = name.encode("utf-8", "surrogatepass")[:64].decode("utf-8", "ignore")
+        label = f"{label}~{_digest(name)}"
+    return f"{label}-{_digest(listing)}"
 
 
 def _read_manifest(model_dir: Path) -> dict[str, list[Any]]:

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flaskserve.core.config import CONFIG_FILE
+from flaskserve.core.repository import is_folder_name
 
 URI_KEY = "uri"
 SYNCED = ".synced"
@@ -72,7 +73,7 @@ class RepositoryView:
             self.sync_all()
 
     def sync(self, name: str) -> None:
-        if not name or name.startswith(".") or "/" in name:
+        if not is_folder_name(name) or name.startswith("."):
             return
         with self._locked():
             self._sync(name)
@@ -107,7 +108,8 @@ def _relink(link: Path, target: Path | None) -> None:
         return
     if link.is_symlink() and os.readlink(link) == str(target):
         return
-    staging = link.with_name(f".{link.name}.{os.getpid()}.link")
+    digest = hashlib.sha256(link.name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    staging = link.with_name(f".{digest}.{os.getpid()}.link")  # within NAME_MAX for any name
     staging.unlink(missing_ok=True)
     staging.symlink_to(target)
     os.replace(staging, link)
