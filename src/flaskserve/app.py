@@ -66,7 +66,7 @@ def create_app(
     app.register_blueprint(v2.create_blueprint(dataplane, control))
     app.register_blueprint(v1.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))
-    app.register_blueprint(home.create_blueprint(dataplane))
+    app.register_blueprint(home.create_blueprint(dataplane, settings))
     app.register_blueprint(openapi.create_blueprint(dataplane))
     app.register_blueprint(metrics_endpoint.create_blueprint(dataplane))
     request_hooks.install(app, dataplane)
