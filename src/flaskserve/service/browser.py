@@ -29,6 +29,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
@@ -58,6 +59,7 @@ CONTENT_SECURITY_POLICY = (
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _ORIGIN_KEY = "flaskserve.cors_origin"
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
+_OWN, _ALLOWED, _FOREIGN = "own", "allowed", "foreign"
 
 
 def split_host(value: str) -> tuple[str, str | None]:
@@ -175,6 +177,14 @@ def install(app: Flask, settings: Settings) -> Policy:
 
 def _guard(app: Flask, policy: Policy) -> Callable[[], Response | None]:
     own_routes: dict[str, bool] = {}
+    # Verdicts per Host and per (Origin, Host), bounded: both headers are the client's to choose.
+    host_allowed = lru_cache(maxsize=256)(policy.host_allowed)
+
+    @lru_cache(maxsize=256)
+    def origin_verdict(origin: str, host: str | None) -> str:
+        if policy.is_own(origin, host):
+            return _OWN
+        return _ALLOWED if policy.is_cors_allowed(origin) else _FOREIGN
 
     def is_own_route(endpoint: str) -> bool:
         """Whether flaskserve defines the route (an application's own routes take what they
@@ -189,11 +199,13 @@ def _guard(app: Flask, policy: Policy) -> Callable[[], Response | None]:
     def guard() -> Response | None:
         environ = request.environ
         host = environ.get("HTTP_HOST")
-        if host is not None and not policy.host_allowed(host):
+        if host is not None and policy.hosts is not None and not host_allowed(host):
             return _misdirected(policy, host)
+        method = environ["REQUEST_METHOD"]
         origin = environ.get("HTTP_ORIGIN")
-        if origin is not None and not policy.is_own(origin, host):
-            if not policy.is_cors_allowed(origin):
+        if origin is not None:
+            verdict = origin_verdict(origin, host)
+            if verdict == _FOREIGN:
                 return json_response(
                     {
                         "error": f"requests from pages on {origin} are not accepted; the "
@@ -201,14 +213,16 @@ def _guard(app: Flask, policy: Policy) -> Callable[[], Response | None]:
                     },
                     403,
                 )
-            environ[_ORIGIN_KEY] = origin
-            if request.method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
-                return _preflight()
-        if request.method not in _SAFE_METHODS:
+            if verdict == _ALLOWED:
+                environ[_ORIGIN_KEY] = origin
+                if method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
+                    return _preflight()
+        if method not in _SAFE_METHODS:
             mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
-            endpoint = request.endpoint
-            if mimetype in SIMPLE_BODY_TYPES and endpoint and is_own_route(endpoint):
-                return _unsupported_type(mimetype, endpoint)
+            if mimetype in SIMPLE_BODY_TYPES:
+                endpoint = request.endpoint
+                if endpoint and is_own_route(endpoint):
+                    return _unsupported_type(mimetype, endpoint)
         return None
 
     return guard
@@ -254,11 +268,15 @@ def _headers(policy: Policy) -> Callable[[Response], Response]:
     def add(response: Response) -> Response:
         headers = response.headers
         headers["X-Content-Type-Options"] = "nosniff"
-        if response.mimetype == "text/html":
+        if headers.get("Content-Type", "").startswith("text/html"):
             headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
             headers["X-Frame-Options"] = "DENY"
         if policy.cors:
-            response.vary.add("Origin")
+            vary = headers.get("Vary")
+            if not vary:
+                headers["Vary"] = "Origin"
+            elif "origin" not in vary.lower():
+                headers["Vary"] = vary + ", Origin"
             origin = request.environ.get(_ORIGIN_KEY)
             if origin is not None:
                 headers["Access-Control-Allow-Origin"] = origin
