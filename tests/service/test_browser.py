@@ -129,8 +129,9 @@ def test_a_request_from_a_foreign_origin_is_refused_and_the_servers_own_passes(s
     assert headers["Content-Type"] == "application/json"
     assert "--cors-origins" in error_of(body)
     assert "Access-Control-Allow-Origin" not in headers
-    status, _, _ = call(server, "GET", "/v2/models/digits", Origin="null")
-    assert status == 403
+    for origin in ("null", "http://[bad", "evil.example"):
+        status, _, body = call(server, "GET", "/v2/models/digits", Origin=origin)
+        assert status == 403, (origin, body)
     # The playground's own fetches: Origin is the address the page was loaded from.
     for origin, host in [
         (server.url, f"127.0.0.1:{server.port}"),

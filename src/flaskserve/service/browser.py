@@ -95,8 +95,12 @@ def _names(value: str | None) -> list[str]:
 
 
 def _origin_of(url: str) -> str:
-    """`scheme://host[:port]` of `url`, lowercased, without a default port or a path."""
-    parts = urlsplit(url.strip())
+    """`scheme://host[:port]` of `url`, lowercased, without a default port or a path; "" (no
+    origin at all) for one that cannot be parsed."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # e.g. an unclosed "[" of an IPv6 address
+        return ""
     scheme = parts.scheme.lower()
     name, port = split_host(parts.netloc.rpartition("@")[2])
     if port == _DEFAULT_PORTS.get(scheme):
