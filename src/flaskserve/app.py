@@ -18,6 +18,7 @@ from flaskserve.observability import requests as request_hooks
 from flaskserve.protocol import sagemaker, v1, v2
 from flaskserve.protocol.v2 import json_response
 from flaskserve.runtimes.registry import load_model
+from flaskserve.service import browser
 from flaskserve.settings import Settings
 from flaskserve.storage import open_mirror
 from flaskserve.web import home, openapi
@@ -75,10 +76,12 @@ def create_app(
     app.register_blueprint(v2.create_blueprint(dataplane, control))
     app.register_blueprint(v1.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))
-    app.register_blueprint(home.create_blueprint(dataplane))
+    app.register_blueprint(home.create_blueprint(dataplane, settings))
     app.register_blueprint(openapi.create_blueprint(dataplane))
     app.register_blueprint(metrics_endpoint.create_blueprint(dataplane))
     request_hooks.install(app, dataplane)
+    # Before the service gate: a request a browser was tricked into sending costs no key lookup.
+    browser.install(app, settings)
     # After the observability hooks, so requests this refuses (401/429/503) are still counted.
     service.install(app, dataplane, settings)
     _register_error_handlers(app)

@@ -361,7 +361,7 @@ def test_a_burst_of_connections_is_spread_over_both_workers(digits_server) -> No
     digits_server.wait_for_log("model digits version 1 is ready", count=2)  # both workers up
     # All at once, as a load balancer or `wrk -c32` opens them: unchecked, the worker that
     # wakes first accepts the whole burst and the other worker idles.
-    request = b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n"
+    request = b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n"
     clients = []
     try:
         for _ in range(32):

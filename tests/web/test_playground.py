@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +40,7 @@ def draw(page, strokes) -> None:
 
 def predicted(page) -> tuple[str, list[float], list[float]]:
     """The label shown, the ten bar values (percent) and the pixels the page sent."""
-    page.wait_for_function("document.querySelectorAll('#bars li').length === 10")
+    expect(page.locator("#bars li")).to_have_count(10)
     values = [float(v.rstrip("%")) for v in page.locator("#bars .bar-value").all_inner_texts()]
     sent = json.loads(page.input_value("#request"))["inputs"][0]["data"]
     return page.inner_text("#label"), values, sent
@@ -62,7 +66,7 @@ def test_index_docs_and_snippets(start_server, playground_repo, page, screenshot
     operation.locator("summary.op-summary-line").click()
     operation.locator("button[type=submit]").click()
     status = operation.locator("[role=status]")
-    page.wait_for_function("s => s.textContent.startsWith('HTTP')", arg=status.element_handle())
+    expect(status).to_have_text(re.compile("^HTTP"))
     assert status.inner_text().startswith("HTTP 200")
     assert json.loads(operation.locator("pre.response").inner_text())["model_name"] == "digits"
     page.screenshot(path=str(screenshots / "docs.png"), full_page=True)
@@ -90,14 +94,14 @@ def test_digits_pad_recognises_mouse_and_touch_drawings(start_server, playground
     page.click("#clear")
     assert page.inner_text("#label") == "\N{EN DASH}"
     draw(page, ONE)
-    page.wait_for_function("document.querySelector('#label').textContent === '1'")
+    expect(page.locator("#label")).to_have_text("1")
     label, bars, _ = predicted(page)
     assert max(bars) == bars[1]
     page.screenshot(path=str(screenshots / "digits-1.png"), full_page=True)
 
     page.focus("#sample")  # the keyboard path: no drawing needed
     page.keyboard.press("Enter")
-    page.wait_for_function("document.querySelector('#label').textContent === '7'")
+    expect(page.locator("#label")).to_have_text("7")
 
     phone = browser.new_context(viewport={"width": 390, "height": 844}, has_touch=True,
                                 is_mobile=True)
@@ -111,7 +115,7 @@ def test_digits_pad_recognises_mouse_and_touch_drawings(start_server, playground
     for kind, (x, y) in [("touchStart", touches[0])] + [("touchMove", t) for t in touches[1:]]:
         session.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y}]})
     session.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
-    touch_page.wait_for_function("document.querySelectorAll('#bars li').length === 10")
+    expect(touch_page.locator("#bars li")).to_have_count(10)
     assert touch_page.inner_text("#label") == "7"
     touch_page.screenshot(path=str(screenshots / "digits-phone.png"), full_page=True)
     phone.close()
@@ -134,7 +138,7 @@ def test_text_and_json_pages(start_server, playground_repo, page, screenshots) -
 
     page.goto(server.url + "/models/tabular")
     page.click("#json-form button[type=submit]")
-    page.wait_for_function("document.querySelector('#json-status').textContent.startsWith('HTTP')")
+    expect(page.locator("#json-status")).to_have_text(re.compile("^HTTP"))
     assert page.inner_text("#json-status").startswith("HTTP 200")
     answer = json.loads(page.inner_text("#response"))
     assert {o["name"] for o in answer["outputs"]} == {"score", "positive"}
@@ -143,7 +147,7 @@ def test_text_and_json_pages(start_server, playground_repo, page, screenshots) -
     page.fill("#request", '{"inputs": [{"name": "features", "shape": [1, 2], '
                           '"datatype": "FP64", "data": [1, 2]}]}')
     page.click("#json-form button[type=submit]")
-    page.wait_for_function("document.querySelector('#json-status').textContent.includes('400')")
+    expect(page.locator("#json-status")).to_contain_text("400")
     assert "error" in json.loads(page.inner_text("#response"))
 
     page.fill("#request", "{not json")
@@ -165,3 +169,56 @@ def test_minilm_page_compares_sentences(start_server, tmp_path, page, screenshot
     assert similar > 0.5 > unrelated
     page.screenshot(path=str(screenshots / "minilm.png"), full_page=True)
 
+
+
+class _AttackerPage(BaseHTTPRequestHandler):
+    """Another site: a blank page with no Content-Security-Policy of its own."""
+
+    def do_GET(self) -> None:
+        body = b"<!doctype html><title>another site</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+FORGE = """async (url) => {
+  const body = JSON.stringify({inputs: [{name: "input", shape: [1, 64], datatype: "FP32",
+                                         data: Array(64).fill(0)}]});
+  await fetch(url, {method: "POST", mode: "no-cors", body: body,
+                    headers: {"Content-Type": "text/plain"}});
+  try {
+    await fetch(url, {method: "POST", body: body, headers: {"Content-Type": "application/json"}});
+    return "read";
+  } catch (error) {
+    return "blocked";
+  }
+}"""
+
+
+def test_a_page_on_another_origin_cannot_run_a_model(start_server, playground_repo, browser):
+    """Cross-site request forgery, tried for real: a page on another site (another port of
+    127.0.0.1) posts a model request the way a hostile page would, without a CORS preflight
+    (`no-cors`, text/plain), then as JSON (which needs a preflight)."""
+    server = start_server([str(playground_repo), "--workers", "1"])
+    attacker = ThreadingHTTPServer(("127.0.0.1", 0), _AttackerPage)
+    thread = threading.Thread(target=attacker.serve_forever, daemon=True)
+    thread.start()
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(f"http://127.0.0.1:{attacker.server_address[1]}/")
+        assert page.evaluate(FORGE, f"{server.url}/v2/models/digits/infer") == "blocked"
+        # The forged request reached the server and was refused: the model never ran.
+        server.wait_for_log('"POST /v2/models/digits/infer HTTP/1.1" 403', timeout=15)
+        server.wait_for_log('"OPTIONS /v2/models/digits/infer HTTP/1.1" 403', timeout=15)
+        assert '"POST /v2/models/digits/infer HTTP/1.1" 200' not in server.log
+    finally:
+        context.close()
+        attacker.shutdown()
+        attacker.server_close()
+        thread.join(timeout=5)

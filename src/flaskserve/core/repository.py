@@ -157,6 +157,7 @@ class ModelRepository:
                     "make them the same"
                 )
         except ModelLoadError as exc:
+            log.error("model %s is unavailable: %s", name, exc)
             return ModelEntry(name, None, state=UNAVAILABLE, reason=str(exc))
         available = [int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()]
         served = config.version_policy.select(available)
@@ -166,6 +167,7 @@ class ModelRepository:
                 if available
                 else f"no numeric version folder (e.g. {model_dir / '1'}) holds the model"
             )
+            log.error("model %s is unavailable: %s", name, reason)
             return ModelEntry(name, config, state=UNAVAILABLE, reason=reason)
         versions = {str(v): self._load_version(config, str(v), model_dir / str(v)) for v in served}
         ready = [s for s in versions.values() if s.model is not None]

@@ -2,7 +2,10 @@
 built from the model's signature), and the seed's `GET /home/<name>` greeting.
 
 Pages are rendered from the repository's state when asked; inference goes through the ordinary
-V2 route from the browser, so the playground exercises exactly what clients use.
+V2 route from the browser, so the playground exercises exactly what clients use. With API keys
+(`--auth`) these pages are open, so a model that failed to load shows a generic reason, never
+the error itself (it may name files on the server); the repository index, for admin keys, and
+the server log keep the details.
 """
 
 from __future__ import annotations
@@ -18,8 +21,12 @@ from flaskserve.core.errors import ModelNotFound
 from flaskserve.core.model import TensorSpec
 from flaskserve.core.repository import ModelEntry
 from flaskserve.protocol.v2 import json_response
+from flaskserve.settings import Settings
 from flaskserve.web.examples import example_request, widget_for
-from flaskserve.web.snippets import infer_path, snippets
+from flaskserve.web.snippets import base_url, infer_path, snippets
+
+#: What open pages show for a model that failed to load when the server has API keys.
+HIDDEN_REASON = "failed to load; see the server log"
 
 
 def signature(entry: ModelEntry) -> tuple[list[TensorSpec], list[TensorSpec], str]:
@@ -33,13 +40,20 @@ def signature(entry: ModelEntry) -> tuple[list[TensorSpec], list[TensorSpec], st
     return list(config.inputs), list(config.outputs), config.runtime or ""
 
 
-def model_summary(entry: ModelEntry) -> dict[str, Any]:
+def shown_reason(reason: str, hide: bool) -> str:
+    """`reason` as an open page may show it: "unloaded" says nothing secret; a load error may
+    hold paths and library messages, so it is replaced when `hide`."""
+    return HIDDEN_REASON if hide and reason and reason != "unloaded" else reason
+
+
+def model_summary(entry: ModelEntry, hide_reason: bool = False) -> dict[str, Any]:
     inputs, outputs, platform = signature(entry)
+    reason = shown_reason(entry.reason, hide_reason)
     return {
         "name": entry.name,
         "state": entry.state,
         "versions": [s.version for s in entry.version_status()],
-        **({"reason": entry.reason} if entry.reason else {}),
+        **({"reason": reason} if reason else {}),
         "platform": platform,
         "inputs": [spec.as_metadata() for spec in inputs],
         "outputs": [spec.as_metadata() for spec in outputs],
@@ -53,7 +67,12 @@ def wants_json() -> bool:
     return accept.best_match(["application/json", "text/html"]) != "text/html"
 
 
-def create_blueprint(dataplane: DataPlane) -> Blueprint:
+def create_blueprint(dataplane: DataPlane, settings: Settings | None = None) -> Blueprint:
+    """The playground's routes; `settings` give the address snippets show and whether load errors
+    are hidden (`--auth`)."""
+    settings = settings or Settings()
+    server_url = base_url(settings.public_url, settings.host, settings.port)
+    hide = settings.auth is not None
     bp = Blueprint(
         "home",
         __name__,
@@ -65,7 +84,7 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
 
     @bp.get("/")
     def index() -> Response | str:
-        models = [model_summary(entry) for entry in repository.entries()]
+        models = [model_summary(entry, hide) for entry in repository.entries()]
         if wants_json():
             return json_response({"server": "flaskserve", "version": __version__, "models": models})
         return render_template("index.html", models=models, version=__version__)
@@ -76,11 +95,12 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
             entry = repository.entry(name)
         except ModelNotFound as exc:
             known = [e.name for e in repository.entries()]
-            page = render_template("missing.html", message=str(exc), known=known,
-                                   version=__version__)
+            page = render_template(
+                "missing.html", message=str(exc), known=known, version=__version__
+            )
             return page, 404
         inputs, outputs, _ = signature(entry)
-        summary = model_summary(entry)
+        summary = model_summary(entry, hide)
         widget = widget_for(name, inputs, outputs)
         page_data = {
             **summary,
@@ -93,7 +113,7 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
             model=summary,
             widget=widget,
             page_data=page_data,
-            snippets=snippets(request.host_url, name, inputs, outputs),
+            snippets=snippets(server_url, name, inputs, outputs),
             version=__version__,
         )
 

@@ -1,7 +1,9 @@
 """Copy-paste client code for a model: curl, Python `requests` and `tritonclient.http`.
 
 Each snippet sends the model's example request (`examples.example_request`) to this server, so
-what a visitor copies from the playground runs as it is.
+what a visitor copies from the playground runs as it is. The server's address comes from the
+settings (`--public-url`, else the bound address), never from the request's Host header: a page
+must not print whatever name a request claims (DNS rebinding, cache poisoning).
 """
 
 from __future__ import annotations
@@ -30,6 +32,19 @@ _NUMPY_DTYPE = {
     "FP64": "np.float64",
     "BYTES": "np.object_",
 }
+
+
+def base_url(public_url: str | None, host: str, port: int) -> str:
+    """`public_url` when set, else the address the server is bound to; a wildcard bind
+    (0.0.0.0, ::) is shown as loopback, the address that reaches it from the same machine."""
+    if public_url:
+        return public_url.rstrip("/")
+    name = host.strip("[]")
+    if name in ("", "0.0.0.0"):
+        name = "127.0.0.1"
+    elif name == "::":
+        name = "::1"
+    return f"http://[{name}]:{port}" if ":" in name else f"http://{name}:{port}"
 
 
 def infer_path(name: str) -> str:
@@ -79,12 +94,14 @@ def tritonclient(
     outputs: list[TensorSpec],
     request: dict[str, Any],
 ) -> str:
-    host = urlsplit(base_url).netloc or base_url
+    parts = urlsplit(base_url)
+    url = (parts.netloc + parts.path.rstrip("/")) or base_url
+    tls = ", ssl=True" if parts.scheme == "https" else ""
     lines = [
         "import numpy as np",
         "import tritonclient.http as httpclient",
         "",
-        f"client = httpclient.InferenceServerClient(url={host!r})",
+        f"client = httpclient.InferenceServerClient(url={url!r}{tls})",
         "inputs = []",
     ]
     for spec, tensor in zip(inputs, request["inputs"], strict=True):
@@ -94,8 +111,7 @@ def tritonclient(
         lines += [
             f"array = np.array({data!r}, dtype={_NUMPY_DTYPE[spec.datatype]})"
             f".reshape({tensor['shape']!r})",
-            f"tensor = httpclient.InferInput({spec.name!r}, list(array.shape), "
-            f"{spec.datatype!r})",
+            f"tensor = httpclient.InferInput({spec.name!r}, list(array.shape), {spec.datatype!r})",
             "tensor.set_data_from_numpy(array)",
             "inputs.append(tensor)",
         ]
