@@ -15,7 +15,7 @@ from flaskserve.core.errors import FlaskServeError, ModelFailed
 from flaskserve.core.repository import ModelRepository
 from flaskserve.observability import endpoint as metrics_endpoint
 from flaskserve.observability import requests as request_hooks
-from flaskserve.protocol import sagemaker, v1, v2
+from flaskserve.protocol import openai, sagemaker, v1, v2
 from flaskserve.protocol.v2 import json_response
 from flaskserve.runtimes.registry import load_model
 from flaskserve.service import browser
@@ -75,6 +75,7 @@ def create_app(
     app.extensions["flaskserve.control"] = control
     app.register_blueprint(v2.create_blueprint(dataplane, control))
     app.register_blueprint(v1.create_blueprint(dataplane))
+    app.register_blueprint(openai.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))
     app.register_blueprint(home.create_blueprint(dataplane, settings))
     app.register_blueprint(openapi.create_blueprint(dataplane))

@@ -112,9 +112,12 @@ def test_v1_predict_gives_one_object_per_instance(url, digits_data) -> None:
     predictions = response.json()["predictions"]
     assert [p["label"] for p in predictions] == labels[:3].tolist()
     assert len(predictions[0]["probabilities"]) == 10
-    assert requests.get(f"{url}/v1/models/digits", timeout=5).json() == {
+    status = requests.get(f"{url}/v1/models/digits", timeout=5).json()
+    assert {key: status[key] for key in ("name", "ready", "id", "object")} == {
         "name": "digits",
         "ready": True,
+        "id": "digits",
+        "object": "model",
     }
 
 

@@ -63,6 +63,11 @@ def assert_same_embeddings(got: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_allclose(got, expected, atol=1e-4)
 
 
+def reference_tokens(reference, sentences: list[str]) -> int:  # type: ignore[no-untyped-def]
+    """Tokens sentence-transformers feeds its transformer (padding excluded, long ones cut)."""
+    return int(reference.tokenize(sentences)["attention_mask"].sum())
+
+
 def test_onnx_backend_gives_the_embeddings_sentence_transformers_gives(
     tmp_path: Path, minilm_export, minilm_reference
 ) -> None:
@@ -77,6 +82,8 @@ def test_onnx_backend_gives_the_embeddings_sentence_transformers_gives(
     assert_same_embeddings(got, minilm_reference.encode(SENTENCES, convert_to_numpy=True))
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
     assert model.predict({"text": texts([])})["embedding"].shape == (0, 384)
+    assert model.count_tokens is not None
+    assert model.count_tokens(SENTENCES) == reference_tokens(minilm_reference, SENTENCES)
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     assert os.environ["TRANSFORMERS_OFFLINE"] == "1"
 
@@ -89,6 +96,8 @@ def test_torch_backend_loads_a_folder_named_by_path(
     assert model.platform == "sentence_transformers_torch"
     got = model.predict({"text": texts(SENTENCES[:3])})["embedding"]
     assert_same_embeddings(got, minilm_reference.encode(SENTENCES[:3], convert_to_numpy=True))
+    assert model.count_tokens is not None
+    assert model.count_tokens(SENTENCES) == reference_tokens(minilm_reference, SENTENCES)
 
 
 def test_normalize_applies_to_models_without_a_normalize_module(

@@ -7,6 +7,7 @@ everything library-specific lives in the runtime.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +103,10 @@ class Model:
     per output. It may be called from several threads at once; runtimes whose libraries are not
     thread-safe guard themselves. `max_batch_size` > 0 says the first dimension of every input and
     output is a batch dimension that the server may concatenate requests along.
+
+    `count_tokens`, where a runtime holds the model's tokenizer, says how many tokens the model
+    reads for a list of texts (what the OpenAI embeddings route reports as usage); runtimes
+    without one leave it None. `loaded_at` (seconds since the epoch) is when it was loaded.
     """
 
     name: str
@@ -114,6 +119,8 @@ class Model:
     max_delay_ms: float = 0.0
     parameters: dict[str, Any] = field(default_factory=dict)
     unload_fn: Callable[[], None] | None = None
+    count_tokens: Callable[[list[str]], int] | None = None
+    loaded_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
         self.input_by_name = {spec.name: spec for spec in self.inputs}

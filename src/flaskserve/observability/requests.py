@@ -16,6 +16,7 @@ from flask import Flask, Response, request
 
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.observability import metrics
+from flaskserve.protocol import openai
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -28,7 +29,12 @@ _PROTOCOL_KEY = "flaskserve.protocol"
 _LABELS_KEY = "flaskserve.labels"
 
 #: Flask endpoint -> the protocol label of the inference routes.
-PROTOCOL_OF_ENDPOINT = {"v2.infer": "v2", "v1.predict": "v1", "sagemaker.invocations": "sagemaker"}
+PROTOCOL_OF_ENDPOINT = {
+    "v2.infer": "v2",
+    "v1.predict": "v1",
+    "sagemaker.invocations": "sagemaker",
+    "openai.embeddings": "openai",
+}
 
 #: A client's request id is echoed when it is short printable ASCII (it lands in logs verbatim).
 _VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
@@ -82,6 +88,8 @@ def new_request_id() -> str:
 
 
 def _model_name(protocol: str, dataplane: DataPlane) -> str | None:
+    if protocol == "openai":  # named in the JSON body
+        return openai.requested_model(request)
     if protocol != "sagemaker":
         return (request.view_args or {}).get("name")
     named = request.headers.get(TARGET_MODEL_HEADER)

@@ -1,5 +1,8 @@
 """KServe V1 / TF-Serving style routes: `{"instances": [...]}` in, `{"predictions": [...]}` out.
 
+`GET /v1/models/<m>` answers KServe's `name` and `ready` and, on the same object, OpenAI's model
+fields (`id`, `object`, `created`, `owned_by`), so both kinds of client read the one route.
+
 V1 carries no datatypes, so instances are read with the model's declared input datatypes. A model
 with one input takes each instance as that input's row; a model with several inputs takes each
 instance as an object keyed by input name. One output gives one prediction per instance; several
@@ -14,10 +17,11 @@ import numpy as np
 from flask import Blueprint, Response, request
 
 from flaskserve.core.dataplane import DataPlane
-from flaskserve.core.errors import InvalidInput
+from flaskserve.core.errors import InvalidInput, ModelNotReady
 from flaskserve.core.model import Arrays, Model
 from flaskserve.core.signature import check_signature
 from flaskserve.protocol.codec import MAX_DIMS, check_shape_limits, decode_json_data, loads
+from flaskserve.protocol.openai import model_object
 from flaskserve.protocol.v2 import json_response
 
 
@@ -27,8 +31,15 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
 
     @bp.get("/models/<name>")
     def model_status(name: str) -> Response:
-        is_ready = repository.is_model_ready(name)
-        return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
+        try:
+            model: Model | None = repository.get(name)
+        except ModelNotReady:
+            model = None
+        is_ready = model is not None
+        return json_response(
+            {"name": name, "ready": is_ready, **model_object(name, model)},
+            200 if is_ready else 503,
+        )
 
     @bp.post("/models/<name>:predict")
     def predict(name: str) -> Response:

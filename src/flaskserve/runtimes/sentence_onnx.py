@@ -269,6 +269,15 @@ class OnnxEncoder:
             embeddings = embeddings / np.maximum(norms, 1e-12)
         return embeddings.astype(np.float32, copy=False)
 
+    def count_tokens(self, sentences: list[str]) -> int:
+        """Tokens the transformer reads for `sentences` (special tokens included, each sentence
+        cut at `max_seq_length` as `encode` cuts it), padding excluded."""
+        if not sentences:
+            return 0
+        if self.pipeline.do_lower_case:
+            sentences = [s.lower() for s in sentences]
+        return sum(sum(e.attention_mask) for e in self.tokenizer.encode_batch(sentences))
+
 
 def _pool(tokens: np.ndarray, attention_mask: np.ndarray, mode: str) -> np.ndarray:
     if mode == "cls":

@@ -61,11 +61,13 @@ WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 
 @dataclass(frozen=True)
 class Encoder:
-    """One backend: `encode(sentences, normalize)` -> float32 [n, dimension]."""
+    """One backend: `encode(sentences, normalize)` -> float32 [n, dimension]; `count_tokens`
+    the tokens its tokenizer makes of the sentences (see `Model.count_tokens`)."""
 
     encode: Callable[[list[str], bool], np.ndarray]
     dimension: int
     platform: str
+    count_tokens: Callable[[list[str]], int] | None = None
 
 
 def load(config: ModelConfig, version: str, path: Path) -> Model:
@@ -91,6 +93,7 @@ def load(config: ModelConfig, version: str, path: Path) -> Model:
         max_batch_size=config.max_batch_size,
         max_delay_ms=config.max_delay_ms,
         parameters={"source": str(folder)},
+        count_tokens=encoder.count_tokens,
     )
 
 
@@ -161,7 +164,9 @@ def _onnx_encoder(folder: Path, config: ModelConfig) -> Encoder:
     from flaskserve.settings import Settings
 
     encoder = onnx_encoder(folder, config, Path(Settings.from_env().cache_dir))
-    return Encoder(encoder.encode, encoder.dimension, "sentence_transformers_onnx")
+    return Encoder(
+        encoder.encode, encoder.dimension, "sentence_transformers_onnx", encoder.count_tokens
+    )
 
 
 def _torch_encoder(folder: Path, config: ModelConfig) -> Encoder:
@@ -201,7 +206,14 @@ def _torch_encoder(folder: Path, config: ModelConfig) -> Encoder:
             )
         return np.asarray(embeddings, dtype=np.float32).reshape(len(sentences), -1)
 
-    return Encoder(encode, embedding_dimension(model), "sentence_transformers_torch")
+    def count_tokens(sentences: list[str]) -> int:
+        if not sentences:
+            return 0
+        with lock:
+            features = model.tokenize(sentences)
+        return int(features["attention_mask"].sum())
+
+    return Encoder(encode, embedding_dimension(model), "sentence_transformers_torch", count_tokens)
 
 
 def _signature(config: ModelConfig, dimension: int) -> tuple[list[TensorSpec], list[TensorSpec]]:

@@ -12,7 +12,10 @@ With `--auth keys.toml` every route needs a valid key except these, which stay o
   listener (a reverse proxy rule), since a browser cannot send a bearer key on navigation.
 
 Model routes (inference on every protocol, and model metadata) need a key allowed on that model
-(403 otherwise). The repository routes (index, load, unload), `/v2/usage` and `/metrics` (whose
+(403 otherwise); OpenAI's `POST /v1/embeddings` names its model in the JSON body (`model`),
+parsed once per request (the request metrics label it by that model too, before the key is
+checked). `GET /v1/models` needs a valid key. The repository
+routes (index, load, unload), `/v2/usage` and `/metrics` (whose
 per-key series say what every customer used) need an admin key. Any other route, including
 routes an application adds to the app, needs a valid key: open is the exception, listed here.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 from flask import Request
 
+from flaskserve.protocol import openai
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
 
 OPEN = "open"
@@ -46,7 +50,11 @@ OPEN_ENDPOINTS = frozenset(
 OPEN_PATHS = frozenset({"/", "/docs", "/openapi.json"})
 OPEN_PREFIXES = ("/static/", "/assets/", "/docs/")
 #: The routes that run a model; these are metered, rate limited and shed under overload.
-INFERENCE_ENDPOINTS = frozenset({"v2.infer", "v1.predict", "sagemaker.invocations"})
+INFERENCE_ENDPOINTS = frozenset(
+    {"v2.infer", "v1.predict", "sagemaker.invocations", "openai.embeddings"}
+)
+#: Inference routes that name their model in the JSON body's `model` field, as OpenAI's do.
+BODY_MODEL_ENDPOINTS = frozenset({"openai.embeddings"})
 MODEL_ENDPOINTS = INFERENCE_ENDPOINTS | {"v2.model_metadata"}
 ADMIN_ENDPOINTS = frozenset(
     {"v2.repository_index", "v2.load_model", "v2.unload_model", "service.usage"}
@@ -77,11 +85,14 @@ def presented_key(request: Request) -> str | None:
 
 
 def requested_model(request: Request, served: list[str]) -> str | None:
-    """The model a model route is about: from the URL, or for SageMaker's `/invocations` from
-    its target-model header, else the only model served (None when that is ambiguous)."""
+    """The model a model route is about: from the URL, from the JSON body's `model` for OpenAI's
+    routes, or for SageMaker's `/invocations` from its target-model header, else the only model
+    served (None when that is ambiguous)."""
     name = (request.view_args or {}).get("name")
     if name is not None:
         return str(name)
+    if request.endpoint in BODY_MODEL_ENDPOINTS:
+        return openai.requested_model(request)
     if request.endpoint == "sagemaker.invocations":
         named = request.headers.get(TARGET_MODEL_HEADER)
         if named:

@@ -1,4 +1,5 @@
-"""Copy-paste client code for a model: curl, Python `requests` and `tritonclient.http`.
+"""Copy-paste client code for a model: curl, Python `requests` and `tritonclient.http`, and the
+official `openai` client for embedding models (text in, one vector out).
 
 Each snippet sends the model's example request (`examples.example_request`) to this server, so
 what a visitor copies from the playground runs as it is. The server's address comes from the
@@ -15,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flaskserve.core.model import TensorSpec
+from flaskserve.protocol.openai import is_embedding_model
 from flaskserve.web.examples import example_request
 
 _NUMPY_DTYPE = {
@@ -57,11 +59,14 @@ def snippets(
     """{"curl": ..., "requests": ..., "tritonclient": ...} for model `name` at `base_url`."""
     base_url = base_url.rstrip("/")
     request = example_request(inputs)
-    return {
+    found = {
         "curl": curl(base_url, name, request),
         "requests": python_requests(base_url, name, request),
         "tritonclient": tritonclient(base_url, name, inputs, outputs, request),
     }
+    if is_embedding_model(inputs, outputs):
+        found["openai"] = openai_embeddings(base_url, name, request["inputs"][0]["data"])
+    return found
 
 
 def curl(base_url: str, name: str, request: dict[str, Any]) -> str:
@@ -118,6 +123,22 @@ def tritonclient(
     lines.append(f"result = client.infer({name!r}, inputs)")
     lines += [f"print({spec.name!r}, result.as_numpy({spec.name!r}))" for spec in outputs]
     return "\n".join(lines)
+
+
+def openai_embeddings(base_url: str, name: str, texts: list[str]) -> str:
+    """The official `openai` client on `POST /v1/embeddings`, for embedding models."""
+    return "\n".join(
+        [
+            "from openai import OpenAI",
+            "",
+            "# api_key: your key when the server runs with --auth; any text otherwise.",
+            f"client = OpenAI(base_url={base_url + '/v1'!r}, api_key='unused')",
+            f"response = client.embeddings.create(model={name!r}, input={texts!r})",
+            "for item in response.data:",
+            "    print(item.index, len(item.embedding), item.embedding[:4])",
+            'print("prompt_tokens", response.usage.prompt_tokens)',
+        ]
+    )
 
 
 def _python_literal(request: dict[str, Any]) -> str:
