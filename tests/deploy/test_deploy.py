@@ -41,6 +41,17 @@ PUBLIC_PATHS = (
     "/v2/models/digits/infer", "/v2/models/digits/versions/1/infer", "/v2/health/ready", "/v2",
     "/v1/models/digits:predict", "/invocations", "/", "/docs",
 )
+#: The gRPC calls the public load balancer must refuse (operator calls) and pass.
+OPERATOR_RPCS = tuple(
+    f"/inference.GRPCInferenceService/{rpc}"
+    for rpc in ("RepositoryIndex", "RepositoryModelLoad", "RepositoryModelUnload")
+)
+PUBLIC_RPCS = (
+    *(f"/inference.GRPCInferenceService/{rpc}"
+      for rpc in ("ModelInfer", "ModelMetadata", "ModelReady", "ServerReady", "ServerMetadata")),
+    "/grpc.health.v1.Health/Check",
+)
+GRPC_PORT = 8001
 #: cfn-lint's exit code is a bitmask: 1 fatal, 2 error, 4 warning, 8 informational. Errors and
 #: warnings fail; informational rules are opt-in (--include-checks I) and we do not opt in.
 CFN_LINT_FAILURE_BITS = 1 | 2 | 4
@@ -106,10 +117,19 @@ def test_the_dockerfile_is_multi_stage_non_root_with_an_exec_entrypoint_and_heal
     assert '\nENTRYPOINT ["flaskserve"]\n' in text
     assert f'\nCMD ["serve", "s3://{BUCKET}/{PREFIX}"]\n' in text
     assert "/v2/health/ready" in re.search(r"HEALTHCHECK .*(?:\n .*)*", text).group(0)
+    assert re.search(r"^EXPOSE 8080 8001$", text, re.MULTILINE)
     assert (generated / "docker" / ".dockerignore").read_text().splitlines()[-3:] == [
         "*", "!Dockerfile", "!*.whl"
     ]
     assert '\nCMD ["serve"]\n' in (generated / "docker" / "Dockerfile").read_text()
+
+
+def test_the_image_and_the_instances_install_the_grpc_extra_they_serve_with(generated):
+    text = (generated / "docker" / "Dockerfile").read_text()
+    (spec,) = re.findall(r'^ARG FLASKSERVE_SPEC="([^"]+)"$', text, re.MULTILINE)
+    assert re.fullmatch(r"flaskserve\[s3,grpc\]==\S+", spec)
+    parameters = load_cfn(generated / "aws" / "flaskserve.yaml")["Parameters"]
+    assert parameters["FlaskServeSpec"]["Default"] == spec
 
 
 def test_the_images_environment_leaves_sagemaker_in_charge_of_the_port(generated):
@@ -118,7 +138,7 @@ def test_the_images_environment_leaves_sagemaker_in_charge_of_the_port(generated
     env_block = re.search(r"^ENV PATH=.*?(?=^\S)", text, re.MULTILINE | re.DOTALL).group(0)
     image_env = dict(re.findall(r"(FLASKSERVE_\w+)=(\S+)", env_block))
     settings = Settings.from_env(image_env)
-    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert (settings.host, settings.port, settings.grpc_port) == ("0.0.0.0", 8080, GRPC_PORT)
     inside = sagemaker_overrides(
         settings, {"SAGEMAKER_BIND_TO_PORT": "9090"}, explicit_port=False, model_dir="/nonexistent"
     )
@@ -189,13 +209,16 @@ def test_the_instances_may_only_read_the_model_prefix_and_only_the_balancer_reac
     assert listing["Condition"]["StringLike"]["s3:prefix"] == {"Fn::Sub": "${ModelPrefix}*"}
     instance_group = resources["InstanceSecurityGroup"]["Properties"]
     assert "SecurityGroupIngress" not in instance_group
-    ingress = [r["Properties"] for r in resources.values()
-               if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
-    assert ingress == [{
-        "GroupId": {"Ref": "InstanceSecurityGroup"}, "IpProtocol": "tcp", "FromPort": 8080,
-        "ToPort": 8080, "SourceSecurityGroupId": {"Ref": "LoadBalancerSecurityGroup"},
-        "Description": "flaskserve, from the load balancer only",
-    }]
+    to_instances = [r for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"
+                    and r["Properties"]["GroupId"] == {"Ref": "InstanceSecurityGroup"}]
+    assert sorted((r["Properties"]["FromPort"], r["Properties"]["ToPort"], r.get("Condition", ""),
+                   r["Properties"]["SourceSecurityGroupId"]["Ref"]) for r in to_instances) == [
+        (GRPC_PORT, GRPC_PORT, "HasCertificate", "LoadBalancerSecurityGroup"),
+        (8080, 8080, "", "LoadBalancerSecurityGroup"),
+    ]
+    assert all(set(r["Properties"]) == {"GroupId", "IpProtocol", "FromPort", "ToPort",
+                                        "SourceSecurityGroupId", "Description"}
+               for r in to_instances)
 
 
 def cloud_config(generated: Path) -> dict:
@@ -221,7 +244,7 @@ def test_the_user_data_installs_flaskserve_and_runs_it_under_systemd_from_s3(gen
     (unit,) = [f for f in config["write_files"] if f["path"].endswith("flaskserve.service")]
     assert (
         f"ExecStart=/opt/flaskserve/bin/flaskserve serve s3://{BUCKET}/{PREFIX} "
-        "--host 0.0.0.0 --port 8080"
+        f"--host 0.0.0.0 --port 8080 --grpc-port {GRPC_PORT}"
     ) in unit["content"]
     assert "User=flaskserve" in unit["content"]
     assert ["systemctl", "enable", "--now", "flaskserve.service"] in config["runcmd"]
@@ -323,7 +346,16 @@ def test_the_public_listeners_refuse_the_operator_routes(generated):
     resources = load_cfn(generated / "aws" / "flaskserve.yaml")["Resources"]
     rules = {r["Properties"]["ListenerArn"]["Ref"]: r for r in resources.values()
              if r["Type"] == "AWS::ElasticLoadBalancingV2::ListenerRule"}
-    assert set(rules) == {"HttpListener", "HttpsListener"}
+    assert set(rules) == {"HttpListener", "HttpsListener", "GrpcListener"}
+    grpc_rule = rules.pop("GrpcListener")
+    assert grpc_rule["Condition"] == "HasCertificate"
+    (condition,) = grpc_rule["Properties"]["Conditions"]
+    grpc_patterns = condition["PathPatternConfig"]["Values"]
+    assert [p for p in OPERATOR_RPCS
+            if not any(fnmatch.fnmatchcase(p, g) for g in grpc_patterns)] == []
+    assert [p for p in PUBLIC_RPCS if any(fnmatch.fnmatchcase(p, g) for g in grpc_patterns)] == []
+    (action,) = grpc_rule["Properties"]["Actions"]
+    assert action["FixedResponseConfig"]["StatusCode"] == "403"
     assert rules["HttpsListener"]["Condition"] == "HasCertificate"
     for rule in rules.values():
         (condition,) = rule["Properties"]["Conditions"]
@@ -340,6 +372,42 @@ def test_the_public_listeners_refuse_the_operator_routes(generated):
         answer = action["FixedResponseConfig"]
         assert (answer["StatusCode"], answer["ContentType"]) == ("403", "application/json")
         assert "error" in json.loads(answer["MessageBody"])
+
+
+def test_grpc_reaches_the_instances_through_an_https_listener_only_with_a_certificate(generated):
+    template = load_cfn(generated / "aws" / "flaskserve.yaml")
+    resources = template["Resources"]
+    grpc_parts = ("GrpcTargetGroup", "GrpcListener", "GrpcClientsToLoadBalancer",
+                  "LoadBalancerToInstancesGrpc", "InstancesFromLoadBalancerGrpc")
+    assert {name: resources[name].get("Condition") for name in grpc_parts} == dict.fromkeys(
+        grpc_parts, "HasCertificate"
+    )
+    assert template["Conditions"]["HasCertificate"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "CertificateArn"}, ""]}]
+    }
+    target_group = resources["GrpcTargetGroup"]["Properties"]
+    assert (target_group["ProtocolVersion"], target_group["Port"]) == ("GRPC", GRPC_PORT)
+    assert target_group["HealthCheckPath"] == "/grpc.health.v1.Health/Check"
+    assert target_group["Matcher"] == {"GrpcCode": "0"}
+    listener = resources["GrpcListener"]["Properties"]
+    assert (listener["Protocol"], listener["Port"]) == ("HTTPS", GRPC_PORT)
+    assert listener["Certificates"] == [{"CertificateArn": {"Ref": "CertificateArn"}}]
+    assert listener["DefaultActions"] == [
+        {"Type": "forward", "TargetGroupArn": {"Ref": "GrpcTargetGroup"}}
+    ]
+    clients = resources["GrpcClientsToLoadBalancer"]["Properties"]
+    assert (clients["GroupId"], clients["FromPort"], clients["CidrIp"]) == (
+        {"Ref": "LoadBalancerSecurityGroup"}, GRPC_PORT, {"Ref": "AllowedClientCidr"}
+    )
+    egress = resources["LoadBalancerToInstancesGrpc"]["Properties"]
+    assert (egress["FromPort"], egress["DestinationSecurityGroupId"]) == (
+        GRPC_PORT, {"Ref": "InstanceSecurityGroup"}
+    )
+    group = resources["AutoScalingGroup"]["Properties"]
+    assert group["TargetGroupARNs"] == [
+        {"Ref": "TargetGroup"},
+        {"Fn::If": ["HasCertificate", {"Ref": "GrpcTargetGroup"}, {"Ref": "AWS::NoValue"}]},
+    ]
 
 
 # -- k8s and kserve -------------------------------------------------------------------------------
@@ -362,8 +430,8 @@ def test_the_deployment_drains_and_probes_and_the_autoscaler_bounds_it(generated
     deployment = load_yaml(generated / "k8s" / "deployment.yaml")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert container["readinessProbe"]["grpc"] == {"port": GRPC_PORT}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert container["args"][:2] == ["serve", f"s3://{BUCKET}/{PREFIX}"]
     assert set(container["resources"]) == {"requests", "limits"}
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][1])
@@ -379,6 +447,26 @@ def test_the_deployment_drains_and_probes_and_the_autoscaler_bounds_it(generated
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     service = load_yaml(generated / "k8s" / "service.yaml")
     assert service["spec"]["selector"].items() <= labels.items()
+
+
+@pytest.mark.parametrize("variant", ["k8s", "k8s-defaults"])
+def test_the_pods_serve_grpc_on_8001_probed_there_and_the_service_exposes_it(generated, variant):
+    (container,) = load_yaml(generated / variant / "deployment.yaml")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    ports = {p["name"]: p for p in container["ports"]}
+    assert ports["grpc"] == {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    server = Settings.from_env({k: v for k, v in env.items() if k.startswith("FLASKSERVE_")})
+    # The server listens where the port, the probe and the Service point.
+    assert server.grpc_port == GRPC_PORT != server.port
+    assert container["readinessProbe"]["grpc"]["port"] == ports["grpc"]["containerPort"]
+    assert container["livenessProbe"]["httpGet"]["port"] == "http"
+    service = load_yaml(generated / variant / "service.yaml")
+    by_name = {p["name"]: p for p in service["spec"]["ports"]}
+    assert by_name["grpc"] == {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc",
+                               "protocol": "TCP", "appProtocol": "grpc"}
+    assert by_name["http"]["targetPort"] == "http"
 
 
 def check_keys_and_usage_mounts(container: dict, volumes: list[dict], name: str) -> None:
@@ -410,7 +498,9 @@ def test_only_the_ingress_controllers_namespace_reaches_the_pods(generated, tmp_
     def admitted(folder: Path) -> list[dict]:
         policy = load_yaml(folder / "networkpolicy.yaml")
         (rule,) = policy["spec"]["ingress"]
-        assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+        assert rule["ports"] == [
+            {"port": 8080, "protocol": "TCP"}, {"port": GRPC_PORT, "protocol": "TCP"}
+        ]
         return rule["from"]
 
     selector = {"kubernetes.io/metadata.name": "ingress-nginx"}
@@ -431,6 +521,14 @@ def test_the_inference_service_uses_the_flaskserve_runtime_over_protocol_v2(gene
     assert model["protocolVersion"] == "v2" and "v2" in runtime["spec"]["protocolVersions"]
     (container,) = runtime["spec"]["containers"]
     assert container["args"][:2] == ["serve", "/mnt/models"]  # where KServe puts storageUri
+    args = container["args"]
+    assert args[args.index("--grpc-port") + 1] == str(GRPC_PORT)
+    assert "grpc-v2" in runtime["spec"]["protocolVersions"]
+    # KServe routes a single port per predictor: HTTP here; inferenceservice.yaml says how to
+    # switch to gRPC.
+    assert container["ports"] == [{"containerPort": 8080, "protocol": "TCP"}]
+    switch = (generated / "kserve" / "inferenceservice.yaml").read_text()
+    assert f"#         - {{name: h2c, containerPort: {GRPC_PORT}, protocol: TCP}}" in switch
     check_keys_and_usage_mounts(container, runtime["spec"]["volumes"], "flaskserve")
     # KServe's CRDs are not shipped offline; validate the pod part as a core Pod.
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "runtime"},
@@ -495,6 +593,7 @@ def test_deploy_writes_to_deploy_target_and_never_overwrites_without_force(tmp_p
         (["--min-replicas", "5", "--max-replicas", "2"], "1 <= min (5) <= max (2)"),
         (["--name", "Flask Serve"], "must be DNS labels"),
         (["--ingress-namespace", "Ingress_NGINX"], "must be DNS labels"),
+        (["--package", "flaskserve[s3]==0.1.0"], "lacks the grpc extra"),
     ],
 )
 def test_deploy_rejects_options_that_cannot_work(tmp_path, options, message):

@@ -5,6 +5,9 @@ Dockerfile, a CloudFormation stack, Kubernetes and KServe manifests) from templa
 the package, so a user reads them, edits them and keeps them in version control. Each target is a
 folder of templates under `templates/<target>/`, rendered with Jinja2 (already a Flask
 dependency) from one `DeployOptions`.
+
+Every target serves HTTP on 8080 and the V2 gRPC front door on 8001, Triton's usual pair, so
+the package installed must carry the `grpc` extra.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 PORT = 8080
+GRPC_PORT = 8001
+#: A pip requirement naming flaskserve (not a path or URL); its extras in group 1.
+_REQUIREMENT = re.compile(r"^\s*flaskserve\s*(?:\[([^\]]*)\])?\s*(?:[=<>!~;@]|$)", re.IGNORECASE)
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _K8S_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
@@ -54,7 +60,7 @@ class DeployOptions:
     namespace: str = "flaskserve"
     image: str = f"flaskserve:{__version__}"
     #: pip requirement that installs the server (image build, EC2 user-data).
-    package: str = f"flaskserve[s3]=={__version__}"
+    package: str = f"flaskserve[s3,grpc]=={__version__}"
     #: Where the models live: `--bucket` and `--prefix` make `s3://bucket/prefix`.
     bucket: str | None = None
     prefix: str = "models/"
@@ -76,6 +82,12 @@ class DeployOptions:
             raise DeployError(
                 "--name, --namespace and --ingress-namespace must be DNS labels such as "
                 "'flaskserve'"
+            )
+        named = _REQUIREMENT.match(self.package)
+        if named and "grpc" not in (e.strip() for e in (named.group(1) or "").split(",")):
+            raise DeployError(
+                f"--package {self.package!r} lacks the grpc extra, and the servers listen for "
+                f"gRPC on {GRPC_PORT}: use e.g. 'flaskserve[s3,grpc]=={__version__}'"
             )
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise DeployError(
@@ -108,7 +120,7 @@ def render(target: str, options: DeployOptions) -> dict[str, str]:
         lstrip_blocks=True,
         autoescape=False,  # YAML and Dockerfiles, not HTML
     )
-    values = {"o": options, "version": __version__, "port": PORT}
+    values = {"o": options, "version": __version__, "port": PORT, "grpc_port": GRPC_PORT}
     return {
         written: environment.get_template(template).render(values)
         for template, written in TARGETS[target]

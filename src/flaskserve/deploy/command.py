@@ -43,7 +43,7 @@ _NEXT_STEPS = {
 @click.option("--image", default=_DEFAULTS.image, show_default=True,
               help="Container image to build (docker) or run (k8s, kserve).")
 @click.option("--package", default=_DEFAULTS.package, show_default=True,
-              help="pip requirement that installs flaskserve (docker, aws).")
+              help="pip requirement that installs flaskserve with its grpc extra (docker, aws).")
 @click.option("--name", default=_DEFAULTS.name, show_default=True,
               help="Name of the created resources.")
 @click.option("--namespace", default=_DEFAULTS.namespace, show_default=True,

@@ -14,6 +14,7 @@ import grpc
 
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
+from flaskserve.protocol.grpc import health
 from flaskserve.protocol.grpc.servicer import Hooks, InferenceServicer, open_hooks
 
 
@@ -54,6 +55,7 @@ def start(
         ],
     )
     server.add_generic_rpc_handlers((InferenceServicer(dataplane, control, hooks).handler(),))
+    server.add_generic_rpc_handlers((health.handler(dataplane.repository.is_ready),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
