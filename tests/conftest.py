@@ -1,23 +1,61 @@
-"""Shared fixtures: a digits repository built once, and real servers on free loopback ports."""
+"""Shared fixtures: the digits model trained once, and real servers on free loopback ports.
+
+The hooks of suite_policy.py (markers from fixtures; skips fail CI) are imported here, which
+registers them for the whole suite.
+"""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from threadpoolctl import threadpool_limits
 
 from flaskserve.models import digits
 from servers import Server, free_port
+from suite_policy import (
+    pytest_collection_modifyitems,
+    pytest_collectreport,
+    pytest_configure,
+    pytest_runtest_logreport,
+    pytest_runtest_setup,
+    pytest_runtest_teardown,
+    pytest_sessionfinish,
+    pytest_terminal_summary,
+)
 
-__all__ = ["Server", "free_port"]
+__all__ = [
+    "Server",
+    "free_port",
+    "pytest_collection_modifyitems",
+    "pytest_collectreport",
+    "pytest_configure",
+    "pytest_runtest_logreport",
+    "pytest_runtest_setup",
+    "pytest_runtest_teardown",
+    "pytest_sessionfinish",
+    "pytest_terminal_summary",
+]
 
 
 @pytest.fixture(scope="session")
-def digits_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model repository holding the digits model (built once per test session)."""
+def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits model folder, trained once per session. Training costs seconds and copying
+    almost nothing, so every fixture that needs the model copies this folder."""
+    folder = tmp_path_factory.mktemp("digits-model") / "digits"
+    # One BLAS thread: on a busy machine more only spin against each other (5x the CPU time).
+    with threadpool_limits(1):
+        digits.build(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def digits_repo(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> Path:
+    """A model repository holding the digits model, shared by the whole session."""
     root = tmp_path_factory.mktemp("repo")
-    digits.build(root / "digits")
+    shutil.copytree(digits_model, root / "digits")
     return root
 
 
@@ -45,10 +83,12 @@ def start_server() -> Iterator:
 
 
 @pytest.fixture(scope="module")
-def digits_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def digits_server(
+    tmp_path_factory: pytest.TempPathFactory, digits_model: Path
+) -> Iterator[Server]:
     """One gunicorn server with two workers over a fresh digits repository, shared by a module."""
     root = tmp_path_factory.mktemp("served")
-    digits.build(root / "digits")
+    shutil.copytree(digits_model, root / "digits")
     server = Server([str(root), "--workers", "2"])
     yield server
     server.stop()
