@@ -1,7 +1,6 @@
 """Shared fixtures: the digits model trained once, and real servers on free loopback ports.
 
-The hooks of suite_policy.py (markers from fixtures; skips fail CI) are imported here, which
-registers them for the whole suite.
+suite_policy.py, loaded from here as a plugin, sets markers and makes skips fail CI.
 """
 
 from __future__ import annotations
@@ -15,29 +14,11 @@ from threadpoolctl import threadpool_limits
 
 from flaskserve.models import digits
 from servers import Server, free_port
-from suite_policy import (
-    pytest_collection_modifyitems,
-    pytest_collectreport,
-    pytest_configure,
-    pytest_runtest_logreport,
-    pytest_runtest_setup,
-    pytest_runtest_teardown,
-    pytest_sessionfinish,
-    pytest_terminal_summary,
-)
 
-__all__ = [
-    "Server",
-    "free_port",
-    "pytest_collection_modifyitems",
-    "pytest_collectreport",
-    "pytest_configure",
-    "pytest_runtest_logreport",
-    "pytest_runtest_setup",
-    "pytest_runtest_teardown",
-    "pytest_sessionfinish",
-    "pytest_terminal_summary",
-]
+# Markers from fixtures, skips failing CI, unmarked servers refused: see suite_policy.py.
+pytest_plugins = ["suite_policy"]
+
+__all__ = ["Server", "free_port"]
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""The suite's own rules (tests/suite_policy.py, tests/waiting.py), each checked in a pytest run
-of its own over a small test file, as a developer or CI would meet them."""
+"""The suite's own rules (tests/suite_policy.py, tests/waiting.py), checked in pytest runs of
+their own over small test files, as a developer or CI would meet them."""
 
 from __future__ import annotations
 
@@ -17,68 +17,29 @@ from waiting import eventually
 
 TESTS = Path(__file__).resolve().parent
 
-
-def run_pytest(tmp_path: Path, source: str, *args: str, ci: bool) -> subprocess.CompletedProcess:
-    """pytest over `source` as a test file, with the suite's policy loaded and `CI` set or not."""
-    (tmp_path / "test_sample.py").write_text(source)
-    env = {key: value for key, value in os.environ.items() if key != "CI"}
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
-    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # only the policy: a quick run
-    if ci:
-        env["CI"] = "true"
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "suite_policy", "-p", "no:cacheprovider",
-         "--rootdir", str(tmp_path), "-q", *args, str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
-    )
-
-
-SKIPPING = """\
+SAMPLE = """\
 import pytest
+from servers import Server
 
 def test_runs():
     pass
 
 def test_needs_a_thing():
     pytest.skip("the thing is not installed")
+
+@pytest.mark.gpu
+def test_on_the_gpu():
+    pytest.skip("no GPU here")
+
+def test_sneaks_a_server():
+    Server(["."])
 """
 
+#: A module skipped as a whole when it is imported.
+MODULE_SKIP = 'import pytest\n\npytest.importorskip("no_such_module_here")\n'
 
-def test_a_skipped_test_fails_the_run_in_ci_and_says_which_and_why(tmp_path) -> None:
-    done = run_pytest(tmp_path, SKIPPING, ci=True)
-    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout
-    assert "skipped tests fail the run in CI" in done.stdout
-    assert "test_sample.py::test_needs_a_thing: Skipped: the thing is not installed" in done.stdout
-
-
-def test_outside_ci_a_skip_is_only_reported(tmp_path) -> None:
-    done = run_pytest(tmp_path, SKIPPING, ci=False)
-    assert done.returncode == pytest.ExitCode.OK, done.stdout
-    assert "1 passed, 1 skipped" in done.stdout
-
-
-def test_a_module_skipped_at_import_fails_the_run_in_ci(tmp_path) -> None:
-    source = 'import pytest\n\npytest.importorskip("no_such_module_here")\n'
-    done = run_pytest(tmp_path, source, ci=True)
-    assert done.returncode != pytest.ExitCode.OK, done.stdout
-    assert "test_sample.py: Skipped: could not import 'no_such_module_here'" in done.stdout
-
-
-def test_only_a_gpu_test_may_skip_in_ci_and_only_on_a_machine_without_one(tmp_path) -> None:
-    source = (
-        "import pytest\n\n@pytest.mark.gpu\ndef test_on_the_gpu():\n"
-        '    pytest.skip("no GPU here")\n'
-    )
-    done = run_pytest(tmp_path, source, ci=True)
-    assert "1 skipped" in done.stdout
-    if has_gpu():
-        assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout
-    else:
-        assert done.returncode == pytest.ExitCode.OK, done.stdout
-
-
-def test_markers_follow_the_fixtures_a_test_uses(tmp_path) -> None:
-    source = """\
+#: Fixtures named like the suite's, and a conftest that prints each test's markers.
+MARKED = """\
 import pytest
 
 @pytest.fixture
@@ -102,23 +63,88 @@ def test_stores(s3_server): pass
 def test_clicks(page): pass
 def test_computes(): pass
 """
-    listed = {}
-    for marker in ("e2e", "s3", "browser", "not e2e and not s3 and not browser"):
-        done = run_pytest(tmp_path, source, "--collect-only", "-m", marker, ci=False)
-        listed[marker] = [line.split("::")[1] for line in done.stdout.splitlines() if "::" in line]
-    assert listed == {
-        "e2e": ["test_serves"],
-        "s3": ["test_stores"],
-        "browser": ["test_clicks"],
-        "not e2e and not s3 and not browser": ["test_computes"],
-    }
+PRINT_MARKS = """\
+def pytest_collection_finish(session):
+    for item in session.items:
+        marks = sorted(mark.name for mark in item.iter_markers())
+        print("MARKS", item.name, ",".join(marks))
+"""
+#: A module marked slow as a whole, which would fail if it were imported.
+HEAVY = "import pytest\nimport no_such_heavy_library\n\npytestmark = pytest.mark.slow\n"
+
+
+def run_pytest(folder: Path, files: dict[str, str], *args: str, ci: bool) -> tuple[int, str]:
+    """pytest over `files` written into `folder`, with the suite's policy loaded, `CI` set or
+    not; returns the exit status and what it printed."""
+    folder.mkdir(exist_ok=True)
+    for name, source in files.items():
+        (folder / name).write_text(source)
+    env = {key: value for key, value in os.environ.items() if key != "CI"}
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), env.get("PYTHONPATH", "")])
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # only the policy: a quick run
+    if ci:
+        env["CI"] = "true"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "suite_policy", "-p", "no:cacheprovider",
+         "--rootdir", str(folder), "-q", "-s", *args, str(folder)],
+        capture_output=True, text=True, env=env, cwd=folder, timeout=120,
+    )
+    return done.returncode, done.stdout
+
+
+def test_in_ci_every_skip_fails_the_run_but_a_gpu_test_on_a_machine_without_one(tmp_path):
+    status, out = run_pytest(
+        tmp_path, {"test_sample.py": SAMPLE, "test_module.py": MODULE_SKIP},
+        "-k", "not sneaks", ci=True,
+    )
+    assert status == pytest.ExitCode.TESTS_FAILED, out
+    assert "1 passed, 3 skipped" in out
+    assert "skipped tests fail the run in CI (CI=true)" in out
+    assert "test_sample.py::test_needs_a_thing: Skipped: the thing is not installed" in out
+    assert "test_module.py: Skipped: could not import 'no_such_module_here'" in out
+    assert ("test_on_the_gpu" in out.split("fail the run in CI")[1]) is has_gpu()
+
+
+def test_outside_ci_a_skip_is_only_reported(tmp_path) -> None:
+    status, out = run_pytest(
+        tmp_path, {"test_sample.py": SAMPLE, "test_module.py": MODULE_SKIP},
+        "-k", "not sneaks", ci=False,
+    )
+    assert status == pytest.ExitCode.OK, out
+    assert "1 passed, 3 skipped" in out
+    assert "fail the run in CI" not in out
 
 
 def test_a_server_started_by_a_test_not_marked_e2e_is_refused(tmp_path) -> None:
-    source = 'from servers import Server\n\ndef test_sneaks_a_server():\n    Server(["."])\n'
-    done = run_pytest(tmp_path, source, ci=False)
-    assert done.returncode == pytest.ExitCode.TESTS_FAILED, done.stdout
-    assert "test_sneaks_a_server starts a server but is not marked e2e" in done.stdout
+    status, out = run_pytest(tmp_path, {"test_sample.py": SAMPLE}, "-k", "sneaks", ci=False)
+    assert status == pytest.ExitCode.TESTS_FAILED, out
+    assert "test_sneaks_a_server starts a server but is not marked e2e" in out
+
+
+def test_markers_follow_fixtures_and_a_module_left_out_by_m_is_not_imported(tmp_path) -> None:
+    files = {"test_marked.py": MARKED, "conftest.py": PRINT_MARKS, "test_heavy.py": HEAVY}
+    status, out = run_pytest(tmp_path, files, "--collect-only", "-m", "not slow", ci=False)
+    assert status == pytest.ExitCode.OK, out
+    marks = dict(line.split(" ", 2)[1:] for line in out.splitlines() if line.startswith("MARKS"))
+    assert marks == {
+        "test_serves": "e2e", "test_stores": "s3", "test_clicks": "browser", "test_computes": "",
+    }
+    status, out = run_pytest(tmp_path, files, "--collect-only", "-m", "slow", ci=False)
+    assert "No module named 'no_such_heavy_library'" in out  # `-m slow` does import it
+
+
+@pytest.mark.parametrize(
+    ("expression", "marks", "selects"),
+    [
+        ("not e2e and not slow", {"slow"}, False),
+        ("not e2e and not slow", {"e2e", "slow"}, False),
+        ("not e2e", {"slow"}, True),  # unless it is also marked e2e, which a test may be
+        ("slow or e2e", {"e2e"}, True),
+        ("not (slow or s3)", {"s3"}, False),
+    ],
+)
+def test_could_select_holds_whatever_other_marks_a_test_has(expression, marks, selects) -> None:
+    assert could_select(expression, marks) is selects
 
 
 def test_eventually_returns_the_first_truthy_value_without_waiting_out_the_timeout() -> None:
@@ -135,27 +161,3 @@ def test_eventually_fails_with_the_message_and_the_last_value() -> None:
     with pytest.raises(AssertionError, match=expected):
         eventually(lambda: [n for n in numbers if n > 5], timeout=0.05,
                    message="a number above 5 arrives")
-
-
-def test_a_module_marked_as_a_whole_is_not_imported_when_m_leaves_all_its_tests_out(
-    tmp_path,
-) -> None:
-    source = "import pytest\nimport no_such_heavy_library\n\npytestmark = pytest.mark.slow\n"
-    skipped = run_pytest(tmp_path, source, "-m", "not e2e and not slow", ci=False)
-    assert skipped.returncode == pytest.ExitCode.NO_TESTS_COLLECTED, skipped.stdout
-    imported = run_pytest(tmp_path, source, "-m", "slow or e2e", ci=False)
-    assert "No module named 'no_such_heavy_library'" in imported.stdout
-
-
-@pytest.mark.parametrize(
-    ("expression", "marks", "selects"),
-    [
-        ("not e2e and not slow", {"slow"}, False),
-        ("not e2e and not slow", {"e2e", "slow"}, False),
-        ("not e2e", {"slow"}, True),  # unless it is also marked e2e, which a test may be
-        ("slow or e2e", {"e2e"}, True),
-        ("not (slow or s3)", {"s3"}, False),
-    ],
-)
-def test_could_select_holds_whatever_other_marks_a_test_has(expression, marks, selects) -> None:
-    assert could_select(expression, marks) is selects
