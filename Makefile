@@ -1,4 +1,5 @@
 # Two commands on a fresh machine: `make serve` and `make test`. Each creates .venv as needed.
+# `make test-fast` runs the unit layer only: no server process, browser, S3 server or slow test.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -19,7 +20,7 @@ test_stamp := $(VENV)/.installed-test
 BENCH_EXTRAS ?= bench,nlp
 bench_stamp := $(VENV)/.installed-$(subst $(comma),-,$(BENCH_EXTRAS))
 
-.PHONY: serve test lint clean bench proto
+.PHONY: serve test test-fast lint clean bench proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +39,12 @@ serve: $(serve_stamp)
 
 test: $(test_stamp) $(CHROMIUM)
 	$(BIN)/python -m pytest $(ARGS)
+
+# The markers are set in tests/suite_policy.py and registered in pyproject.toml.
+FAST := not e2e and not browser and not s3 and not slow
+
+test-fast: $(test_stamp)
+	$(BIN)/python -m pytest -m "$(FAST)" $(ARGS)
 
 $(CHROMIUM):
 	$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update -q

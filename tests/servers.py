@@ -10,12 +10,18 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
+from waiting import eventually
+
 FLASKSERVE = [sys.executable, "-m", "flaskserve"]
+
+#: The test now running (set by suite_policy.py), so a server started by a test not marked
+#: `e2e` fails at once instead of slowing down `make test-fast`.
+running_test: Any = None
 
 
 def free_port() -> int:
@@ -35,6 +41,11 @@ class Server:
         timeout: float = 60.0,
         cwd: Path | None = None,
     ) -> None:
+        if running_test is not None and running_test.get_closest_marker("e2e") is None:
+            raise RuntimeError(
+                f"{running_test.nodeid} starts a server but is not marked e2e: use the "
+                "start_server or digits_server fixture, or mark it `pytest.mark.e2e`"
+            )
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"flaskserve-{self.port}.log"
@@ -54,17 +65,15 @@ class Server:
             raise
 
     def _wait(self, path: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def answers() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited early:\n{self.log}")
             try:
-                if requests.get(self.url + path, timeout=5).status_code == 200:
-                    return
+                return requests.get(self.url + path, timeout=5).status_code == 200
             except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready within {timeout}s:\n{self.log}")
+                return False
+
+        eventually(answers, timeout=timeout, message=lambda: f"{path} answers 200:\n{self.log}")
 
     @property
     def log(self) -> str:
@@ -75,11 +84,8 @@ class Server:
     def wait_for_log(self, text: str, count: int = 1, timeout: float = 60) -> None:
         """Until `text` was logged `count` times: "model m version 1 is ready" once per worker
         tells that every worker booted (ready routes answer as soon as one has)."""
-        deadline = time.monotonic() + timeout
-        while self.log.count(text) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not logged {count} times:\n{self.log}")
-            time.sleep(0.1)
+        eventually(lambda: self.log.count(text) >= count, timeout=timeout,
+                   message=lambda: f"{text!r} is logged {count} times:\n{self.log}")
 
     def worker_pids(self) -> set[int]:
         """The gunicorn workers' process ids (the children of the server process)."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
+import pytest
 import requests
 from click.testing import CliRunner
 
@@ -13,6 +13,7 @@ from flaskserve.cli import main, sagemaker_overrides
 from flaskserve.settings import Settings
 
 
+@pytest.mark.slow  # `init` trains the digits model
 def test_init_writes_a_repository_that_models_lists(tmp_path: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(main, ["init", str(tmp_path / "repo")])
@@ -103,10 +104,8 @@ def test_serve_without_a_repository_serves_the_embedded_digits_model(start_serve
 def test_debug_serves_with_the_flask_dev_server_and_logs_each_request(start_server, digits_repo):
     server = start_server([str(digits_repo), "--debug"])
     assert requests.get(f"{server.url}/home/ada", timeout=5).text == "hello,ada"
-    deadline = time.monotonic() + 5
-    while '"GET /home/ada HTTP/1.1" 200' not in server.log and time.monotonic() < deadline:
-        time.sleep(0.1)
     wanted = '"GET /home/ada HTTP/1.1" 200'
+    server.wait_for_log(wanted)
     line = next(entry for entry in server.log.splitlines() if wanted in entry)
     assert line.endswith("ms")
     assert "Debugger is active" in server.log

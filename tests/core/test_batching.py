@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,16 +20,9 @@ from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InferenceFailed, ModelFailed, ModelNotReady
 from flaskserve.core.model import Model, TensorSpec
 from flaskserve.core.repository import ModelRepository
+from waiting import eventually
 
 WAIT = 10.0  # upper bound for anything that should happen at once
-
-
-def wait_until(condition: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.002)
 
 
 class Recorder:
@@ -106,7 +98,7 @@ def occupy(batcher: Batcher, recorder: Recorder, rows: int = 1) -> Client:
     """Make the model busy: one request predicting inline, blocked on the gate, so whatever is
     submitted next queues behind it."""
     inline = Client(batcher, {"x": rows_of(rows, 1000)})
-    wait_until(lambda: len(recorder.calls) == 1, "the inline request predicts")
+    eventually(lambda: len(recorder.calls) == 1, message="the inline request predicts")
     return inline
 
 
@@ -139,9 +131,9 @@ def test_requests_queued_during_a_predict_form_the_next_batch_and_split_back_exa
     batcher = batchers(make_model(recorder, max_batch_size=8))
     busy = occupy(batcher, recorder)
     queued = [Client(batcher, {"x": rows_of(n, 100 * n)}) for n in (1, 3, 0, 4)]
-    wait_until(lambda: batcher.queued == 4, "four requests queue")
+    eventually(lambda: batcher.queued == 4, message="four requests queue")
     over = Client(batcher, {"x": rows_of(2, 900)})  # 1+3+0+4 = 8 rows: this one waits its turn
-    wait_until(lambda: batcher.queued == 5, "the fifth request queues")
+    eventually(lambda: batcher.queued == 5, message="the fifth request queues")
     recorder.gate.set()
     for client in [busy, *queued, over]:
         assert_answered_exactly(client.join())
@@ -202,9 +194,9 @@ def test_a_batch_runs_in_the_thread_of_its_oldest_request(batchers: Any) -> None
     batcher = batchers(make_model(recorder))
     busy = occupy(batcher, recorder)
     oldest = Client(batcher, {"x": rows_of(1, 10)})
-    wait_until(lambda: batcher.queued == 1, "the oldest request queues")
+    eventually(lambda: batcher.queued == 1, message="the oldest request queues")
     younger = Client(batcher, {"x": rows_of(2, 20)})
-    wait_until(lambda: batcher.queued == 2, "a younger one queues behind it")
+    eventually(lambda: batcher.queued == 2, message="a younger one queues behind it")
     recorder.gate.set()
     for client in (busy, oldest, younger):
         assert_answered_exactly(client.join())
@@ -220,9 +212,10 @@ def test_a_request_larger_than_max_batch_size_runs_alone_at_once(batchers: Any) 
     batcher = batchers(make_model(recorder, max_batch_size=4))
     busy = occupy(batcher, recorder)
     small = Client(batcher, {"x": rows_of(1, 0)})
-    wait_until(lambda: batcher.queued == 1, "a small request queues")
+    eventually(lambda: batcher.queued == 1, message="a small request queues")
     big = Client(batcher, {"x": rows_of(6, 50)})
-    wait_until(lambda: len(recorder.calls) == 2, "the big request predicts beside the busy one")
+    eventually(lambda: len(recorder.calls) == 2,
+               message="the big request predicts beside the busy one")
     assert recorder.rows() == [1, 6]
     recorder.gate.set()
     for client in (busy, small, big):
@@ -245,7 +238,7 @@ def test_requests_with_different_trailing_shapes_are_never_concatenated(batchers
     clients = [
         Client(batcher, {"x": np.zeros((1, width), np.float32)}) for width in (3, 3, 5, 5, 3)
     ]
-    wait_until(lambda: batcher.queued == 5, "five requests queue")
+    eventually(lambda: batcher.queued == 5, message="five requests queue")
     recorder.gate.set()
     for client in [busy, *clients]:
         client.join()
@@ -267,9 +260,9 @@ def test_bytes_tensors_concatenate_and_split(batchers: Any) -> None:
     batcher = batchers(model)
     texts = [[b"a"], [b"bb", b"ccc"], [b"dddd"], [b"", b"ee", b"f"]]
     inline = Client(batcher, {"text": np.array([b"warm"], dtype=object)})
-    wait_until(lambda: len(recorder.calls) == 1, "the inline request predicts")
+    eventually(lambda: len(recorder.calls) == 1, message="the inline request predicts")
     clients = [Client(batcher, {"text": np.array(t, dtype=object)}) for t in texts]
-    wait_until(lambda: batcher.queued == len(texts), "the BYTES requests queue")
+    eventually(lambda: batcher.queued == len(texts), message="the BYTES requests queue")
     recorder.gate.set()
     for client in (inline, *clients):
         client.join()
@@ -291,11 +284,11 @@ def test_a_failing_batch_fails_only_the_request_the_model_cannot_handle(
     batcher = batchers(make_model(recorder))
     busy = occupy(batcher, recorder)
     good = [Client(batcher, {"x": rows_of(2, 0)}), Client(batcher, {"x": rows_of(1, 7)})]
-    wait_until(lambda: batcher.queued == 2, "two good requests queue")
+    eventually(lambda: batcher.queued == 2, message="two good requests queue")
     bad = Client(batcher, {"x": -rows_of(1, 1)})
-    wait_until(lambda: batcher.queued == 3, "the bad one queues")
+    eventually(lambda: batcher.queued == 3, message="the bad one queues")
     last = Client(batcher, {"x": rows_of(3, 30)})
-    wait_until(lambda: batcher.queued == 4, "four requests queue")
+    eventually(lambda: batcher.queued == 4, message="four requests queue")
     with caplog.at_level(logging.INFO, logger="flaskserve.batching"):
         recorder.gate.set()
         for client in [busy, *good, bad, last]:
@@ -328,7 +321,8 @@ def test_closing_fails_queued_requests_at_once_and_waits_for_the_running_predict
     batcher = batchers(make_model(recorder, max_batch_size=64))
     busy = occupy(batcher, recorder)
     waiting = [Client(batcher, {"x": rows_of(1, 10 * i)}) for i in range(3)]
-    wait_until(lambda: batcher.queued == 3, "three requests queue behind the running predict")
+    eventually(lambda: batcher.queued == 3,
+               message="three requests queue behind the running predict")
     closer = threading.Thread(target=batcher.close, daemon=True)
     closer.start()
     for client in waiting:
@@ -372,12 +366,12 @@ def test_a_request_chosen_to_lead_while_the_model_closes_fails_cleanly(batchers:
 
     batcher._lead = lead_later  # type: ignore[method-assign]
     queued = Client(batcher, {"x": rows_of(1, 10)})
-    wait_until(lambda: batcher.queued == 1, "a request queues")
+    eventually(lambda: batcher.queued == 1, message="a request queues")
     recorder.gate.set()
     assert chosen.wait(WAIT), "the queued request was never chosen to lead"
     closer = threading.Thread(target=batcher.close, daemon=True)
     closer.start()
-    wait_until(lambda: batcher.queued == 0, "close fails the queued requests")
+    eventually(lambda: batcher.queued == 0, message="close fails the queued requests")
     proceed.set()
     closer.join(WAIT)
     assert not closer.is_alive()
@@ -405,11 +399,11 @@ def test_the_dataplane_batches_concurrent_requests_and_unloading_closes_the_batc
 
     threads = [threading.Thread(target=infer, args=(i,), daemon=True) for i in range(6)]
     threads[0].start()
-    wait_until(lambda: len(recorder.calls) == 1, "the first request predicts inline")
+    eventually(lambda: len(recorder.calls) == 1, message="the first request predicts inline")
     batcher = next(iter(dataplane._batchers.values()))
     for thread in threads[1:]:
         thread.start()
-    wait_until(lambda: batcher.queued == 5, "the other five queue")
+    eventually(lambda: batcher.queued == 5, message="the other five queue")
     recorder.gate.set()
     for thread in threads:
         thread.join(WAIT)

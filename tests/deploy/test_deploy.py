@@ -148,12 +148,14 @@ def test_the_images_environment_leaves_sagemaker_in_charge_of_the_port(generated
 # -- aws ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # cfn-lint loads every resource schema
 def test_the_cloudformation_templates_pass_cfn_lint(generated):
     templates = [generated / d / "flaskserve.yaml" for d in ("aws", "aws-no-bucket")]
     result = run(tool("cfn-lint"), "--", *map(str, templates))
     assert result.returncode & CFN_LINT_FAILURE_BITS == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow  # cfn-lint loads every resource schema
 def test_cfn_lint_would_catch_a_broken_template(generated, tmp_path):
     broken = (generated / "aws" / "flaskserve.yaml").read_text().replace(
         "HealthCheckType: ELB", "HealthCheckType: LOADBALANCER"
@@ -549,6 +551,7 @@ def test_kserve_needs_a_bucket(tmp_path):
 # -- every file at once ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # checkov runs its whole policy set
 def test_checkov_finds_nothing_that_is_not_justified_in_the_file(generated):
     result = run(
         tool("checkov"), "--skip-download", "--directory", str(generated), "--output", "json",

@@ -12,6 +12,8 @@ import pytest
 import requests
 import tritonclient.http as triton
 
+from waiting import eventually
+
 
 @pytest.fixture(scope="module")
 def url(digits_server) -> str:
@@ -310,23 +312,22 @@ def test_oversized_body_is_413(start_server, digits_repo) -> None:
 
 def test_every_request_writes_one_access_line(digits_server) -> None:
     requests.get(f"{digits_server.url}/home/kim", timeout=5)
-    deadline = time.monotonic() + 5
-    while '"GET /home/kim HTTP/1.1" 200' not in digits_server.log and time.monotonic() < deadline:
-        time.sleep(0.1)
     wanted = '"GET /home/kim HTTP/1.1" 200'
+    digits_server.wait_for_log(wanted)
     line = next(entry for entry in digits_server.log.splitlines() if wanted in entry)
     assert line.rstrip().endswith("ms")
+
+
+def ready_statuses(url: str) -> set[int]:
+    """The model's readiness as 20 requests in a row see it (each may reach either worker)."""
+    return {requests.get(f"{url}/v2/models/digits/ready", timeout=5).status_code for _ in range(20)}
 
 
 def test_unload_reaches_every_worker_and_load_brings_the_model_back(start_server, digits_repo):
     server = start_server([str(digits_repo), "--workers", "2", "--model-control"])
     url = server.url
     assert requests.post(f"{url}/v2/repository/models/digits/unload", timeout=10).status_code == 200
-    time.sleep(1.0)
-    statuses = {
-        requests.get(f"{url}/v2/models/digits/ready", timeout=5).status_code for _ in range(20)
-    }
-    assert statuses == {503}, "every worker must have unloaded the model"
+    eventually(lambda: ready_statuses(url) == {503}, message="every worker unloaded the model")
     not_ready = requests.post(
         f"{url}/v2/models/digits/infer", json=infer_body(np.zeros((1, 64))), timeout=5
     )
@@ -335,11 +336,7 @@ def test_unload_reaches_every_worker_and_load_brings_the_model_back(start_server
     index = requests.post(f"{url}/v2/repository/index", timeout=5).json()
     assert index == [{"name": "digits", "state": "UNAVAILABLE", "reason": "unloaded"}]
     assert requests.post(f"{url}/v2/repository/models/digits/load", timeout=30).status_code == 200
-    time.sleep(1.5)
-    statuses = {
-        requests.get(f"{url}/v2/models/digits/ready", timeout=5).status_code for _ in range(20)
-    }
-    assert statuses == {200}
+    eventually(lambda: ready_statuses(url) == {200}, message="every worker loaded the model")
     missing = requests.post(f"{url}/v2/repository/models/nope/load", timeout=10)
     assert missing.status_code == 404
 

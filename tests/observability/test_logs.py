@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime
 
 import pytest
@@ -11,6 +10,7 @@ import requests
 
 from flaskserve.app import create_app
 from flaskserve.settings import Settings
+from waiting import eventually
 
 BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]}
 
@@ -45,14 +45,14 @@ def test_a_missing_or_unusable_request_id_is_replaced(client, given) -> None:
     assert len(first) == 32 and first != second and first != given
 
 
-def wait_for_line(server, predicate, timeout: float = 15.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in server.log.splitlines():
-            if line.startswith("{") and predicate(json.loads(line)):
-                return json.loads(line)
-        time.sleep(0.1)
-    raise AssertionError(f"no matching JSON line in:\n{server.log}")
+def wait_for_line(server, predicate) -> dict:
+    """Until the server logs a JSON line that `predicate` accepts; returns it, parsed."""
+
+    def matching() -> dict | None:
+        records = (json.loads(line) for line in server.log.splitlines() if line.startswith("{"))
+        return next((record for record in records if predicate(record)), None)
+
+    return eventually(matching, message=lambda: f"a matching JSON line is logged:\n{server.log}")
 
 
 def assert_access_record(record: dict, method: str, path: str, status: int, model) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import requests
@@ -12,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from flaskserve.app import create_app
 from flaskserve.settings import Settings
+from waiting import eventually
 
 PIXELS = [0.0] * 64
 
@@ -51,13 +51,10 @@ def test_counts_add_up_exactly_across_two_workers_and_unloads_show(
         [str(digits_repo), "--workers", "2", "--threads", "4", "--model-control"]
     )
     url = server.url
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # both workers booted (each records its load time)
-        loads = total(scrape(url), "flaskserve_model_load_duration_seconds_count")
-        if loads == 2:
-            break
-        time.sleep(0.2)
-    assert loads == 2
+    eventually(  # each worker records its load time when it has booted
+        lambda: total(scrape(url), "flaskserve_model_load_duration_seconds_count") == 2,
+        timeout=60, message="both workers have booted",
+    )
     sent = {("v2", "200"): 24, ("v1", "200"): 10, ("sagemaker", "200"): 6, ("v2", "400"): 5}
 
     def call(kind: tuple[str, str]) -> int:
@@ -104,13 +101,11 @@ def test_counts_add_up_exactly_across_two_workers_and_unloads_show(
     assert requests.post(f"{url}/v2/repository/models/digits/unload",
                          timeout=10).status_code == 200
     # Every worker applies the unload (within its poll interval); then any scrape says 0.
-    deadline = time.monotonic() + 20
-    agreeing = 0
-    while agreeing < 4 and time.monotonic() < deadline:
-        ready = total(scrape(url), "flaskserve_model_ready", model="digits")
-        agreeing = agreeing + 1 if ready == 0 else 0
-        time.sleep(0.1)
-    assert agreeing == 4
+    eventually(
+        lambda: all(total(scrape(url), "flaskserve_model_ready", model="digits") == 0
+                    for _ in range(4)),
+        message="four scrapes in a row see the model unloaded",
+    )
 
 
 def test_unknown_models_share_one_label(digits_repo) -> None:
@@ -141,18 +136,18 @@ def test_operator_folder_is_cleaned_and_dead_workers_leave_no_live_gauges(
     def pids(pattern: str) -> set[int]:
         return {int(path.stem.rsplit("_", 1)[1]) for path in folder.glob(pattern)}
 
-    deadline = time.monotonic() + 30
-    while len(pids("histogram_*.db")) < 2 and time.monotonic() < deadline:
-        time.sleep(0.1)  # each worker records its model load time when it has booted
+    eventually(  # each worker records its model load time when it has booted
+        lambda: len(pids("histogram_*.db")) >= 2, message="both workers have booted"
+    )
     workers = pids("histogram_*.db")
     live = pids("gauge_livesum_*.db")
     assert len(workers) == 2 and live, "workers write their metrics to the operator's folder"
     victim = min(live)
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (victim in pids("gauge_livesum_*.db")
-                                           or len(pids("histogram_*.db") - workers) < 1):
-        time.sleep(0.1)
+    eventually(
+        lambda: victim not in pids("gauge_livesum_*.db") and pids("histogram_*.db") - workers,
+        message="the dead worker's gauges are gone and a replacement has booted",
+    )
     assert victim not in pids("gauge_livesum_*.db"), "child_exit drops the dead worker's gauges"
     assert pids("histogram_*.db") - workers, "gunicorn started a replacement worker"
     samples = scrape(server.url)

@@ -4,7 +4,9 @@ gunicorn server, binary and JSON paths compared, and malformed binary bodies ans
 from __future__ import annotations
 
 import json
+import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,8 +14,9 @@ import requests
 import tritonclient.http as triton
 
 from flaskserve.core.model import DATATYPES
-from flaskserve.models import digits
 from servers import Server
+
+pytestmark = pytest.mark.e2e  # one server answers the whole module
 
 #: A python model with one input and one output per datatype: each output is its input
 #: reversed along the last axis (BOOL also negated, BYTES also upper-cased), so every element
@@ -51,12 +54,12 @@ def mirror_toml() -> str:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def server(tmp_path_factory: pytest.TempPathFactory, digits_model: Path):
     root = tmp_path_factory.mktemp("binary-repo")
     (root / "mirror" / "1").mkdir(parents=True)
     (root / "mirror" / "model.toml").write_text(mirror_toml())
     (root / "mirror" / "1" / "mirror.py").write_text(MIRROR_PY)
-    digits.build(root / "digits")
+    shutil.copytree(digits_model, root / "digits")
     running = Server([str(root), "--workers", "1"])
     yield running
     running.stop()

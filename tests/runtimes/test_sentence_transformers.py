@@ -22,6 +22,8 @@ from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.runtimes import sentence_transformers as st_runtime
 from flaskserve.runtimes.sentence_onnx import OnnxEncoder, cache_key, export_dir
 
+pytestmark = pytest.mark.slow  # MiniLM: importing sentence-transformers alone takes seconds
+
 SENTENCES = [
     "A man is playing a guitar.",
     "Caf\u00e9 cr\u00e8me, na\u00efve r\u00e9sum\u00e9 \u2014 and an emoji \U0001f600.",

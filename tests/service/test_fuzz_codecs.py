@@ -25,6 +25,8 @@ from flaskserve.protocol.binary import decode_binary_tensor, encode_binary_tenso
 from flaskserve.protocol.codec import decode_json_data, dumps, encode_json_output, loads
 from flaskserve.protocol.infer import HEADER_LENGTH, parse_infer_request
 
+pytestmark = pytest.mark.slow  # thousands of generated cases in all
+
 FUZZ = settings(
     max_examples=80, derandomize=True, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -23,6 +23,7 @@ from flaskserve.service.limits import (
     retry_after_seconds,
 )
 from flaskserve.settings import Settings
+from waiting import eventually
 
 
 def test_local_bucket_allows_the_burst_then_asks_to_wait() -> None:
@@ -60,6 +61,7 @@ def test_shared_bucket_refills_at_the_rate(tmp_path) -> None:
     buckets = SharedBuckets(tmp_path)
     assert buckets.take("k", 20.0, 1) == 0
     assert buckets.take("k", 20.0, 1) == 1
+    # Not a wait for something: the time that passes is what refills the bucket under test.
     time.sleep(0.1)  # 2 tokens' worth at 20/s, capped at the bucket size of 1
     assert buckets.take("k", 20.0, 1) == 0
     assert buckets.take("k", 20.0, 1) == 1
@@ -77,7 +79,7 @@ def test_batch_rows_are_the_first_dimension_of_the_first_input() -> None:
 def _slow_batched_model(calls: list[int], seconds: float) -> Model:
     def predict(inputs):
         calls.append(len(inputs["x"]))
-        time.sleep(seconds)
+        time.sleep(seconds)  # a slow model: what queues behind it waits
         return {"y": inputs["x"]}
 
     spec = [TensorSpec("x", "FP32", [-1])]
@@ -95,8 +97,9 @@ def test_batched_request_stops_waiting_at_its_deadline_and_leaves_the_queue() ->
         for rows in (1, 3)
     ]
     others[0].start()
-    time.sleep(0.1)  # the first request is predicting; the next ones queue behind it
+    eventually(lambda: calls == [1], message="the first request is predicting")
     others[1].start()
+    eventually(lambda: batcher.queued == 1, message="the next request queues behind it")
     with deadlines.until(time.monotonic() + 0.1), pytest.raises(deadlines.RequestTimeout):
         batcher.submit({"x": np.ones(2, np.float32)})
     assert batcher.queued == 1
@@ -108,13 +111,15 @@ def test_batched_request_stops_waiting_at_its_deadline_and_leaves_the_queue() ->
 
 def test_app_answers_504_when_the_deadline_passes_in_the_batch_queue() -> None:
     server = ModelServer(settings=Settings(request_timeout_ms=150))
+    predicting = threading.Event()
 
     @server.model(
         "slow", inputs=[Tensor("x", "FP32", [-1])], outputs=[Tensor("y", "FP32", [-1])],
         max_batch_size=8,
     )
     def slow(x):
-        time.sleep(0.6)
+        predicting.set()
+        time.sleep(0.6)  # a slow model: the request queued behind it outlives its deadline
         return x
 
     app = server.app
@@ -126,7 +131,7 @@ def test_app_answers_504_when_the_deadline_passes_in_the_batch_queue() -> None:
 
     running = threading.Thread(target=call)
     running.start()
-    time.sleep(0.1)
+    eventually(predicting.is_set, message="the first request is predicting")
     late = app.test_client().post("/v2/models/slow/infer", json=body)
     running.join()
     # A predict that already runs is never cut short; the request queued behind it is.

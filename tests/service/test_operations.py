@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,14 +21,7 @@ from service_models import (
     write_versioned,
 )
 
-
-def wait_for(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
+from waiting import eventually
 
 
 def test_sigterm_finishes_every_in_flight_request_then_exits(tmp_path, start_server) -> None:
@@ -41,7 +33,8 @@ def test_sigterm_finishes_every_in_flight_request_then_exits(tmp_path, start_ser
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(requests.post, url, json=slow_body(1.5), timeout=20)
                    for _ in range(6)]
-        wait_for(lambda: slow_predicts_started(tmp_path) == 6)  # all six are in predict
+        eventually(lambda: slow_predicts_started(tmp_path) == 6,
+                   message="all six requests are in predict")
         os.kill(server.process.pid, signal.SIGTERM)
         responses = [f.result() for f in futures]
     assert [r.status_code for r in responses] == [200] * 6
@@ -81,15 +74,28 @@ def running_clients(client, count: int, *args) -> Iterator[list[list]]:
             thread.join(timeout=15)
 
 
+def answered_more(results: list[list], count: int) -> list[int]:
+    """Until every client has `count` more answers than now; returns how many each had now."""
+    marks = [len(out) for out in results]
+    eventually(
+        lambda: all(len(out) >= mark + count for out, mark in zip(results, marks, strict=True)),
+        message=f"every client has {count} more answers",
+    )
+    return marks
+
+
 def test_new_version_swaps_in_without_a_failed_request(tmp_path, start_server) -> None:
     write_versioned(tmp_path, 1)
     server = start_server([str(tmp_path), "--workers", "2", "--threads", "4", "--model-control"])
+    server.wait_for_log("model versioned version 1 is ready", count=2)
     url = f"{server.url}/v2/models/versioned/infer"
     with running_clients(_hammer, 4, url, versioned_body(2)) as results:
-        time.sleep(0.5)
+        eventually(lambda: all(len(out) >= 3 for out in results), message="every client is served")
         write_versioned(tmp_path, 2)
         loaded = requests.post(f"{server.url}/v2/repository/models/versioned/load", timeout=30)
-        time.sleep(2.0)  # the other worker replays the load within a poll interval
+        # The other worker replays the load within a poll interval.
+        server.wait_for_log("model versioned version 2 is ready", count=2)
+        answered_more(results, 3)
     answers = [answer for out in results for answer in out]
     assert loaded.status_code == 200
     failures = [answer for answer in answers if answer[0] != 200]
@@ -109,12 +115,12 @@ def test_killed_worker_is_replaced_and_only_its_requests_fail(tmp_path, start_se
     assert len(before) == 2
     url = f"{server.url}/v2/models/versioned/infer"
     with running_clients(_hammer, 4, url, versioned_body()) as results:
-        time.sleep(0.7)
+        eventually(lambda: all(len(out) >= 3 for out in results), message="every client is served")
         victim = sorted(before)[0]
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(server.worker_pids() - {victim}) == 2)
-        marks = [len(out) for out in results]
-        time.sleep(1.0)
+        eventually(lambda: len(server.worker_pids() - {victim}) == 2,
+                   message="gunicorn replaces the killed worker")
+        marks = answered_more(results, 10)
     replaced = server.worker_pids()
     assert victim not in replaced and len(replaced) == 2
     # At most the one request each client had in flight on the killed worker failed, and it
@@ -169,11 +175,12 @@ def test_rolling_restart_loses_no_request_on_new_connections(tmp_path, start_ser
     before = server.worker_pids()
     url = f"{server.url}/v2/models/versioned/infer"
     with running_clients(_connect_each_time, 6, url, versioned_body()) as results:
-        time.sleep(0.5)
+        eventually(lambda: all(len(out) >= 3 for out in results), message="every client is served")
         os.kill(server.process.pid, signal.SIGHUP)
-        wait_for(lambda: not (server.worker_pids() & before)
-                 and server.log.count("model versioned version 1 is ready") == 4)
-        time.sleep(0.5)
+        eventually(lambda: not (server.worker_pids() & before)
+                   and server.log.count("model versioned version 1 is ready") == 4,
+                   message="both workers are replaced and have loaded the model")
+        answered_more(results, 5)
     answers = [answer for out in results for answer in out]
     assert len(answers) > 50
     assert [a for a in answers if a != 200] == []
@@ -186,10 +193,10 @@ def test_a_busy_keep_alive_client_does_not_hold_the_only_thread(tmp_path, start_
     server = start_server([str(tmp_path), "--workers", "1", "--threads", "1"])
     url = f"{server.url}/v2/models/versioned/infer"
     with running_clients(_hammer_lean, 1, server.port) as (busy,):
-        wait_for(lambda: len(busy) > 20)
+        eventually(lambda: len(busy) > 20, message="the busy client is served")
         other = requests.post(url, json=versioned_body(), timeout=5)
         answered_meanwhile = len(busy)
-        wait_for(lambda: len(busy) > answered_meanwhile)  # the busy client was still going
+        eventually(lambda: len(busy) > answered_meanwhile, message="the busy client goes on")
     assert other.status_code == 200
     assert set(busy) == {200}
 

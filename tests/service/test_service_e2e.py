@@ -6,7 +6,6 @@ import csv
 import io
 import subprocess
 import sys
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +16,9 @@ import requests
 
 from flaskserve.service.keys import add_key
 from servers import Server
+from waiting import eventually
+
+pytestmark = pytest.mark.e2e  # one two-worker server answers the whole module
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +152,20 @@ def test_usage_table_matches_what_each_key_sent(service, digits_data) -> None:
         body = orjson.dumps({"instances": features[i : i + 3].tolist()})
         send("dave", invocations, body, 3, {"X-Amzn-SageMaker-Target-Model": "digits"})
 
-    time.sleep(2.5)  # both workers fold their journals every second
-    report = requests.get(f"{server.url}/v2/usage", headers=bearer(keys["ops"]), timeout=10)
-    assert report.status_code == 200
-    rows = {row["key"]: row for row in report.json()["usage"] if row["key"] in sent}
+    def usage() -> dict[str, dict]:
+        report = requests.get(f"{server.url}/v2/usage", headers=bearer(keys["ops"]), timeout=10)
+        assert report.status_code == 200
+        return {row["key"]: row for row in report.json()["usage"] if row["key"] in sent}
+
+    def counted(rows: dict[str, dict]) -> bool:
+        return all(
+            key_id in rows and {name: rows[key_id][name] for name in tally} == dict(tally)
+            for key_id, tally in sent.items()
+        )
+
+    # Both workers fold their journals every second: the table catches up with what was sent.
+    eventually(lambda: counted(usage()), message="the usage table counts every request sent")
+    rows = usage()
     for key_id, tally in sent.items():
         row = rows[key_id]
         assert row["model"] == "digits"

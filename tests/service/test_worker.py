@@ -48,7 +48,7 @@ def test_a_worker_with_a_connection_per_thread_pauses_accepting_then_resumes() -
             assert not worker._accepting
             worker.set_accept_enabled(True)  # what the main loop asks on every turn
             assert not worker._accepting, "accepting again before the pause ended"
-            time.sleep(ACCEPT_PAUSE_S * 2)
+            time.sleep(ACCEPT_PAUSE_S * 2)  # the pause's length is what is under test
             worker.set_accept_enabled(True)
             assert worker._accepting
             worker.accept(listener)  # beyond one per thread: one at a time, then a pause

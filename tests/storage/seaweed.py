@@ -12,13 +12,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import boto3
 from botocore.config import Config
 
 from servers import stop_process_group
+from waiting import eventually
 
 ACCESS_KEY = "flaskserve-admin"
 SECRET_KEY = "flaskserve-admin-secret"
@@ -81,19 +81,21 @@ class SeaweedS3:
     def _wait_writable(self, timeout: float) -> None:
         """Until a bucket can be created and written: the S3 port opens before volumes are up."""
         client = self.client()
-        deadline = time.monotonic() + timeout
-        while True:
+        failures: list[Exception] = []
+
+        def writable() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(f"weed exited early:\n{self.log}")
             try:
                 client.create_bucket(Bucket="flaskserve-probe")
                 client.put_object(Bucket="flaskserve-probe", Key="probe", Body=b"ok")
-                return
+                return True
             except Exception as exc:
-                if time.monotonic() > deadline:
-                    message = f"SeaweedFS not writable in {timeout}s:\n{self.log}"
-                    raise RuntimeError(message) from exc
-                time.sleep(0.2)
+                failures[:] = [exc]
+                return False
+
+        eventually(writable, timeout=timeout, interval=0.2,
+                   message=lambda: f"SeaweedFS is writable ({failures}):\n{self.log}")
 
     @property
     def log(self) -> str:

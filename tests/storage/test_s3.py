@@ -6,7 +6,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from seaweed import OUTSIDER_KEY, OUTSIDER_SECRET, client_env, upload_tree
 
 from flaskserve.app import create_app
 from flaskserve.settings import Settings
+from waiting import eventually
 
 FLASKSERVE = [sys.executable, "-m", "flaskserve"]
 
@@ -45,16 +45,18 @@ def served_versions(url: str) -> list[str]:
     return requests.get(f"{url}/v2/models/digits", timeout=10).json()["versions"]
 
 
-def wait_for_version(url: str, version: str, body: dict, attempts: int = 100) -> None:
-    """Until every worker answers with `version` (the others replay the load within ~0.2 s)."""
-    streak = 0
-    for _ in range(attempts):
+def wait_for_version(url: str, version: str, body: dict) -> None:
+    """Until every worker answers with `version`: eight answers in a row (the other workers
+    replay the load within ~0.2 s)."""
+    seen: list[str] = []
+
+    def settled() -> bool:
         reply = requests.post(f"{url}/v2/models/digits/infer", json=body, timeout=10).json()
-        streak = streak + 1 if reply["model_version"] == version else 0
-        if streak >= 8:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the server did not settle on version {version}: {reply}")
+        seen.append(reply["model_version"])
+        return seen[-8:] == [version] * 8
+
+    eventually(settled, interval=0.05,
+               message=lambda: f"the server settles on version {version} (last: {seen[-8:]})")
 
 
 def mirror_snapshots(cache: Path, bucket: str) -> list[str]:

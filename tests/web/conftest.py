@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from flaskserve.models import digits
-
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -92,10 +90,10 @@ def write_python_model(root: Path, name: str, toml: str, module: str, source: st
 
 
 @pytest.fixture(scope="session")
-def playground_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def playground_repo(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> Path:
     """digits (drawing pad), letters (text with embeddings) and tabular (JSON editor)."""
     root = tmp_path_factory.mktemp("playground")
-    digits.build(root / "digits")
+    shutil.copytree(digits_model, root / "digits")
     write_python_model(root, "letters", LETTERS_TOML, "letters", LETTERS_PY)
     write_python_model(root, "tabular", TABULAR_TOML, "tabular", TABULAR_PY)
     return root

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from flaskserve.models import minilm
+
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Strokes on the 280x280 pad, as a person would draw them.
@@ -156,7 +158,6 @@ def test_text_and_json_pages(start_server, playground_repo, page, screenshots) -
 
 
 def test_minilm_page_compares_sentences(start_server, tmp_path, page, screenshots) -> None:
-    minilm = pytest.importorskip("flaskserve.models.minilm")
     minilm.build(tmp_path / "minilm")
     server = start_server([str(tmp_path), "--workers", "1"], timeout=240)
     page.goto(server.url + "/models/minilm")
