@@ -162,11 +162,11 @@ def test_with_a_window_requests_arriving_within_it_share_the_batch_which_goes_on
     batcher = batchers(make_model(recorder, max_batch_size=8, max_delay_ms=60_000))
     busy = occupy(batcher, recorder)
     leader = Client(batcher, {"x": rows_of(1, 10)})
-    wait_until(lambda: batcher.queued == 1, "a request queues behind the running predict")
+    eventually(lambda: batcher.queued == 1, message="a request queues behind the running predict")
     recorder.gate.set()
     assert_answered_exactly(busy.join())  # the predict ended: the leader now waits for company
     late = Client(batcher, {"x": rows_of(3, 20)})
-    wait_until(lambda: batcher.queued == 2, "a request arriving after the predict queues")
+    eventually(lambda: batcher.queued == 2, message="a request arriving after the predict queues")
     assert len(recorder.calls) == 1, "the leader ran before its window ended or the batch filled"
     filling = Client(batcher, {"x": rows_of(4, 50)})  # 1 + 3 + 4 = 8 rows: full, goes at once
     for client in (leader, late, filling):
@@ -180,7 +180,7 @@ def test_when_the_window_ends_the_leader_runs_the_rows_it_has(batchers: Any) -> 
     batcher = batchers(make_model(recorder, max_batch_size=8, max_delay_ms=1000))
     busy = occupy(batcher, recorder)
     leader = Client(batcher, {"x": rows_of(1, 10)})
-    wait_until(lambda: batcher.queued == 1, "a request queues behind the running predict")
+    eventually(lambda: batcher.queued == 1, message="a request queues behind the running predict")
     recorder.gate.set()
     assert_answered_exactly(busy.join())
     late = Client(batcher, {"x": rows_of(2, 20)})  # within the window, yet the batch is not full
@@ -344,7 +344,7 @@ def test_closing_fails_a_leader_waiting_out_its_window_at_once(batchers: Any) ->
     batcher = batchers(make_model(recorder, max_delay_ms=60_000))
     busy = occupy(batcher, recorder)
     leader = Client(batcher, {"x": rows_of(1, 10)})
-    wait_until(lambda: batcher.queued == 1, "a request queues behind the running predict")
+    eventually(lambda: batcher.queued == 1, message="a request queues behind the running predict")
     recorder.gate.set()
     assert_answered_exactly(busy.join())
     batcher.close()
