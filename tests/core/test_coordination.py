@@ -59,7 +59,10 @@ def test_a_worker_publishes_over_a_corrupt_file_and_others_follow(digits_repo, t
     (tmp_path / STATE_FILE).write_text('{"generation": "x", "models": 3}')
     first = ModelRepository(digits_repo, load_model)
     first.load_all()
-    RepositoryControl(first, tmp_path, generations(tmp_path), poll_seconds=60).unload("digits")
+    control = RepositoryControl(
+        first, tmp_path, generations(tmp_path), poll_seconds=60, enabled=True
+    )
+    control.unload("digits")
     assert generations(tmp_path) == {"digits": 1}
     second = ModelRepository(digits_repo, load_model)
     second.load_all()
