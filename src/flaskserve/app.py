@@ -16,9 +16,11 @@ from flaskserve.core.repository import ModelRepository
 from flaskserve.observability import endpoint as metrics_endpoint
 from flaskserve.observability import requests as request_hooks
 from flaskserve.protocol import openai, sagemaker, v1, v2
+from flaskserve.protocol.http_context import REQUEST_ID_KEY
 from flaskserve.protocol.v2 import json_response
 from flaskserve.runtimes.registry import load_model
 from flaskserve.service import browser
+from flaskserve.service.steps import steps
 from flaskserve.settings import Settings
 from flaskserve.storage import open_mirror
 from flaskserve.web import home, openapi
@@ -67,7 +69,7 @@ def create_app(
         repository = open_repository(settings)
     app = Flask("flaskserve")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    dataplane = DataPlane(repository)
+    dataplane = DataPlane(repository, steps(settings))
     app.extensions["flaskserve"] = dataplane
     control = RepositoryControl(
         repository, state_dir, baseline, enabled=model_control_enabled(settings)
@@ -92,17 +94,13 @@ def create_app(
 def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(FlaskServeError)
     def flaskserve_error(exc: FlaskServeError) -> Response:
-        return json_response({"error": exc.message}, exc.status_code)
-
-    @app.errorhandler(ModelFailed)
-    def model_failed(exc: ModelFailed) -> Response:
-        # The exception's text goes to the log only, on the line that carries the request id.
-        request_id = request.environ.get(request_hooks.REQUEST_ID_KEY) or "-"
-        log.error(
-            "request %s: model %s version %s failed: %s: %s",
-            request_id, exc.model, exc.version, exc.kind, exc.cause, exc_info=exc.cause,
-        )
-        return json_response({"error": exc.client_message(request_id)}, exc.status_code)
+        """Every refusal and failure a client can be told about, from any layer or hook."""
+        request_id = request.environ.get(REQUEST_ID_KEY) or "-"
+        if isinstance(exc, ModelFailed):
+            exc.log_to(log, request_id)
+        response = json_response({"error": exc.client_message(request_id)}, exc.status_code)
+        response.headers.update(exc.headers)
+        return response
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc: RequestEntityTooLarge) -> Response:

@@ -433,6 +433,39 @@ def test_sigterm_lets_a_running_call_finish_and_refuses_new_ones(start_server, t
     assert server.process.wait(timeout=60) == 0
 
 
+BROKEN_PY = """\
+class Broken:
+    def predict(self, x):
+        raise RuntimeError("secret /etc/credentials path")
+"""
+
+
+def test_a_model_failure_is_logged_with_the_calls_request_id_which_the_client_hears(
+    start_server, tmp_path
+) -> None:
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    toml = GATE_TOML.replace("gate:Gate", "broken:Broken")
+    (tmp_path / "broken" / "model.toml").write_text(toml)
+    (tmp_path / "broken" / "1" / "broken.py").write_text(BROKEN_PY)
+    port = free_port()
+    server = start_server([str(tmp_path), "--workers", "1", "--grpc-port", str(port)])
+    client = grpc_client(port)
+    tensor = tg.InferInput("x", [3], "INT32")
+    tensor.set_data_from_numpy(np.array([1, 2, 3], dtype=np.int32))
+
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("broken", [tensor], headers={"x-request-id": "grpc-req-42"})
+
+    assert str(caught.value.status()) == "StatusCode.INTERNAL"
+    details = caught.value.message()
+    assert "RuntimeError" in details and "request id grpc-req-42" in details
+    assert "secret" not in details
+    wait_for(lambda: "secret /etc/credentials path" in server.log)
+    failed = [line for line in server.log.splitlines() if "secret /etc/credentials" in line]
+    assert any("request grpc-req-42" in line for line in failed)
+    assert "Traceback" in server.log
+
+
 def test_the_committed_descriptor_is_the_compiled_inference_proto() -> None:
     pytest.importorskip("grpc_tools")
     from flaskserve.protocol.grpc.regenerate import compile_proto

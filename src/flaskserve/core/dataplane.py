@@ -1,25 +1,30 @@
 """The protocol-neutral data plane: every front door (V2, V1, SageMaker) ends up here.
 
-Routes decode their wire format into arrays and call `infer`; this module finds the model, checks
-the request against its signature, runs it and conforms the outputs. A failure inside a model
-raises `ModelFailed`, which carries the exception for the web layer to log with the request id;
-the client hears only its type.
+Routes decode their wire format into arrays and call `infer` with the request's
+`InferenceContext`; this module runs the cross-cutting steps it was built with (limits, the
+deadline, usage: see `Step`), finds the model, checks the request against its signature, runs it
+and conforms the outputs. `infer` is the whole sequence; nothing wraps or replaces it. A failure
+inside a model raises `ModelFailed`, which carries the exception for the front door to log with
+the request id; the client hears only its type.
 
 Models whose `max_batch_size` > 0 run through one `Batcher` per model version, created on the
-version's first request and closed when the repository unloads that version.
+version's first request and closed when the repository says it unloaded that version.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from flaskserve import __version__
+from flaskserve.core import deadlines
 from flaskserve.core.batching import Batcher, run_model
+from flaskserve.core.context import InferenceContext, Step
 from flaskserve.core.errors import ModelNotReady
 from flaskserve.core.model import Arrays, Model
 from flaskserve.core.repository import ModelEntry, ModelRepository
@@ -32,11 +37,14 @@ EXTENSIONS = ["model_repository", "binary_tensor_data"]
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, steps: Iterable[Step] = ()) -> None:
         self.repository = repository
+        #: Run in this order before every inference, and after it.
+        self.steps: tuple[Step, ...] = tuple(steps)
         #: id(model) -> its batcher; the batcher holds the model, so the id stays unique.
         self._batchers: dict[int, Batcher] = {}
         self._batchers_lock = threading.Lock()
+        repository.on_unload.append(self._stop_batcher)
 
     def infer(
         self,
@@ -45,9 +53,37 @@ class DataPlane:
         inputs: Mapping[str, np.ndarray],
         datatypes: Mapping[str, str],
         outputs: Sequence[str] | None = None,
+        context: InferenceContext | None = None,
     ) -> tuple[Model, Arrays]:
         """Run `inputs` through the model; `outputs` (names the client asked for) are checked
-        before any compute is spent."""
+        before any compute is spent. Every step sees the request before the model runs and
+        after it ended, failed or not; waiting stops at `context.deadline`."""
+        if context is None:
+            context = InferenceContext("python")
+        for step in self.steps:
+            step.before(context, name, inputs)
+        started = time.perf_counter()
+        model: Model | None = None
+        try:
+            if context.deadline is None:
+                model, result = self._lookup_and_run(name, version, inputs, datatypes, outputs)
+            else:
+                with deadlines.until(context.deadline):
+                    model, result = self._lookup_and_run(name, version, inputs, datatypes, outputs)
+            return model, result
+        finally:
+            seconds = time.perf_counter() - started
+            for step in self.steps:
+                step.after(context, model, inputs, seconds)
+
+    def _lookup_and_run(
+        self,
+        name: str,
+        version: str | None,
+        inputs: Mapping[str, np.ndarray],
+        datatypes: Mapping[str, str],
+        outputs: Sequence[str] | None,
+    ) -> tuple[Model, Arrays]:
         model = self.repository.get(name, version)
         try:
             return model, self._run(model, inputs, datatypes, outputs)
@@ -75,21 +111,14 @@ class DataPlane:
         return run_model(model, dict(inputs))
 
     def _start_batcher(self, model: Model) -> Batcher:
-        """The batcher of `model`, started on its first request; unloading the model closes it."""
+        """The batcher of `model`, started on its first request; the repository's unload
+        notice (`_stop_batcher`) closes it."""
         with self._batchers_lock:
             batcher = self._batchers.get(id(model))
             if batcher is not None:
                 return batcher
             batcher = Batcher(model)
             self._batchers[id(model)] = batcher
-            runtime_unload = model.unload_fn
-
-            def unload() -> None:
-                self._stop_batcher(model)
-                if runtime_unload is not None:
-                    runtime_unload()
-
-            model.unload_fn = unload
         if not self._serves(model):  # unloaded between the lookup and now
             self._stop_batcher(model)
             raise ModelNotReady(f"model {model.name!r} version {model.version} was unloaded")

@@ -1,23 +1,36 @@
 """One exception family for everything a client can get wrong or wait for.
 
-Each error carries the HTTP status it maps to, so the protocol layer renders every failure the
-same way (`{"error": "..."}`) without knowing where it was raised. Messages are written for the
-person sending the request: they say what to change, never how the server failed inside.
+Each error carries the HTTP status it maps to, and the headers that go with it (`Retry-After`,
+`WWW-Authenticate`), so one handler renders every failure the same way (`{"error": "..."}`)
+without knowing where it was raised, and gRPC maps the same status to its code. Messages are
+written for the person sending the request: they say what to change, never how the server
+failed inside.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
+_NO_HEADERS: Mapping[str, str] = {}
+
 
 class FlaskServeError(Exception):
-    """Base of every error that reaches a client; `status_code` is its HTTP status."""
+    """Base of every error that reaches a client; `status_code` is its HTTP status and
+    `headers` the response headers it needs."""
 
     status_code = 500
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, headers: Mapping[str, str] = _NO_HEADERS) -> None:
         super().__init__(message)
         self.message = message
+        self.headers = headers
 
     def __str__(self) -> str:
+        return self.message
+
+    def client_message(self, request_id: str) -> str:
+        """What the client is told; `request_id` lets an error point at the server's log."""
         return self.message
 
 
@@ -27,10 +40,50 @@ class InvalidInput(FlaskServeError):
     status_code = 400
 
 
-class ModelNotFound(FlaskServeError):
-    """No model (or no such version of it) is known to the repository."""
+class NotFound(FlaskServeError):
+    """The thing asked for does not exist here (or is switched off)."""
 
     status_code = 404
+
+
+class ModelNotFound(NotFound):
+    """No model (or no such version of it) is known to the repository."""
+
+
+class Unauthorized(FlaskServeError):
+    """No API key, or one the server does not know; `challenge` is the `WWW-Authenticate`
+    value telling an HTTP client how to authenticate."""
+
+    status_code = 401
+
+    def __init__(self, message: str, challenge: str = 'Bearer realm="flaskserve"') -> None:
+        super().__init__(message, {"WWW-Authenticate": challenge})
+
+
+class Forbidden(FlaskServeError):
+    """A valid key that may not do this (another model, or a route for admin keys)."""
+
+    status_code = 403
+
+
+class RateLimited(FlaskServeError):
+    """The key sent more than its rate allows; it may retry after `retry_after` seconds."""
+
+    status_code = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
+
+
+class Overloaded(FlaskServeError):
+    """The server is shedding load; the client may retry after `retry_after` seconds."""
+
+    status_code = 503
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after)})
+        self.retry_after = retry_after
 
 
 class ModelNotReady(FlaskServeError):
@@ -62,6 +115,13 @@ class ModelFailed(InferenceFailed):
 
     def client_message(self, request_id: str) -> str:
         return f"{self.message}; request id {request_id}, see the server log"
+
+    def log_to(self, log: logging.Logger, request_id: str) -> None:
+        """The exception's text and traceback, on the line that carries the request id."""
+        log.error(
+            "request %s: model %s version %s failed: %s: %s",
+            request_id, self.model, self.version, self.kind, self.cause, exc_info=self.cause,
+        )  # fmt: skip
 
 
 class ModelLoadError(Exception):

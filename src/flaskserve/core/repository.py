@@ -47,6 +47,8 @@ def is_folder_name(name: str) -> bool:
 
 #: Turns a model's config, one version number and its folder into a loaded `Model`.
 Loader = Callable[[ModelConfig, str, Path], Model]
+#: Told about each model version the repository stops serving, before the runtime unloads it.
+UnloadListener = Callable[[Model], None]
 #: Brings one model's files under `root` up to date before it is reloaded (a remote repository's
 #: mirror, see `flaskserve.storage`); the repository itself only ever reads local folders.
 Sync = Callable[[str], None]
@@ -85,6 +87,9 @@ class ModelRepository:
         self._sync = sync
         self._entries: dict[str, ModelEntry] = {}
         self._lock = threading.Lock()
+        #: Called with every version unloaded or replaced (the data plane closes its batcher
+        #: there), then the runtime's own `Model.unload` runs; nobody rewrites a model's code.
+        self.on_unload: list[UnloadListener] = []
 
     # -- discovery and loading -------------------------------------------------------------
 
@@ -199,7 +204,15 @@ class ModelRepository:
         if old is not None:
             for status in old.versions.values():
                 if status.model is not None:
-                    status.model.unload()
+                    self._unloaded(status.model)
+
+    def _unloaded(self, model: Model) -> None:
+        for listener in self.on_unload:
+            try:
+                listener(model)
+            except Exception:  # one listener's failure must not keep the runtime loaded
+                log.exception("unload listener failed for %s version %s", model.name, model.version)
+        model.unload()
 
     # -- lookups (request path) -------------------------------------------------------------
 

@@ -8,36 +8,26 @@ WSGI environ, where the access loggers (gunicorn's and the debug server's) read 
 
 from __future__ import annotations
 
-import os
-import re
 import time
 
 from flask import Flask, Response, request
 
+from flaskserve.core.context import InferenceContext, new_request_id, request_id_from
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.observability import metrics
 from flaskserve.protocol import openai
+from flaskserve.protocol.http_context import CONTEXT_KEY, PROTOCOL_OF_ENDPOINT, REQUEST_ID_KEY
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
+
+__all__ = ["MODEL_KEY", "REQUEST_ID_KEY", "install", "new_request_id"]
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"
-#: WSGI environ keys the access loggers read.
-REQUEST_ID_KEY = "flaskserve.request_id"
+#: WSGI environ key the access loggers read (beside `REQUEST_ID_KEY`).
 MODEL_KEY = "flaskserve.model"
 _STARTED_KEY = "flaskserve.started"
 _PROTOCOL_KEY = "flaskserve.protocol"
 _LABELS_KEY = "flaskserve.labels"
-
-#: Flask endpoint -> the protocol label of the inference routes.
-PROTOCOL_OF_ENDPOINT = {
-    "v2.infer": "v2",
-    "v1.predict": "v1",
-    "sagemaker.invocations": "sagemaker",
-    "openai.embeddings": "openai",
-}
-
-#: A client's request id is echoed when it is short printable ASCII (it lands in logs verbatim).
-_VALID_REQUEST_ID = re.compile(r"[\x21-\x7e]{1,128}")
 
 
 def install(app: Flask, dataplane: DataPlane) -> None:
@@ -50,14 +40,13 @@ def install(app: Flask, dataplane: DataPlane) -> None:
     @app.before_request
     def start() -> None:
         environ = request.environ
-        given = environ.get(_REQUEST_ID_ENVIRON)  # not request.headers: built per request
-        environ[REQUEST_ID_KEY] = (
-            given if given and _VALID_REQUEST_ID.fullmatch(given) else new_request_id()
-        )
+        # not request.headers: built per request
+        request_id = environ[REQUEST_ID_KEY] = request_id_from(environ.get(_REQUEST_ID_ENVIRON))
         protocol = PROTOCOL_OF_ENDPOINT.get(request.endpoint or "")
         if protocol is None:
             return
         environ[_PROTOCOL_KEY] = protocol
+        environ[CONTEXT_KEY] = InferenceContext(protocol, request_id)
         environ[_STARTED_KEY] = time.perf_counter()
         name = _model_name(protocol, dataplane)
         environ[MODEL_KEY] = name
@@ -80,11 +69,6 @@ def install(app: Flask, dataplane: DataPlane) -> None:
         labels = request.environ.pop(_LABELS_KEY, None)
         if labels is not None:
             metrics.request_ended(labels[0])
-
-
-def new_request_id() -> str:
-    """32 random hex digits (what uuid4().hex gives, without building a UUID object)."""
-    return os.urandom(16).hex()
 
 
 def _model_name(protocol: str, dataplane: DataPlane) -> str | None:

@@ -29,6 +29,7 @@ from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelNotFound
 from flaskserve.core.model import Model, TensorSpec
 from flaskserve.protocol.codec import dumps, loads
+from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.v2 import json_response
 
 OWNER = "flaskserve"
@@ -190,7 +191,9 @@ def create_embeddings(dataplane: DataPlane, body: Any) -> dict[str, Any]:
     spec = model.inputs[0]
     array = np.empty(len(texts), dtype=object)
     array[:] = [text.encode("utf-8", "surrogatepass") for text in texts]
-    model, outputs = dataplane.infer(name, None, {spec.name: array}, {spec.name: "BYTES"})
+    model, outputs = dataplane.infer(
+        name, None, {spec.name: array}, {spec.name: "BYTES"}, None, http_context()
+    )
     vectors = np.ascontiguousarray(outputs[model.outputs[0].name], dtype="<f4")
     _check_dimensions(dimensions, vectors.shape[1])
     return {

@@ -21,6 +21,7 @@ from flaskserve.core.errors import InvalidInput, ModelNotReady
 from flaskserve.core.model import Arrays, Model
 from flaskserve.core.signature import check_signature
 from flaskserve.protocol.codec import MAX_DIMS, check_shape_limits, decode_json_data, loads
+from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.openai import model_object
 from flaskserve.protocol.v2 import json_response
 
@@ -57,7 +58,7 @@ def predict_instances(dataplane: DataPlane, name: str, instances: Any) -> dict[s
     model = dataplane.repository.get(name)
     inputs = instances_to_arrays(model, instances)
     datatypes = {spec.name: spec.datatype for spec in model.inputs}
-    model, outputs = dataplane.infer(name, None, inputs, datatypes)
+    model, outputs = dataplane.infer(name, None, inputs, datatypes, None, http_context())
     return {"predictions": predictions(model, outputs)}
 
 

@@ -15,6 +15,7 @@ from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InvalidInput
 from flaskserve.protocol.codec import dumps, loads
+from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.infer import (
     HEADER_LENGTH,
     encode_infer_response,
@@ -35,7 +36,7 @@ def infer_response(dataplane: DataPlane, name: str, version: str | None) -> Resp
     model = dataplane.repository.get(name, version)
     parsed = parse_infer_request(request.get_data(), request.headers.get(HEADER_LENGTH), model)
     model, outputs = dataplane.infer(
-        name, version, parsed.inputs, parsed.datatypes, output_names(parsed)
+        name, version, parsed.inputs, parsed.datatypes, output_names(parsed), http_context()
     )
     body, json_length = encode_infer_response(model, outputs, parsed)
     if json_length is None:
@@ -96,7 +97,7 @@ def create_blueprint(dataplane: DataPlane, control: RepositoryControl) -> Bluepr
     def load_model(name: str) -> Response:
         entry = control.load(name)
         if entry.default is None:
-            return json_response({"error": f"model {name!r} failed to load: {entry.reason}"}, 400)
+            raise InvalidInput(f"model {name!r} failed to load: {entry.reason}")
         return json_response({})
 
     @bp.post("/repository/models/<name>/unload")

@@ -6,6 +6,7 @@
 - `metering`: per-key, per-model usage journaled per request and folded into SQLite;
 - `prometheus`: the same usage as counters labelled by key id;
 - `worker`: the gthread worker that measures how long a request waited for a thread;
+- `steps`: the data plane's steps (batch-row limit, deadline, usage), shared by HTTP and gRPC;
 - `hooks`: `install(app, dataplane, settings)`, which wires all of it into an app.
 
 Everything is off unless asked for (`--auth`, `--usage-db`, `--max-batch-rows`,

@@ -10,10 +10,11 @@ protocols. Access follows the HTTP routes' rules (`service.auth`):
   load and unload need `--model-control`, as over HTTP.
 
 The key comes in the call's metadata as `authorization: Bearer <key>` (or `x-api-key`).
-ModelInfer is rate limited, held to `--max-batch-rows` and `--request-timeout-ms` (or the
-client's own deadline, when sooner), metered, and counted in the request metrics with the
-protocol label `grpc` and, as status, the HTTP status of the same outcome (so one alert on 5xx
-covers both protocols).
+ModelInfer is rate limited here, held to `--max-batch-rows` and `--request-timeout-ms` (or the
+client's own deadline, when sooner) by the data plane's steps (`service.steps`, as over HTTP),
+metered from the usage those steps leave in the call's `InferenceContext`, and counted in the
+request metrics with the protocol label `grpc` and, as status, the HTTP status of the same
+outcome (so one alert on 5xx covers both protocols).
 """
 
 from __future__ import annotations
@@ -21,35 +22,18 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-import numpy as np
-
-from flaskserve.core import deadlines
-from flaskserve.core.errors import FlaskServeError
-from flaskserve.core.model import Arrays, Model
+from flaskserve.core.context import InferenceContext
+from flaskserve.core.errors import Forbidden, RateLimited, Unauthorized
 from flaskserve.core.repository import ModelRepository
 from flaskserve.observability import metrics
-from flaskserve.protocol.grpc.servicer import Call, Run
+from flaskserve.protocol.grpc.servicer import PROTOCOL, Call
 from flaskserve.service import metering, prometheus
 from flaskserve.service.hooks import Service
 from flaskserve.service.keys import ApiKey
-from flaskserve.service.limits import batch_rows, check_batch_rows
 
 OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ModelReady", "ServerMetadata"})
 MODEL_RPCS = frozenset({"ModelMetadata", "ModelInfer"})
 INFER_RPC = "ModelInfer"
-PROTOCOL = "grpc"
-
-
-class Unauthenticated(FlaskServeError):
-    status_code = 401
-
-
-class PermissionDenied(FlaskServeError):
-    status_code = 403
-
-
-class RateLimited(FlaskServeError):
-    status_code = 429
 
 
 def presented_key(metadata: Mapping[str, str]) -> str | None:
@@ -76,9 +60,9 @@ class GrpcGuard:
         model: str | None,
         version: str | None,
         metadata: Mapping[str, str],
-        time_left: float | None,
+        context: InferenceContext,
     ) -> Call:
-        return GuardedCall(self, rpc, model, version, metadata, time_left)
+        return GuardedCall(self, rpc, model, version, metadata, context)
 
 
 class GuardedCall:
@@ -89,17 +73,15 @@ class GuardedCall:
         model: str | None,
         version: str | None,
         metadata: Mapping[str, str],
-        time_left: float | None,
+        context: InferenceContext,
     ) -> None:
         self.guard = guard
         self.rpc = rpc
         self.model = model
         self.version = version
         self.metadata = metadata
+        self.context = context
         self.started = time.perf_counter()
-        self.deadline = None if time_left is None else time.monotonic() + time_left
-        self.key_id: str | None = None
-        self.usage: tuple[str, int, float] | None = None
         self.inference = rpc == INFER_RPC
         if self.inference:
             self.labels = self._labels()
@@ -117,54 +99,35 @@ class GuardedCall:
             return
         presented = presented_key(self.metadata)
         if presented is None:
-            raise Unauthenticated(
+            raise Unauthorized(
                 "this server needs an API key: send the metadata 'authorization: Bearer <key>'"
             )
         key = service.keys.authenticate(presented)
         if key is None:
-            raise Unauthenticated(
-                "the API key is not valid (unknown or revoked); ask the operator for a key"
+            raise Unauthorized(
+                "the API key is not valid (unknown or revoked); ask the operator for a key",
+                'Bearer realm="flaskserve", error="invalid_token"',
             )
-        self.key_id = key.id
+        self.context.key_id = key.id
         if rpc in MODEL_RPCS:
             if not key.allows(self.model):
-                raise PermissionDenied(_not_allowed(key, self.model))
+                raise Forbidden(_not_allowed(key, self.model))
         elif not key.admin:
-            raise PermissionDenied(f"API key {key.id!r} is not an admin key; {rpc} needs one")
+            raise Forbidden(f"API key {key.id!r} is not an admin key; {rpc} needs one")
         if self.inference and key.rate > 0:
             retry_after = service.buckets.take(key.id, key.rate, key.bucket_size)
             if retry_after:
                 raise RateLimited(
                     f"API key {key.id!r} is limited to {key.rate:g} requests/s; retry after "
-                    f"{retry_after}s"
+                    f"{retry_after}s",
+                    retry_after,
                 )
-
-    def infer(self, inputs: Mapping[str, np.ndarray], run: Run) -> tuple[Model, Arrays]:
-        service = self.guard.service
-        name = self.model or ""
-        if service.max_batch_rows:
-            check_batch_rows(name, inputs, service.max_batch_rows)
-        deadline = self.deadline
-        if service.request_timeout:
-            ours = time.monotonic() + service.request_timeout
-            deadline = ours if deadline is None else min(deadline, ours)
-        started = time.perf_counter()
-        result: tuple[Model, Arrays] | None = None
-        try:
-            with deadlines.until(deadline):
-                result = run()
-            return result
-        finally:
-            model = result[0].name if result is not None else name
-            items = batch_rows(inputs) if result is not None else 0
-            self.usage = (model, items, time.perf_counter() - started)
-            if result is not None:
-                self.labels = (result[0].name, result[0].version)
 
     def done(self, status: int, bytes_in: int, bytes_out: int) -> None:
         if not self.inference:
             return
-        model, version = self.labels
+        served = self.context.served
+        model, version = (served.name, served.version) if served is not None else self.labels
         elapsed = time.perf_counter() - self.started
         metrics.request_answered(model, version, PROTOCOL, str(status), elapsed)
         metrics.request_ended(self.in_flight_label)
@@ -174,13 +137,17 @@ class GuardedCall:
         service = self.guard.service
         if service.meter is None and service.keys is None:
             return
-        key_id = self.key_id
+        context = self.context
+        key_id = context.key_id
         if key_id is None:
             if service.keys is not None:  # refused before the key was read: not billable
                 return
             key_id = metering.ANONYMOUS
         served = [entry.name for entry in self.guard.repository.entries()]
-        model, items, compute = self.usage or (self.model or "", 0, 0.0)
+        if context.served is not None:
+            model, items, compute = context.served.name, context.rows, context.compute
+        else:  # refused before (or by) the data plane: metered against the model named
+            model, items, compute = self.model or "", 0, context.compute
         if model not in served:
             model = prometheus.UNKNOWN_MODEL
         if service.meter is not None:

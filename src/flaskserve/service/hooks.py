@@ -1,5 +1,8 @@
 """Wiring the service layer into the Flask app: one gate before each request, one meter after.
 
+Every refusal is a `FlaskServeError` (with its `Retry-After` or `WWW-Authenticate` header)
+raised here and rendered by the app's one error handler.
+
 Order of checks on a request, cheapest refusal first; none of 1-3 reads the body, so a client
 without a valid key cannot make the server wait for (or buffer) one:
 
@@ -10,44 +13,40 @@ without a valid key cannot make the server wait for (or buffer) one:
 3. the key's rate limit: 429 + `Retry-After`;
 4. a chunked body (no Content-Length) over `--max-request-bytes` gets 413, as a sized one does.
 
-Inside the data plane (the one call every protocol makes, wrapped here): the batch-row limit
-(400) and the request's deadline (504 when it ran out while waiting). A request that loses a
-race with a model version swap is re-run by the data plane itself.
+Inside the data plane, as its steps (`service.steps`, shared with gRPC): the batch-row limit
+(400), the request's deadline (504 when it ran out while waiting), and the usage metered here
+after the response. The gate leaves the key id and the arrival time in the request's
+`InferenceContext`, which the route hands to the data plane.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from flask import Blueprint, Flask, Response, has_request_context, request
+from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from flaskserve.core import deadlines
 from flaskserve.core.dataplane import DataPlane
-from flaskserve.core.errors import InvalidInput
-from flaskserve.core.model import Arrays, Model
+from flaskserve.core.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    RateLimited,
+    Unauthorized,
+)
+from flaskserve.protocol.http_context import CONTEXT_KEY, http_context
 from flaskserve.protocol.v2 import json_response
 from flaskserve.service import auth, metering, prometheus, received
 from flaskserve.service.keys import ApiKey, KeyStore
-from flaskserve.service.limits import (
-    LocalBuckets,
-    SharedBuckets,
-    batch_rows,
-    check_batch_rows,
-    open_buckets,
-)
+from flaskserve.service.limits import LocalBuckets, SharedBuckets, open_buckets
 from flaskserve.service.worker import queue_wait
 from flaskserve.settings import Settings
 
 #: WSGI environ keys: the access log can show the key id next to the request id.
 KEY_ID_KEY = "flaskserve.key_id"
-_USAGE_KEY = "flaskserve.service.usage"
-_BASE_KEY = "flaskserve.service.base"
 
 
 def usage_db_path(settings: Settings) -> Path | None:
@@ -73,7 +72,8 @@ class Service:
 
 
 def install(app: Flask, dataplane: DataPlane, settings: Settings) -> Service:
-    """Add keys, limits, overload shedding and metering to `app` as `settings` ask."""
+    """Add keys, rate limits, overload shedding and metering to `app` as `settings` ask; the
+    data plane's own steps (`service.steps`) were given to `dataplane` when it was built."""
     db_path = usage_db_path(settings)
     service = Service(
         keys=KeyStore(Path(settings.auth)) if settings.auth else None,
@@ -86,79 +86,71 @@ def install(app: Flask, dataplane: DataPlane, settings: Settings) -> Service:
     app.extensions["flaskserve.service"] = service
     if service.meter is not None or service.keys is not None:
         app.wsgi_app = received.count_input(app.wsgi_app)  # type: ignore[method-assign]
-    dataplane.infer = _guarded_infer(dataplane, service)  # type: ignore[method-assign]
     app.register_blueprint(_usage_blueprint(service))
     app.before_request(_gate(dataplane, service))
     app.after_request(_metering(dataplane, service))
     return service
 
 
-def _gate(dataplane: DataPlane, service: Service) -> Callable[[], Response | None]:
+def _gate(dataplane: DataPlane, service: Service) -> Callable[[], None]:
     repository = dataplane.repository
 
-    def gate() -> Response | None:
+    def gate() -> None:
         if request.endpoint is None:  # no such route: Flask answers 404/405
-            return None
-        refusal = admit(request.endpoint)
+            return
+        admit(request.endpoint)
         coding = request.environ.get("HTTP_TRANSFER_ENCODING", "")
-        if refusal is None and "chunked" in coding.lower():
+        if "chunked" in coding.lower():
             _check_chunked_size(request.max_content_length)
-        return refusal
 
-    def admit(endpoint: str) -> Response | None:
-        environ = request.environ
+    def admit(endpoint: str) -> None:
+        """Raise the refusal for this request, if any."""
         inference = endpoint in auth.INFERENCE_ENDPOINTS
-        if inference:
+        context = http_context() if inference else None
+        if context is not None:
             waited = queue_wait()
-            now = time.monotonic()
-            environ[_BASE_KEY] = waited[1] if waited else now
+            if waited:
+                context.arrived = waited[1]
             if waited and service.max_queue_wait and waited[0] > service.max_queue_wait:
-                return _refusal(
-                    503,
+                raise Overloaded(
                     f"the server is overloaded: this request waited {waited[0]:.1f}s for a "
-                    "worker; retry after the time in Retry-After",
-                    {"Retry-After": "1"},
+                    "worker; retry after the time in Retry-After"
                 )
         if service.keys is None:
-            return None
+            return
         access = auth.access_of(endpoint, request.path)
         if access == auth.OPEN:
-            return None
+            return
         presented = auth.presented_key(request)
         if presented is None:
-            return _refusal(
-                401,
+            raise Unauthorized(
                 "this server needs an API key: send 'Authorization: Bearer <key>' or "
-                "'X-API-Key: <key>'",
-                {"WWW-Authenticate": 'Bearer realm="flaskserve"'},
+                "'X-API-Key: <key>'"
             )
         key = service.keys.authenticate(presented)
         if key is None:
-            return _refusal(
-                401,
+            raise Unauthorized(
                 "the API key is not valid (unknown or revoked); ask the operator for a key",
-                {"WWW-Authenticate": 'Bearer realm="flaskserve", error="invalid_token"'},
+                'Bearer realm="flaskserve", error="invalid_token"',
             )
-        environ[KEY_ID_KEY] = key.id
+        request.environ[KEY_ID_KEY] = key.id
+        if context is not None:
+            context.key_id = key.id
         if access == auth.ADMIN and not key.admin:
-            return _refusal(
-                403, f"API key {key.id!r} is not an admin key; {request.path} needs one"
-            )
+            raise Forbidden(f"API key {key.id!r} is not an admin key; {request.path} needs one")
         if access == auth.MODEL:
             served = [entry.name for entry in repository.entries()]
             model = auth.requested_model(request, served)
             if not key.allows(model):
-                return _refusal(403, _not_allowed(key, model))
-        if inference and key.rate > 0:
+                raise Forbidden(_not_allowed(key, model))
+        if context is not None and key.rate > 0:
             retry_after = service.buckets.take(key.id, key.rate, key.bucket_size)
             if retry_after:
-                return _refusal(
-                    429,
+                raise RateLimited(
                     f"API key {key.id!r} is limited to {key.rate:g} requests/s; retry after "
                     f"{retry_after}s",
-                    {"Retry-After": str(retry_after)},
+                    retry_after,
                 )
-        return None
 
     return gate
 
@@ -179,48 +171,6 @@ def _not_allowed(key: ApiKey, model: str | None) -> str:
     return f"API key {key.id!r} may not use model {model!r}; it may use: {allowed}"
 
 
-def _refusal(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
-    response = json_response({"error": message}, status)
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
-
-
-def _guarded_infer(dataplane: DataPlane, service: Service) -> Callable[..., tuple[Model, Arrays]]:
-    """`dataplane.infer` with the batch-row limit, the deadline and metering."""
-    original = dataplane.infer
-
-    def infer(
-        name: str,
-        version: str | None,
-        inputs: Mapping[str, np.ndarray],
-        datatypes: Mapping[str, str],
-        outputs: Sequence[str] | None = None,
-    ) -> tuple[Model, Arrays]:
-        if not has_request_context():
-            return original(name, version, inputs, datatypes, outputs)
-        if service.max_batch_rows:
-            check_batch_rows(name, inputs, service.max_batch_rows)
-        environ = request.environ
-        deadline = None
-        if service.request_timeout:
-            deadline = environ.get(_BASE_KEY, time.monotonic()) + service.request_timeout
-            if deadline <= time.monotonic():
-                raise deadlines.expired("waiting for a worker thread")
-        started = time.perf_counter()
-        result: tuple[Model, Arrays] | None = None
-        try:
-            with deadlines.until(deadline) if deadline is not None else nullcontext():
-                result = original(name, version, inputs, datatypes, outputs)
-            return result
-        finally:
-            model = result[0].name if result is not None else name
-            items = batch_rows(inputs) if result is not None else 0
-            environ[_USAGE_KEY] = (model, items, time.perf_counter() - started)
-
-    return infer
-
-
 def _metering(dataplane: DataPlane, service: Service) -> Callable[[Response], Response]:
     repository = dataplane.repository
     metered = service.meter is not None or service.keys is not None
@@ -229,17 +179,18 @@ def _metering(dataplane: DataPlane, service: Service) -> Callable[[Response], Re
         if not metered or request.endpoint not in auth.INFERENCE_ENDPOINTS:
             return response
         environ = request.environ
-        key_id = environ.get(KEY_ID_KEY)
+        context = environ.get(CONTEXT_KEY)
+        key_id = context.key_id if context is not None else None
         if key_id is None:
             if service.keys is not None:  # refused before the key was read: not billable
                 return response
             key_id = metering.ANONYMOUS
         served = [entry.name for entry in repository.entries()]
-        usage = environ.get(_USAGE_KEY)
-        if usage is not None:
-            model, items, compute = usage
-        else:
-            model, items, compute = auth.requested_model(request, served), 0, 0.0
+        if context is not None and context.served is not None:
+            model, items, compute = context.served.name, context.rows, context.compute
+        else:  # refused before (or by) the data plane: metered against the model named
+            model = auth.requested_model(request, served)
+            items, compute = 0, context.compute if context is not None else 0.0
         if model not in served:
             model = prometheus.UNKNOWN_MODEL
         bytes_in = received.received(environ)
@@ -268,12 +219,9 @@ def _usage_blueprint(service: Service) -> Blueprint:
     @bp.get("/v2/usage")
     def usage() -> Response:
         if service.meter is None:
-            return json_response(
-                {
-                    "error": "usage metering is off; serve with --auth keys.toml or "
-                    "--usage-db PATH to meter usage"
-                },
-                404,
+            raise NotFound(
+                "usage metering is off; serve with --auth keys.toml or --usage-db PATH to meter "
+                "usage"
             )
         since_text = request.args.get("since")
         since = None

@@ -1,28 +1,31 @@
 """`inference.GRPCInferenceService`: the V2 protocol over gRPC, on the same data plane as HTTP.
 
 Each RPC decodes its message, calls the `DataPlane` (or the repository control) exactly as the
-HTTP routes do, and encodes the answer. What the service layer adds (keys, rate limits, the
-batch-row limit and deadline, metering, metrics) comes in through `Hooks`, called once per RPC,
-so this module knows nothing of keys or meters.
+HTTP routes do, with an `InferenceContext` made from the call (its `x-request-id` metadata, its
+deadline), and encodes the answer. The batch-row limit, the deadline and usage are the data
+plane's own steps, shared with HTTP; what else the service layer adds (keys, rate limits,
+metering, metrics) comes in through `Hooks`, called once per RPC, so this module knows nothing
+of keys or meters.
 
 Failures follow the HTTP discipline, mapped to gRPC status codes: a `FlaskServeError` becomes the
-code of its HTTP status with its message as the details; anything else is logged with its
-traceback and answered INTERNAL with one sentence.
+code of its HTTP status with its message as the details (a model's own exception is logged with
+the request id, which the details name); anything else is logged with its traceback and
+answered INTERNAL with one sentence.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import grpc
-import numpy as np
 
+from flaskserve.core.context import InferenceContext, request_id_from
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
-from flaskserve.core.errors import FlaskServeError, InvalidInput
-from flaskserve.core.model import Arrays, Model
+from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelFailed
 from flaskserve.protocol.grpc import messages
 from flaskserve.protocol.grpc.tensors import decode_request, encode_response
 
@@ -43,8 +46,8 @@ INTERNAL_MESSAGE = "internal server error; the server log has details"
 #: Seconds left beyond which a call counts as having no deadline: gRPC reports a call sent
 #: without one as about 9.2e18 seconds left, too long for any timed wait.
 NO_DEADLINE = 365 * 24 * 3600.0
-
-Run = Callable[[], tuple[Model, Arrays]]
+PROTOCOL = "grpc"
+REQUEST_ID_METADATA = "x-request-id"
 
 
 class Call(Protocol):
@@ -52,9 +55,6 @@ class Call(Protocol):
 
     def admit(self) -> None:
         """Raise a `FlaskServeError` (401, 403, 429) to refuse the call before any work."""
-
-    def infer(self, inputs: Mapping[str, np.ndarray], run: Run) -> tuple[Model, Arrays]:
-        """Run the data plane call `run` (with limits and a deadline around it)."""
 
     def done(self, status: int, bytes_in: int, bytes_out: int) -> None:
         """The call ended with `status` (the HTTP status of the same outcome)."""
@@ -67,7 +67,7 @@ class Hooks(Protocol):
         model: str | None,
         version: str | None,
         metadata: Mapping[str, str],
-        time_left: float | None,
+        context: InferenceContext,
     ) -> Call: ...
 
 
@@ -76,9 +76,6 @@ class OpenCall:
 
     def admit(self) -> None:
         pass
-
-    def infer(self, inputs: Mapping[str, np.ndarray], run: Run) -> tuple[Model, Arrays]:
-        return run()
 
     def done(self, status: int, bytes_in: int, bytes_out: int) -> None:
         pass
@@ -89,7 +86,7 @@ def open_hooks(
     model: str | None,
     version: str | None,
     metadata: Mapping[str, str],
-    time_left: float | None,
+    context: InferenceContext,
 ) -> Call:
     return OpenCall()
 
@@ -116,23 +113,30 @@ class InferenceServicer:
         return grpc.method_handlers_generic_handler(messages.SERVICE, methods)
 
     def _wrap(
-        self, rpc: str, method: Callable[[Any, Call], Any]
+        self, rpc: str, method: Callable[[Any, InferenceContext], Any]
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def serve(request: Any, context: grpc.ServicerContext) -> Any:
             model, version = _target(request)
             metadata = {
                 key: value for key, value in context.invocation_metadata() if isinstance(value, str)
             }
-            call = self.hooks(rpc, model, version, metadata, _time_left(context))
+            inference = InferenceContext(
+                PROTOCOL,
+                request_id_from(metadata.get(REQUEST_ID_METADATA)),
+                deadline=_deadline(context),
+            )
+            call = self.hooks(rpc, model, version, metadata, inference)
             status, response = 200, None
             try:
                 call.admit()
-                response = method(request, call)
+                response = method(request, inference)
                 return response
             except FlaskServeError as exc:
                 status = exc.status_code
+                if isinstance(exc, ModelFailed):
+                    exc.log_to(log, inference.request_id)
                 code = STATUS_CODES.get(status, grpc.StatusCode.INTERNAL)
-                context.abort(code, exc.message)
+                context.abort(code, exc.client_message(inference.request_id))
             except Exception:
                 status = 500
                 log.exception("unhandled error in %s", rpc)
@@ -143,20 +147,20 @@ class InferenceServicer:
 
         return serve
 
-    def ServerLive(self, request: Any, call: Call) -> Any:
+    def ServerLive(self, request: Any, context: InferenceContext) -> Any:
         return messages.ServerLiveResponse(live=True)
 
-    def ServerReady(self, request: Any, call: Call) -> Any:
+    def ServerReady(self, request: Any, context: InferenceContext) -> Any:
         return messages.ServerReadyResponse(ready=self.repository.is_ready())
 
-    def ModelReady(self, request: Any, call: Call) -> Any:
+    def ModelReady(self, request: Any, context: InferenceContext) -> Any:
         ready = self.repository.is_model_ready(request.name, request.version or None)
         return messages.ModelReadyResponse(ready=ready)
 
-    def ServerMetadata(self, request: Any, call: Call) -> Any:
+    def ServerMetadata(self, request: Any, context: InferenceContext) -> Any:
         return messages.ServerMetadataResponse(**self.dataplane.server_metadata())
 
-    def ModelMetadata(self, request: Any, call: Call) -> Any:
+    def ModelMetadata(self, request: Any, context: InferenceContext) -> Any:
         meta = self.dataplane.model_metadata(request.name, request.version or None)
         response = messages.ModelMetadataResponse(
             name=meta["name"], versions=meta["versions"], platform=meta["platform"]
@@ -168,21 +172,19 @@ class InferenceServicer:
                 )
         return response
 
-    def ModelInfer(self, request: Any, call: Call) -> Any:
+    def ModelInfer(self, request: Any, context: InferenceContext) -> Any:
         decoded = decode_request(request)
-        model, outputs = call.infer(
+        model, outputs = self.dataplane.infer(
+            request.model_name,
+            request.model_version or None,
             decoded.inputs,
-            lambda: self.dataplane.infer(
-                request.model_name,
-                request.model_version or None,
-                decoded.inputs,
-                decoded.datatypes,
-                decoded.outputs,
-            ),
+            decoded.datatypes,
+            decoded.outputs,
+            context,
         )
         return encode_response(model, outputs, decoded.outputs, request.id)
 
-    def RepositoryIndex(self, request: Any, call: Call) -> Any:
+    def RepositoryIndex(self, request: Any, context: InferenceContext) -> Any:
         response = messages.RepositoryIndexResponse()
         for row in self.repository.index():
             if request.ready and row["state"] != "READY":
@@ -195,21 +197,21 @@ class InferenceServicer:
             )
         return response
 
-    def RepositoryModelLoad(self, request: Any, call: Call) -> Any:
+    def RepositoryModelLoad(self, request: Any, context: InferenceContext) -> Any:
         entry = self.control.load(request.model_name)
         if entry.default is None:
             raise InvalidInput(f"model {request.model_name!r} failed to load: {entry.reason}")
         return messages.RepositoryModelLoadResponse()
 
-    def RepositoryModelUnload(self, request: Any, call: Call) -> Any:
+    def RepositoryModelUnload(self, request: Any, context: InferenceContext) -> Any:
         self.control.unload(request.model_name)
         return messages.RepositoryModelUnloadResponse()
 
 
-def _time_left(context: grpc.ServicerContext) -> float | None:
-    """Seconds before the client's deadline; None when it set none."""
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    """The client's deadline as a `time.monotonic()` value; None when it set none."""
     left = context.time_remaining()
-    return None if left is None or left > NO_DEADLINE else left
+    return None if left is None or left > NO_DEADLINE else time.monotonic() + left
 
 
 def _target(request: Any) -> tuple[str | None, str | None]:
