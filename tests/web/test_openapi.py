@@ -132,3 +132,71 @@ def test_routes_an_application_adds_are_documented_too() -> None:
     (_, _, _, _, value), = [e for e in examples(document) if e[0] == "/v2/models/double/infer"]
     response = server.app.test_client().post("/v2/models/double/infer", json=value)
     assert response.status_code == 200, response.get_json()
+
+
+def response_schema(document: dict, path: str, method: str, status: int) -> dict:
+    """The JSON schema the document gives for `status` on `method path`; fails when absent."""
+    responses = document["paths"][path][method]["responses"]
+    assert str(status) in responses, f"{method.upper()} {path} does not document {status}"
+    return responses[str(status)]["content"]["application/json"]["schema"]
+
+
+def check_answer(document: dict, path: str, method: str, response) -> None:
+    """`response` (a test-client answer to `method path`) fits the schema documented for it."""
+    schema = response_schema(document, path, method, response.status_code)
+    registry = Registry().with_resource("urn:doc", Resource.opaque(document))
+    ref = schema.get("$ref", "").replace("#", "urn:doc#")
+    validator = OAS31Validator({"$ref": ref} if ref else schema, registry=registry)
+    errors = list(validator.iter_errors(response.get_json()))
+    assert not errors, f"{response.status_code} of {path} breaks its schema: {errors[0].message}"
+
+
+def test_openai_routes_and_browser_refusals_are_documented(document) -> None:
+    paths = document["paths"]
+    embeddings = paths["/v1/embeddings"]["post"]
+    body = embeddings["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/EmbeddingRequest"}
+    for status in (400, 401, 403, 404, 413, 415, 421, 429, 503):
+        schema = response_schema(document, "/v1/embeddings", "post", status)
+        assert schema == {"$ref": "#/components/schemas/OpenAIError"}, status
+    listed = response_schema(document, "/v1/models", "get", 200)
+    assert listed == {"$ref": "#/components/schemas/ModelList"}
+    status_fields = document["components"]["schemas"]["V1ModelStatus"]["properties"]
+    assert {"name", "ready", "id", "object", "created", "owned_by"} <= set(status_fields)
+    for path, item in paths.items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            assert {"403", "421"} <= set(responses), f"{method.upper()} {path}"
+            if method == "post":
+                assert "415" in responses, f"POST {path} does not document 415"
+
+
+def test_openai_and_browser_guard_answers_fit_their_documented_schemas(app, document) -> None:
+    client = app.test_client()
+    for encoding in ("float", "base64"):
+        request = {"model": "letters", "input": ["abc", "zz"], "encoding_format": encoding}
+        answered = client.post("/v1/embeddings", json=request)
+        assert answered.status_code == 200, answered.get_json()
+        check_answer(document, "/v1/embeddings", "post", answered)
+    refusals = [
+        client.post("/v1/embeddings", json={"model": "nope", "input": "x"}),  # 404
+        client.post("/v1/embeddings", json={"model": "digits", "input": "x"}),  # 400
+        client.post("/v1/embeddings", data="x", content_type="text/plain"),  # 415
+        client.post("/v1/embeddings", json={}, headers={"Origin": "http://evil.example"}),
+        client.post("/v1/embeddings", json={}, base_url="http://evil.example"),  # 421
+    ]
+    assert [r.status_code for r in refusals] == [404, 400, 415, 403, 421]
+    for refusal in refusals:
+        check_answer(document, "/v1/embeddings", "post", refusal)
+    check_answer(document, "/v1/models", "get", client.get("/v1/models"))
+    check_answer(document, "/v1/models/{name}", "get", client.get("/v1/models/digits"))
+    for refusal in (
+        client.post("/v2/models/digits/infer", data={"a": "1"}),  # 415 (a form)
+        client.post("/v2/models/digits/infer", json={}, headers={"Origin": "null"}),  # 403
+        client.post("/v2/models/digits/infer", json={}, base_url="http://evil.example"),  # 421
+    ):
+        assert refusal.status_code in (415, 403, 421)
+        check_answer(document, "/v2/models/digits/infer", "post", refusal)
+    check_answer(
+        document, "/v2", "get", client.get("/v2", headers={"Origin": "http://evil.example"})
+    )

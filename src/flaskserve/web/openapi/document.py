@@ -17,8 +17,10 @@ from flaskserve.web.home import signature
 from flaskserve.web.openapi.operations import known_operation
 from flaskserve.web.openapi.schemas import (
     COMPONENTS,
+    ERROR,
     ERRORS,
     answer,
+    browser_errors,
     json_content,
     model_components,
     operation,
@@ -53,6 +55,12 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
     ]
 
 
+def _guarded(responses: dict[str, Any], checks_body: bool) -> dict[str, Any]:
+    """`responses` plus the browser guards' refusals it does not document itself, by status."""
+    extra = browser_errors(ERROR, checks_body)
+    return dict(sorted({**extra, **responses}.items()))
+
+
 def _batchable(inputs: list[TensorSpec]) -> bool:
     """V1 reads instances along the first dimension, so every input needs a batch dimension."""
     return bool(inputs) and all(spec.shape[:1] == (-1,) for spec in inputs)
@@ -65,10 +73,13 @@ def _route_paths(app: Flask, examples: dict[str, Any]) -> dict[str, dict[str, An
         path = openapi_path(rule.rule)
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
             found = known_operation(rule.endpoint, examples)
+            # Only flaskserve's own POST routes refuse form and text bodies (415).
+            checks_body = found is not None and method == "POST"
             if found is None:
                 found = operation(
                     "Application", _summary(app, rule.endpoint), {"200": {"description": "OK."}}
                 )
+            found["responses"] = _guarded(found["responses"], checks_body)
             found["operationId"] = _operation_id(method.lower(), path)
             parameters = _path_parameters(path) + found.pop("parameters", [])
             if parameters:
@@ -84,7 +95,7 @@ def _model_paths(name: str, key: str, inputs: list[TensorSpec]) -> dict[str, dic
             "post": operation(
                 f"Model {name}",
                 f"Inference on {name}",
-                {"200": answer("Outputs.", ref(f"{key}.InferResponse")), **ERRORS},
+                _guarded({"200": answer("Outputs.", ref(f"{key}.InferResponse")), **ERRORS}, True),
                 operationId=_operation_id("post", f"model {name} infer"),
                 requestBody={
                     "required": True,
@@ -100,7 +111,7 @@ def _model_paths(name: str, key: str, inputs: list[TensorSpec]) -> dict[str, dic
             "post": operation(
                 f"Model {name}",
                 f"V1 predict on {name}",
-                {"200": answer("Predictions.", ref("V1Response")), **ERRORS},
+                _guarded({"200": answer("Predictions.", ref("V1Response")), **ERRORS}, True),
                 operationId=_operation_id("post", f"model {name} v1 predict"),
                 requestBody={
                     "required": True,
@@ -135,8 +146,14 @@ def build_document(app: Flask, dataplane: DataPlane) -> dict[str, Any]:
             "title": "flaskserve",
             "version": __version__,
             "description": "Open Inference Protocol V2 (with the repository and binary tensor "
-            "extensions), KServe V1 and SageMaker routes over the same models, plus the "
-            "playground and operations routes. Per-model paths carry each model's signature.",
+            "extensions), KServe V1, SageMaker and OpenAI-compatible embeddings routes over the "
+            "same models, plus the playground and operations routes. Per-model paths carry each "
+            "model's signature.\n\nEvery route refuses requests from pages on other origins "
+            "(403) and, on a server bound to loopback, Host names it does not answer (421); "
+            "flaskserve's POST routes refuse the body types an HTML form can send (415). "
+            "Origins in --cors-origins get CORS answers: an OPTIONS preflight with "
+            "Access-Control-Request-Method is answered 204 with the allowed methods and "
+            "headers, and every response names the origin in Access-Control-Allow-Origin.",
         },
         "paths": paths,
         "components": {"schemas": components},

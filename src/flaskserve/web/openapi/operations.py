@@ -15,7 +15,10 @@ from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
 from flaskserve.web.openapi.schemas import (
     ERROR,
     ERRORS,
+    OPENAI_ERROR,
+    OPENAI_ERRORS,
     answer,
+    browser_errors,
     json_content,
     operation,
     ref,
@@ -56,7 +59,9 @@ _INFER_RESPONSE = {
 }
 
 _CONTROL_OFF = answer(
-    "Model control is off (serve with --model-control, or --auth and an admin key).", ERROR
+    "Model control is off (serve with --model-control, or --auth and an admin key), or the "
+    "request came from a page on another origin.",
+    ERROR,
 )
 
 _MODEL_READY = {
@@ -127,12 +132,43 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         },
     ),
     # KServe V1
-    "v1.model_status": operation("V1", "Model readiness (KServe V1)", _MODEL_READY),
+    "v1.model_status": operation(
+        "V1",
+        "Model readiness (KServe V1), with OpenAI's model fields",
+        {
+            "200": answer("Ready.", ref("V1ModelStatus")),
+            "503": answer("Not ready (no `created`).", ref("V1ModelStatus")),
+            "404": ERRORS["404"],
+        },
+    ),
     "v1.predict": operation(
         "V1",
         "Predict (KServe V1 / TF-Serving)",
         {"200": answer("One prediction per instance.", ref("V1Response")), **ERRORS},
         requestBody={"required": True, "content": json_content(ref("V1Request"))},
+    ),
+    # OpenAI-compatible (errors in OpenAI's shape, the browser guards' included)
+    "openai.embeddings": operation(
+        "OpenAI",
+        "Embeddings from a text-in, vector-out model (OpenAI's embeddings API)",
+        {
+            "200": answer("One vector per input, in input order.", ref("EmbeddingResponse")),
+            **browser_errors(OPENAI_ERROR, checks_body=True),
+            **OPENAI_ERRORS,
+        },
+        requestBody={
+            "required": True,
+            "content": json_content(ref("EmbeddingRequest")),
+        },
+    ),
+    "openai.list_models": operation(
+        "OpenAI",
+        "The models ready to serve (OpenAI's model list)",
+        {
+            "200": answer("Loaded models.", ref("ModelList")),
+            **browser_errors(OPENAI_ERROR, checks_body=False),
+            "401": OPENAI_ERRORS["401"],
+        },
     ),
     # SageMaker (`sagemaker.invocations` is in EXAMPLE_OPERATIONS)
     "sagemaker.ping": operation(

@@ -43,6 +43,47 @@ ERRORS = {
     "503": answer("The model is not ready (failed to load, or unloaded).", ERROR),
 }
 
+OPENAI_ERROR = ref("OpenAIError")
+#: The OpenAI routes answer every refusal in OpenAI's error shape, the service gate's included.
+OPENAI_ERRORS = {
+    "400": answer("The request is malformed; `param` names the field to fix.", OPENAI_ERROR),
+    "401": answer("No API key, or an unknown one (with --auth).", OPENAI_ERROR),
+    "403": answer(
+        "The key may not use this model (with --auth), or the request came from a page on "
+        "another origin.",
+        OPENAI_ERROR,
+    ),
+    "404": answer("Unknown model.", OPENAI_ERROR),
+    "413": answer("The body is larger than --max-request-bytes.", OPENAI_ERROR),
+    "429": answer("The key's rate limit is spent; Retry-After says when to retry.", OPENAI_ERROR),
+    "503": answer("The model is not ready, or the server is saturated.", OPENAI_ERROR),
+}
+
+
+def browser_errors(error: dict[str, Any], checks_body: bool) -> dict[str, Any]:
+    """The refusals of the browser guards (service/browser.py), which any route may give: 403
+    for a page on a foreign origin, 421 for a Host a loopback-bound server does not answer, and
+    on flaskserve's POST routes 415 for the body types a cross-site form can send."""
+    responses = {
+        "403": answer(
+            "The request came from a page on another origin (its Origin header); the operator "
+            "can allow that origin with --cors-origins.",
+            error,
+        ),
+        "421": answer(
+            "The Host header names none of the names this server answers: a server bound to "
+            "loopback answers loopback names only, plus --allowed-hosts.",
+            error,
+        ),
+    }
+    if checks_body:
+        responses["415"] = answer(
+            "The Content-Type is one an HTML form on any site can send (form-urlencoded, "
+            "multipart/form-data, text/plain).",
+            error,
+        )
+    return responses
+
 
 def _scalar_schema(datatype: str) -> dict[str, Any]:
     if datatype == "BYTES":
@@ -149,6 +190,24 @@ COMPONENTS: dict[str, Any] = {
         "type": "object",
         "properties": {"name": {"type": "string"}, "ready": {"type": "boolean"}},
     },
+    "V1ModelStatus": {
+        "type": "object",
+        "description": "KServe V1's `name` and `ready`, and OpenAI's model object on the same "
+        "answer.",
+        "required": ["name", "ready", "id", "object", "owned_by"],
+        "properties": {
+            "name": {"type": "string"},
+            "ready": {"type": "boolean"},
+            "id": {"type": "string", "description": "The model's name."},
+            "object": {"const": "model"},
+            "created": {
+                "type": "integer",
+                "description": "When the model was loaded (Unix seconds); absent when it is "
+                "not loaded.",
+            },
+            "owned_by": {"type": "string"},
+        },
+    },
     "RepositoryIndexRequest": {
         "type": "object",
         "properties": {"ready": {"type": "boolean", "description": "Only READY models."}},
@@ -177,6 +236,119 @@ COMPONENTS: dict[str, Any] = {
         "properties": {"predictions": {"type": "array"}},
     },
     "Ping": {"type": "object", "properties": {"status": {"type": "string"}}},
+    # OpenAI-compatible routes (protocol/openai.py)
+    "OpenAIError": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["message", "type", "param", "code"],
+                "properties": {
+                    "message": {"type": "string", "description": "What to change."},
+                    "type": {
+                        "type": "string",
+                        "enum": [
+                            "invalid_request_error",
+                            "authentication_error",
+                            "permission_error",
+                            "rate_limit_error",
+                            "server_error",
+                        ],
+                    },
+                    "param": {
+                        "type": ["string", "null"],
+                        "description": "The request field the error is about.",
+                    },
+                    "code": {"type": ["string", "null"]},
+                },
+            }
+        },
+    },
+    "EmbeddingRequest": {
+        "type": "object",
+        "required": ["model", "input"],
+        "properties": {
+            "model": {
+                "type": "string",
+                "minLength": 1,
+                "description": "An embedding model (one BYTES input [-1], one float output "
+                "[-1, D]); GET /v1/models lists the served models.",
+            },
+            "input": {
+                "description": "Text only: a string or a non-empty list of strings (token ids "
+                "are refused, as the model tokenises with its own tokenizer).",
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "minItems": 1, "items": {"type": "string"}},
+                ],
+            },
+            "encoding_format": {"type": "string", "enum": ["float", "base64"], "default": "float"},
+            "dimensions": {
+                "type": "integer",
+                "minimum": 1,
+                "description": "Only the model's own vector size is accepted.",
+            },
+            "user": {"type": "string", "description": "Accepted and ignored."},
+        },
+    },
+    "Embedding": {
+        "type": "object",
+        "required": ["object", "index", "embedding"],
+        "properties": {
+            "object": {"const": "embedding"},
+            "index": {"type": "integer", "minimum": 0},
+            "embedding": {
+                "oneOf": [
+                    {"type": "array", "items": {"type": "number"}},
+                    {
+                        "type": "string",
+                        "contentEncoding": "base64",
+                        "description": "encoding_format base64: little-endian float32 values.",
+                    },
+                ]
+            },
+        },
+    },
+    "EmbeddingResponse": {
+        "type": "object",
+        "required": ["object", "data", "model", "usage"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": ref("Embedding")},
+            "model": {"type": "string"},
+            "usage": {
+                "type": "object",
+                "required": ["prompt_tokens", "total_tokens"],
+                "properties": {
+                    "prompt_tokens": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "By the model's tokenizer, else whitespace-separated words.",
+                    },
+                    "total_tokens": {"type": "integer", "minimum": 0},
+                },
+            },
+        },
+    },
+    "OpenAIModel": {
+        "type": "object",
+        "required": ["id", "object", "created", "owned_by"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "created": {"type": "integer", "description": "Load time (Unix seconds)."},
+            "owned_by": {"type": "string"},
+        },
+    },
+    "ModelList": {
+        "type": "object",
+        "required": ["object", "data"],
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": ref("OpenAIModel")},
+        },
+    },
     "ServerIndex": {
         "type": "object",
         "properties": {
