@@ -65,8 +65,11 @@ bench: $(bench_stamp)
 proto: $(test_stamp)
 	$(BIN)/python -m flaskserve.protocol.grpc.regenerate
 
+# ruff, the import contracts ([tool.importlinter]: layers import only downward) and mypy.
 lint: $(test_stamp)
 	$(BIN)/ruff check src tests
+	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

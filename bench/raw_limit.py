@@ -25,7 +25,9 @@ import numpy as np
 from flaskserve.core.batching import Batcher, run_model
 from flaskserve.core.model import Model
 from flaskserve.core.repository import ModelRepository
-from flaskserve.runtimes.registry import load_model
+from flaskserve.runtimes.context import RuntimeOptions
+from flaskserve.runtimes.registry import loader
+from flaskserve.settings import Settings
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog near the quiet river.",
@@ -172,7 +174,8 @@ def main() -> None:
     parser.add_argument("--secs", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    repository = ModelRepository(args.repository, load_model)
+    options = RuntimeOptions(cache_dir=Path(Settings.from_env().cache_dir))
+    repository = ModelRepository(args.repository, loader(options))
     repository.load_all()
     plans = {"digits": [1, 16, 64], "minilm": [1, 8, 32]}
     for entry in repository.entries():

@@ -9,16 +9,19 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from flaskserve import service
+from flaskserve.core import observers
 from flaskserve.core.coordination import RepositoryControl, generations
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, ModelFailed
-from flaskserve.core.repository import ModelRepository
+from flaskserve.core.repository import Loader, ModelRepository
 from flaskserve.observability import endpoint as metrics_endpoint
 from flaskserve.observability import requests as request_hooks
+from flaskserve.observability.metrics import PrometheusObserver
 from flaskserve.protocol import openai, sagemaker, v1, v2
 from flaskserve.protocol.http_context import REQUEST_ID_KEY
 from flaskserve.protocol.v2 import json_response
-from flaskserve.runtimes.registry import load_model
+from flaskserve.runtimes.context import RuntimeOptions
+from flaskserve.runtimes.registry import loader
 from flaskserve.service import browser
 from flaskserve.service.steps import steps
 from flaskserve.settings import Settings
@@ -47,9 +50,27 @@ def open_repository(settings: Settings) -> ModelRepository:
         root = Path(settings.repository)
         if not root.is_dir():
             raise FileNotFoundError(f"model repository {root} is not a folder")
-    repository = ModelRepository(root, load_model, sync=sync)
+    repository = ModelRepository(root, model_loader(settings), sync=sync)
     repository.load_all()
     return repository
+
+
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    """What the runtimes need of the settings, handed to them as an argument."""
+    return RuntimeOptions(cache_dir=Path(settings.cache_dir))
+
+
+def model_loader(settings: Settings) -> Loader:
+    """The repository's loader: the runtimes with `settings`' options, load times to Prometheus
+    (installed first, so models loaded before `create_app` are measured too)."""
+    install_metrics()
+    return loader(runtime_options(settings))
+
+
+def install_metrics() -> None:
+    """Send the core's batching and load events to the Prometheus metrics of this process."""
+    if not isinstance(observers.current(), PrometheusObserver):
+        observers.install(PrometheusObserver())
 
 
 def model_control_enabled(settings: Settings) -> bool:
@@ -67,6 +88,7 @@ def create_app(
     baseline = generations(state_dir)
     if repository is None:
         repository = open_repository(settings)
+    install_metrics()
     app = Flask("flaskserve")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     dataplane = DataPlane(repository, steps(settings))

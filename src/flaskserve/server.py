@@ -21,11 +21,10 @@ from typing import Any, TypeVar
 
 from flask import Flask
 
-from flaskserve.app import create_app
+from flaskserve.app import create_app, model_loader
 from flaskserve.core.model import TensorSpec
 from flaskserve.core.repository import ModelRepository
 from flaskserve.runtimes.python import model_from_callable
-from flaskserve.runtimes.registry import load_model
 from flaskserve.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -40,7 +39,7 @@ class ModelServer:
             settings = settings.with_overrides(repository=str(repository))
         self.settings = settings
         root = Path(settings.repository) if settings.repository else None
-        self.repository = ModelRepository(root, load_model)
+        self.repository = ModelRepository(root, model_loader(settings))
         if root is not None:
             self.repository.load_all()
         self._app: Flask | None = None

@@ -9,6 +9,7 @@ import pytest
 
 from flaskserve.core.config import read_model_config
 from flaskserve.models import defaults, minilm
+from flaskserve.runtimes.context import RuntimeOptions
 from flaskserve.runtimes.registry import load_model
 
 pytestmark = pytest.mark.slow  # each test trains the digits model into a default repository
@@ -23,7 +24,7 @@ def test_default_repository_serves_minilm_with_the_nlp_extra(
     assert sorted(p.name for p in root.iterdir()) == ["digits", "minilm"]
     config = read_model_config(root / "minilm")
     assert (config.max_batch_size, config.max_delay_ms) == (32, 0.0)
-    model = load_model(config, "1", root / "minilm" / "1")
+    model = load_model(config, "1", root / "minilm" / "1", RuntimeOptions(session_cache))
     assert model.platform == "sentence_transformers_onnx"
     assert [(s.name, s.datatype, s.shape) for s in model.outputs] == [
         ("embedding", "FP32", (-1, 384))

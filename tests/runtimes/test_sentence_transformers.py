@@ -20,6 +20,7 @@ pytest.importorskip("sentence_transformers")
 from flaskserve.core.config import config_from_mapping
 from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.runtimes import sentence_transformers as st_runtime
+from flaskserve.runtimes.context import RuntimeOptions
 from flaskserve.runtimes.sentence_onnx import OnnxEncoder, cache_key, export_dir
 
 pytestmark = pytest.mark.slow  # MiniLM: importing sentence-transformers alone takes seconds
@@ -40,7 +41,8 @@ def texts(sentences: list[str]) -> np.ndarray:
 
 def load(options: dict, path: Path, name: str = "minilm"):  # type: ignore[no-untyped-def]
     config = config_from_mapping({"runtime": "sentence_transformers", **options}, name, path)
-    return st_runtime.load(config, "1", path / "1")
+    cache = Path(os.environ["FLASKSERVE_CACHE_DIR"])  # the session's, set by tests/conftest.py
+    return st_runtime.load(config, "1", path / "1", RuntimeOptions(cache_dir=cache))
 
 
 @pytest.fixture

@@ -39,8 +39,8 @@ import numpy as np
 from flaskserve.core import deadlines
 from flaskserve.core.errors import FlaskServeError, InferenceFailed, ModelFailed, ModelNotReady
 from flaskserve.core.model import Arrays, Model
+from flaskserve.core.observers import BatchObserver, current
 from flaskserve.core.signature import conform_outputs
-from flaskserve.observability import metrics
 
 log = logging.getLogger("flaskserve.batching")
 
@@ -48,13 +48,16 @@ log = logging.getLogger("flaskserve.batching")
 CLOSE_TIMEOUT = 30.0
 
 
-def run_model(model: Model, inputs: Arrays) -> Arrays:
+def run_model(model: Model, inputs: Arrays, observer: BatchObserver | None = None) -> Arrays:
     """`model.predict` with outputs conformed to the signature; any failure becomes a
-    `FlaskServeError` (a model's own exception a `ModelFailed`, whose text is never sent)."""
+    `FlaskServeError` (a model's own exception a `ModelFailed`, whose text is never sent).
+    The call is reported to `observer` (default: the process's, `core.observers`)."""
     try:
         started = time.perf_counter()
         outputs = conform_outputs(model, model.predict(inputs))
-        metrics.predicted(model.name, model.version, _rows(inputs), time.perf_counter() - started)
+        (observer or current()).predicted(
+            model.name, model.version, _rows(inputs), time.perf_counter() - started
+        )
         return outputs
     except Exception as exc:
         raise prediction_error(model, exc) from None
@@ -111,12 +114,14 @@ class Batcher:
     request at once in its own thread.
     """
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, observer: BatchObserver | None = None) -> None:
         if model.max_batch_size <= 0:
             raise ValueError(f"model {model.name!r} has max_batch_size 0; it does not batch")
         self.model = model
         self.max_rows = model.max_batch_size
         self.max_delay = model.max_delay_ms / 1000.0
+        #: Where queue and predict events go (default: the process's, `core.observers`).
+        self.observer: BatchObserver = observer or current()
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0  # rows of the queued requests: a full queue ends a leader's wait
         self._gathering = False  # a leader waits out its `max_delay_ms` window
@@ -146,7 +151,7 @@ class Batcher:
                 if self._gathering and self._queued_rows >= self.max_rows:
                     self._cond.notify_all()
         if pending is None:
-            metrics.queue_waited(self.model.name, self.model.version, 0.0)
+            self.observer.queue_waited(self.model.name, self.model.version, 0.0)
             try:
                 return self._run_alone(inputs, rows)
             finally:
@@ -156,7 +161,7 @@ class Batcher:
                         self._cond.notify_all()
                 else:
                     self._hand_over()
-        metrics.queue_changed(self.model.name, self.model.version, 1)
+        self.observer.queue_changed(self.model.name, self.model.version, 1)
         remaining = deadlines.remaining()
         if not pending.done.acquire(timeout=-1 if remaining is None else max(remaining, 0.0)):
             self._abandon(pending)
@@ -229,7 +234,7 @@ class Batcher:
                 pass
             else:
                 self._queued_rows -= pending.rows
-                metrics.queue_changed(self.model.name, self.model.version, -1)
+                self.observer.queue_changed(self.model.name, self.model.version, -1)
         raise deadlines.expired("waiting for its batch")
 
     def _run_alone(self, inputs: Arrays, rows: int) -> Arrays:
@@ -241,7 +246,8 @@ class Batcher:
     def _predict(self, inputs: Arrays, rows: int) -> Arrays:
         started = time.perf_counter()
         outputs = conform_outputs(self.model, self.model.predict(inputs))
-        metrics.predicted(self.model.name, self.model.version, rows, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.observer.predicted(self.model.name, self.model.version, rows, elapsed)
         if rows >= 0:
             self._check_rows(outputs, rows)
         return outputs
@@ -333,17 +339,17 @@ class Batcher:
         return len(self._queue)
 
     def _record_dequeued(self, batch: list[_Pending]) -> None:
-        name, version = self.model.name, self.model.version
-        metrics.queue_changed(name, version, -len(batch))
+        name, version, observer = self.model.name, self.model.version, self.observer
+        observer.queue_changed(name, version, -len(batch))
         now = time.monotonic()
         for pending in batch:
-            metrics.queue_waited(name, version, now - pending.arrived)
+            observer.queue_waited(name, version, now - pending.arrived)
 
     def _fail_queued(self) -> None:
         """Fail every queued request; one already chosen to lead finds out in `_lead`."""
         error = self._unloaded_error()
         if self._queue:
-            metrics.queue_changed(self.model.name, self.model.version, -len(self._queue))
+            self.observer.queue_changed(self.model.name, self.model.version, -len(self._queue))
         while self._queue:
             pending = self._queue.popleft()
             if pending.lead:

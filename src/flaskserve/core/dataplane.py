@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from flaskserve import __version__
 from flaskserve.core import deadlines
 from flaskserve.core.batching import Batcher, run_model
 from flaskserve.core.context import InferenceContext, Step
@@ -29,6 +28,7 @@ from flaskserve.core.errors import ModelNotReady
 from flaskserve.core.model import Arrays, Model
 from flaskserve.core.repository import ModelEntry, ModelRepository
 from flaskserve.core.signature import check_inputs, check_output_names
+from flaskserve.version import __version__
 
 log = logging.getLogger("flaskserve.dataplane")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from flaskserve import __version__
+from flaskserve.version import __version__
 
 TEMPLATES = Path(__file__).parent / "templates"
 

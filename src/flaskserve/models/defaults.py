@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from flaskserve import __version__
+from flaskserve.version import __version__
 
 
 def default_repository(cache_dir: Path) -> Path:

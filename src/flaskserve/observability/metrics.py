@@ -222,6 +222,23 @@ def model_loaded(model: str, version: str, seconds: float) -> None:
     (_metrics or get()).load_time(model, version).observe(seconds)
 
 
+class PrometheusObserver:
+    """The core's events (`flaskserve.core.observers`) recorded as the metrics above;
+    `create_app` installs one as the process default."""
+
+    def predicted(self, model: str, version: str, rows: int, seconds: float) -> None:
+        predicted(model, version, rows, seconds)
+
+    def queue_waited(self, model: str, version: str, seconds: float) -> None:
+        queue_waited(model, version, seconds)
+
+    def queue_changed(self, model: str, version: str, delta: int) -> None:
+        queue_changed(model, version, delta)
+
+    def loaded(self, model: str, version: str, seconds: float) -> None:
+        model_loaded(model, version, seconds)
+
+
 def record_states(repository: ModelRepository) -> None:
     """Set `flaskserve_model_ready` from this worker's repository; versions it no longer serves
     drop to 0. Called at start and before every scrape (workers converge on load/unload)."""

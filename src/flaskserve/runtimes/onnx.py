@@ -28,6 +28,7 @@ import onnxruntime as ort
 from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
+from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail, model_file, sniff
 from flaskserve.runtimes.options import choice_option, device_option, int_option
 from flaskserve.runtimes.threads import default_threads
@@ -63,7 +64,9 @@ OPTIMIZATION_LEVELS = {
 }
 
 
-def load(config: ModelConfig, version: str, path: Path) -> Model:
+def load(
+    config: ModelConfig, version: str, path: Path, options: RuntimeOptions = DEFAULT_OPTIONS
+) -> Model:
     file = model_file(path, (".onnx",), "onnx")
     session = create_session(file, config)
     inputs = _signature(config.inputs, session.get_inputs(), "input", file.name)

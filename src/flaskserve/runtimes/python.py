@@ -21,6 +21,7 @@ from typing import Any
 from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
+from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 
 
 def model_from_callable(
@@ -70,7 +71,9 @@ def _as_output_dict(name: str, result: Any, output_names: list[str]) -> dict[str
     raise TypeError(f"model {name!r} has several outputs; return a dict keyed by output name")
 
 
-def load(config: ModelConfig, version: str, path: Path) -> Model:
+def load(
+    config: ModelConfig, version: str, path: Path, options: RuntimeOptions = DEFAULT_OPTIONS
+) -> Model:
     """Import `entrypoint` ("module:Class") from the version folder and wrap an instance."""
     entrypoint = config.option("entrypoint")
     if not isinstance(entrypoint, str) or ":" not in entrypoint:

@@ -14,7 +14,9 @@ from pathlib import Path
 from flaskserve.core.config import ModelConfig, guess_runtime
 from flaskserve.core.errors import ModelLoadError
 from flaskserve.core.model import Model
-from flaskserve.observability import metrics
+from flaskserve.core.observers import LoadObserver, current
+from flaskserve.core.repository import Loader
+from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 
 #: runtime name -> (module that loads it, pip extra that provides its library or None)
 RUNTIMES: dict[str, tuple[str, str | None]] = {
@@ -26,7 +28,23 @@ RUNTIMES: dict[str, tuple[str, str | None]] = {
 }
 
 
-def load_model(config: ModelConfig, version: str, path: Path) -> Model:
+def loader(options: RuntimeOptions, observer: LoadObserver | None = None) -> Loader:
+    """The repository's loader: `load_model` with the server's options, reporting load times
+    to `observer` (default: the process's, `core.observers`)."""
+
+    def load(config: ModelConfig, version: str, path: Path) -> Model:
+        return load_model(config, version, path, options, observer)
+
+    return load
+
+
+def load_model(
+    config: ModelConfig,
+    version: str,
+    path: Path,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
+    observer: LoadObserver | None = None,
+) -> Model:
     """Load one version folder with the runtime `model.toml` names (or its files imply)."""
     runtime = config.runtime or guess_runtime(path)
     if runtime not in RUNTIMES:
@@ -42,6 +60,6 @@ def load_model(config: ModelConfig, version: str, path: Path) -> Model:
             f"runtime {runtime!r} is not installed ({exc.name} missing){hint}"
         ) from None
     started = time.perf_counter()
-    model: Model = module.load(config, version, path)
-    metrics.model_loaded(config.name, version, time.perf_counter() - started)
+    model: Model = module.load(config, version, path, options)
+    (observer or current()).loaded(config.name, version, time.perf_counter() - started)
     return model

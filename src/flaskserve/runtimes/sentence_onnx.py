@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from flaskserve import __version__
 from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import ModelLoadError
 from flaskserve.runtimes.files import detail
+from flaskserve.version import __version__
 
 log = logging.getLogger("flaskserve.runtimes.sentence_onnx")
 
@@ -127,7 +127,7 @@ def export(folder: Path, target: Path) -> None:
             f"sentence-transformers could not load {folder} ({detail(exc)})"
         ) from None
     pipeline = _pipeline_of(model)
-    transformer = model[0]
+    transformer: Any = model[0]  # a sentence-transformers Transformer module
     tokenizer = transformer.tokenizer
     sample = tokenizer(CHECK_SENTENCES, padding=True, truncation=True, return_tensors="pt")
     names = [name for name in TOKEN_INPUTS if name in sample]
@@ -281,11 +281,11 @@ class OnnxEncoder:
 
 def _pool(tokens: np.ndarray, attention_mask: np.ndarray, mode: str) -> np.ndarray:
     if mode == "cls":
-        return tokens[:, 0]
+        return np.asarray(tokens[:, 0])
     mask = attention_mask[:, :, None].astype(tokens.dtype)
     if mode == "max":
-        return np.where(mask > 0, tokens, np.finfo(tokens.dtype).min).max(axis=1)
-    return (tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9)
+        return np.asarray(np.where(mask > 0, tokens, np.finfo(tokens.dtype).min).max(axis=1))
+    return np.asarray((tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9))
 
 
 def onnx_encoder(folder: Path, config: ModelConfig, cache_dir: Path) -> OnnxEncoder:

@@ -12,8 +12,11 @@ Where the model comes from, in this order:
     path = "all-MiniLM-L6-v2"           # a folder, relative to the model's folder (model.toml)
     # neither: the version folder itself holds the sentence-transformers files
 
-Nothing is ever downloaded: `HF_HUB_OFFLINE=1` and `TRANSFORMERS_OFFLINE=1` are set before the
-libraries load, and a folder without weights is a load error saying so.
+Nothing is ever downloaded: importing this module sets `HF_HUB_OFFLINE=1` and
+`TRANSFORMERS_OFFLINE=1` (once, before the libraries load), and a folder without weights is a load
+error saying so. These are environment variables because huggingface_hub and transformers read
+nothing else, at their own import: `local_files_only=True` on one loader would not reach the
+loaders it calls for a model's modules, nor the export in sentence_onnx.py.
 
 Two backends compute the same embeddings (cosine similarity 1.0 to 5 decimals, checked at export):
 
@@ -36,6 +39,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +50,7 @@ import numpy as np
 from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
+from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail
 from flaskserve.runtimes.options import bool_option, choice_option, device_option, int_option
 from flaskserve.runtimes.threads import default_threads
@@ -70,12 +75,13 @@ class Encoder:
     count_tokens: Callable[[list[str]], int] | None = None
 
 
-def load(config: ModelConfig, version: str, path: Path) -> Model:
-    go_offline()
+def load(
+    config: ModelConfig, version: str, path: Path, options: RuntimeOptions = DEFAULT_OPTIONS
+) -> Model:
     folder = model_folder(config, path)
     backend = choice_option(config, "backend", BACKENDS, "auto")
     normalize = bool_option(config, "normalize", False)
-    encoder = _encoder(backend, folder, config)
+    encoder = _encoder(backend, folder, config, options.cache_dir)
     inputs, outputs = _signature(config, encoder.dimension)
     input_name, output_name = inputs[0].name, outputs[0].name
 
@@ -98,11 +104,15 @@ def load(config: ModelConfig, version: str, path: Path) -> Model:
 
 
 def go_offline() -> None:
-    """Forbid hub downloads; huggingface_hub reads these when first imported, so call early."""
+    """Forbid hub downloads; huggingface_hub reads these when first imported, so this runs when
+    this module is imported, before any model loads."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     # Progress bars belong in a terminal, not in a server log.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+go_offline()
 
 
 def model_folder(config: ModelConfig, path: Path) -> Path:
@@ -144,14 +154,16 @@ def _package_folder(package: str) -> Path:
     return Path(module.__file__ or "").parent / "model"
 
 
-def _encoder(backend: str, folder: Path, config: ModelConfig) -> Encoder:
+def _encoder(
+    backend: str, folder: Path, config: ModelConfig, cache_dir: Path | None
+) -> Encoder:
     if backend == "torch":
         return _torch_encoder(folder, config)
     if backend == "auto" and importlib.util.find_spec("onnxruntime") is None:
         log.info("%s: onnxruntime is not installed, using the torch backend", config.name)
         return _torch_encoder(folder, config)
     try:
-        return _onnx_encoder(folder, config)
+        return _onnx_encoder(folder, config, cache_dir)
     except ModelLoadError as exc:
         if backend == "onnx":
             raise
@@ -159,11 +171,12 @@ def _encoder(backend: str, folder: Path, config: ModelConfig) -> Encoder:
         return _torch_encoder(folder, config)
 
 
-def _onnx_encoder(folder: Path, config: ModelConfig) -> Encoder:
+def _onnx_encoder(folder: Path, config: ModelConfig, cache_dir: Path | None) -> Encoder:
     from flaskserve.runtimes.sentence_onnx import onnx_encoder
-    from flaskserve.settings import Settings
 
-    encoder = onnx_encoder(folder, config, Path(Settings.from_env().cache_dir))
+    if cache_dir is None:  # no lasting cache: export for this process only
+        cache_dir = Path(tempfile.mkdtemp(prefix="flaskserve-export-"))
+    encoder = onnx_encoder(folder, config, cache_dir)
     return Encoder(
         encoder.encode, encoder.dimension, "sentence_transformers_onnx", encoder.count_tokens
     )

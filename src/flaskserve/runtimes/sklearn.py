@@ -20,6 +20,7 @@ import numpy as np
 from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
+from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 
 SKOPS_SUFFIXES = (".skops",)
 PICKLE_SUFFIXES = (".joblib", ".pkl")
@@ -33,7 +34,9 @@ METHOD_OF_OUTPUT = {
 }
 
 
-def load(config: ModelConfig, version: str, path: Path) -> Model:
+def load(
+    config: ModelConfig, version: str, path: Path, options: RuntimeOptions = DEFAULT_OPTIONS
+) -> Model:
     estimator = load_estimator(config, model_file(config, path))
     inputs = list(config.inputs) or _infer_inputs(estimator)
     outputs = list(config.outputs) or _infer_outputs(estimator)

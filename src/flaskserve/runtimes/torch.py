@@ -23,6 +23,7 @@ so several request threads may call them at once.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch
 from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
+from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail, model_file, sniff, zip_names
 from flaskserve.runtimes.options import bool_option, device_option, int_option
 from flaskserve.runtimes.threads import default_threads
@@ -44,7 +46,9 @@ PLATFORM_OF_SUFFIX = {".pt": "pytorch_torchscript", ".pt2": "pytorch_export"}
 WARMUP_SIZE = 2
 
 
-def load(config: ModelConfig, version: str, path: Path) -> Model:
+def load(
+    config: ModelConfig, version: str, path: Path, options: RuntimeOptions = DEFAULT_OPTIONS
+) -> Model:
     inputs, outputs = _declared_signature(config)
     file = model_file(path, tuple(PLATFORM_OF_SUFFIX), "torch")
     device = resolve_device(device_option(config))
@@ -120,7 +124,7 @@ def _load_module(file: Path, device: torch.device) -> Any:
 
 def _predictor(
     module: Any, device: torch.device, inputs: list[TensorSpec], outputs: list[TensorSpec]
-):  # type: ignore[no-untyped-def]
+) -> Callable[[Arrays], dict[str, np.ndarray]]:
     input_names = [spec.name for spec in inputs]
     output_names = [spec.name for spec in outputs]
 
@@ -164,7 +168,7 @@ def _to_numpy(value: Any) -> np.ndarray:
     value = value.detach().cpu()
     if value.dtype == torch.bfloat16:
         value = value.float()
-    return value.numpy()
+    return np.asarray(value.numpy())
 
 
 def _check_signature(

@@ -80,8 +80,8 @@ def presented_key(request: Request) -> str | None:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    value = request.headers.get("X-API-Key")
-    return value.strip() if value and value.strip() else None
+    api_key = request.headers.get("X-API-Key")
+    return api_key.strip() if api_key and api_key.strip() else None
 
 
 def requested_model(request: Request, served: list[str]) -> str | None:

@@ -43,8 +43,8 @@ def presented_key(metadata: Mapping[str, str]) -> str | None:
         scheme, _, value = header.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    value = metadata.get("x-api-key")
-    return value.strip() if value and value.strip() else None
+    api_key = metadata.get("x-api-key")
+    return api_key.strip() if api_key and api_key.strip() else None
 
 
 class GrpcGuard:

@@ -85,7 +85,7 @@ def install(app: Flask, dataplane: DataPlane, settings: Settings) -> Service:
     )
     app.extensions["flaskserve.service"] = service
     if service.meter is not None or service.keys is not None:
-        app.wsgi_app = received.count_input(app.wsgi_app)  # type: ignore[method-assign]
+        app.wsgi_app = received.count_input(app.wsgi_app)  # type: ignore[method-assign,assignment]
     app.register_blueprint(_usage_blueprint(service))
     app.before_request(_gate(dataplane, service))
     app.after_request(_metering(dataplane, service))

@@ -15,13 +15,13 @@ from typing import Any
 
 from flask import Blueprint, Response, render_template, request
 
-from flaskserve import __version__
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import ModelNotFound
 from flaskserve.core.model import TensorSpec
 from flaskserve.core.repository import ModelEntry
 from flaskserve.protocol.v2 import json_response
 from flaskserve.settings import Settings
+from flaskserve.version import __version__
 from flaskserve.web.examples import example_request, widget_for
 from flaskserve.web.snippets import base_url, infer_path, snippets
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, render_template
 
-from flaskserve import __version__
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.protocol.v2 import json_response
+from flaskserve.version import __version__
 from flaskserve.web.openapi.document import build_document, openapi_path
 
 __all__ = ["build_document", "create_blueprint", "openapi_path"]

@@ -9,9 +9,9 @@ from typing import Any
 
 from flask import Flask
 
-from flaskserve import __version__
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.model import TensorSpec
+from flaskserve.version import __version__
 from flaskserve.web.examples import example_instances, example_request
 from flaskserve.web.home import signature
 from flaskserve.web.openapi.operations import known_operation
