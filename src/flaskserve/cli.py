@@ -5,7 +5,6 @@ from __future__ import annotations
 import atexit
 import importlib
 import importlib.util
-import ipaddress
 import logging
 import os
 import shutil
@@ -22,6 +21,7 @@ from flaskserve.core.repository import ModelRepository
 from flaskserve.deploy.command import deploy
 from flaskserve.observability.metrics import shared_memory_dir
 from flaskserve.ports import PortInUse, check_port_free
+from flaskserve.service import browser
 from flaskserve.service.commands import check_service, keys, usage
 from flaskserve.settings import Settings
 from flaskserve.storage import StorageError, is_remote, open_mirror
@@ -165,13 +165,9 @@ def open_model_control_warning(settings: Settings) -> str | None:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether `host` (a bind address) accepts connections from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """Whether `host` (a bind address, IPv6 possibly in brackets) accepts connections from this
+    machine only."""
+    return browser.is_loopback(host.strip("[]"))
 
 
 def sagemaker_overrides(

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from flask import Flask, Response, request
 
-from flaskserve.protocol.v2 import json_response
+from flaskserve.core.errors import FlaskServeError, Forbidden
 from flaskserve.settings import Settings
 
 #: Body types a page on another site can send without a CORS preflight.
@@ -204,18 +204,15 @@ def _guard(app: Flask, policy: Policy) -> Callable[[], Response | None]:
         environ = request.environ
         host = environ.get("HTTP_HOST")
         if host is not None and policy.hosts is not None and not host_allowed(host):
-            return _misdirected(policy, host)
+            raise _misdirected(policy, host)
         method = environ["REQUEST_METHOD"]
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None:
             verdict = origin_verdict(origin, host)
             if verdict == _FOREIGN:
-                return json_response(
-                    {
-                        "error": f"requests from pages on {origin} are not accepted; the "
-                        "operator can allow that origin with --cors-origins"
-                    },
-                    403,
+                raise Forbidden(
+                    f"requests from pages on {origin} are not accepted; the operator can allow "
+                    "that origin with --cors-origins"
                 )
             if verdict == _ALLOWED:
                 environ[_ORIGIN_KEY] = origin
@@ -226,37 +223,43 @@ def _guard(app: Flask, policy: Policy) -> Callable[[], Response | None]:
             if mimetype in SIMPLE_BODY_TYPES:
                 endpoint = request.endpoint
                 if endpoint and is_own_route(endpoint):
-                    return _unsupported_type(mimetype, endpoint)
+                    raise _unsupported_type(mimetype, endpoint)
         return None
 
     return guard
 
 
-def _misdirected(policy: Policy, host: str) -> Response:
+class MisdirectedHost(FlaskServeError):
+    """A Host this server does not answer (a DNS-rebinding page, or a name not allow-listed)."""
+
+    status_code = 421
+
+
+class UnsupportedBodyType(FlaskServeError):
+    """A body type an HTML form on any site can send without asking the server first."""
+
+    status_code = 415
+
+
+def _misdirected(policy: Policy, host: str) -> MisdirectedHost:
     if policy.hosts:
         names = ", ".join(sorted(n + (f":{p}" if p else "") for n, p in policy.hosts))
         answered = f"the names in --allowed-hosts ({names}) and loopback ones"
     else:
         answered = "loopback names (localhost, 127.0.0.1, [::1]) as it is bound to " + policy.bound
-    return json_response(
-        {
-            "error": f"this server answers only requests for {answered}, not Host {host!r}; "
-            "the operator can add the name with --allowed-hosts"
-        },
-        421,
+    return MisdirectedHost(
+        f"this server answers only requests for {answered}, not Host {host!r}; "
+        "the operator can add the name with --allowed-hosts"
     )
 
 
-def _unsupported_type(mimetype: str, endpoint: str) -> Response:
+def _unsupported_type(mimetype: str, endpoint: str) -> UnsupportedBodyType:
     accepted = "application/json or application/octet-stream (the binary tensor extension)"
     if endpoint == "sagemaker.invocations":
         accepted = "application/json, text/csv or application/octet-stream"
-    return json_response(
-        {
-            "error": f"Content-Type {mimetype} is not accepted (HTML forms on any site can send "
-            f"it); send {accepted}"
-        },
-        415,
+    return UnsupportedBodyType(
+        f"Content-Type {mimetype} is not accepted (HTML forms on any site can send it); "
+        f"send {accepted}"
     )
 
 
