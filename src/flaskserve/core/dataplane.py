@@ -27,7 +27,7 @@ from flaskserve.core.signature import check_inputs, check_output_names
 log = logging.getLogger("flaskserve.dataplane")
 
 SERVER_NAME = "flaskserve"
-EXTENSIONS = ["model_repository", "binary_tensor_data"]
+EXTENSIONS = ["model_repository", "binary_tensor_data", "statistics"]
 
 
 class DataPlane:
