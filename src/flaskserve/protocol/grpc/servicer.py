@@ -18,11 +18,13 @@ from typing import Any, Protocol
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, InvalidInput
 from flaskserve.core.model import Arrays, Model
+from flaskserve.observability import statistics
 from flaskserve.protocol.grpc import messages
 from flaskserve.protocol.grpc.tensors import decode_request, encode_response
 
@@ -181,6 +183,10 @@ class InferenceServicer:
             ),
         )
         return encode_response(model, outputs, decoded.outputs, request.id)
+
+    def ModelStatistics(self, request: Any, call: Call) -> Any:
+        report = statistics.report(self.repository, request.name or None, request.version or None)
+        return json_format.ParseDict(report, messages.ModelStatisticsResponse())
 
     def RepositoryIndex(self, request: Any, call: Call) -> Any:
         response = messages.RepositoryIndexResponse()
