@@ -33,7 +33,7 @@ from flaskserve.version import __version__
 log = logging.getLogger("flaskserve.dataplane")
 
 SERVER_NAME = "flaskserve"
-EXTENSIONS = ["model_repository", "binary_tensor_data"]
+EXTENSIONS = ["model_repository", "binary_tensor_data", "statistics"]
 
 
 class DataPlane:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flaskserve.core.errors import ModelNotFound
+from flaskserve.observability import statistics
+from flaskserve.observability.shared_counters import SUFFIX as STATISTICS_SUFFIX
 
 if TYPE_CHECKING:
     from flaskserve.core.repository import ModelRepository
@@ -73,6 +75,8 @@ def prepare_multiprocess_dir() -> Callable[[], None]:
     if chosen:
         os.makedirs(chosen, exist_ok=True)
         for stale in glob.glob(os.path.join(chosen, "*.db")):
+            os.remove(stale)
+        for stale in glob.glob(os.path.join(chosen, f"*{STATISTICS_SUFFIX}")):
             os.remove(stale)
         return lambda: None
     path = tempfile.mkdtemp(prefix="flaskserve-metrics-", dir=shared_memory_dir())
@@ -201,6 +205,7 @@ def request_answered(model: str, version: str, protocol: str, status: str, secon
     m = _metrics or get()
     m.requests(model, version, protocol, status).inc()
     m.latency(model, version, protocol).observe(seconds)
+    statistics.answered(model, version, status, seconds)
 
 
 def queue_changed(model: str, version: str, delta: int) -> None:
@@ -209,6 +214,7 @@ def queue_changed(model: str, version: str, delta: int) -> None:
 
 def queue_waited(model: str, version: str, seconds: float) -> None:
     (_metrics or get()).queue_time(model, version).observe(seconds)
+    statistics.queued(model, version, seconds)
 
 
 def predicted(model: str, version: str, rows: int, seconds: float) -> None:
@@ -216,6 +222,7 @@ def predicted(model: str, version: str, rows: int, seconds: float) -> None:
     m.compute_time(model, version).observe(seconds)
     if rows >= 0:
         m.batch_size(model, version).observe(rows)
+    statistics.executed(model, version, rows, seconds)
 
 
 def model_loaded(model: str, version: str, seconds: float) -> None:

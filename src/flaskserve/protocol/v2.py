@@ -1,4 +1,5 @@
-"""Open Inference Protocol V2 (KServe V2 / Triton HTTP) routes, with the repository extension.
+"""Open Inference Protocol V2 (KServe V2 / Triton HTTP) routes, with the repository and
+statistics extensions.
 
 Every route is listed here, each with its `/versions/<v>` twin, so the public surface fits on one
 screen. Readiness answers 503 when not ready, as KServe does, so load balancers and Kubernetes
@@ -14,6 +15,7 @@ from flask import Blueprint, Response, request
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InvalidInput
+from flaskserve.observability import statistics
 from flaskserve.protocol.codec import dumps, loads
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.infer import (
@@ -78,6 +80,16 @@ def create_blueprint(dataplane: DataPlane, control: RepositoryControl) -> Bluepr
     @bp.post("/models/<name>/versions/<version>/infer")
     def infer(name: str, version: str | None = None) -> Response:
         return infer_response(dataplane, name, version)
+
+    # The statistics extension. `/models/stats` is matched before `/models/<name>`.
+    @bp.get("/models/stats")
+    def all_model_statistics() -> Response:
+        return json_response(statistics.report(repository))
+
+    @bp.get("/models/<name>/stats")
+    @bp.get("/models/<name>/versions/<version>/stats")
+    def model_statistics(name: str, version: str | None = None) -> Response:
+        return json_response(statistics.report(repository, name, version))
 
     @bp.post("/repository/index")
     def repository_index() -> Response:

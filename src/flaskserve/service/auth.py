@@ -11,13 +11,14 @@ With `--auth keys.toml` every route needs a valid key except these, which stay o
   other call. Where model names themselves are confidential, keep these pages off the public
   listener (a reverse proxy rule), since a browser cannot send a bearer key on navigation.
 
-Model routes (inference on every protocol, and model metadata) need a key allowed on that model
-(403 otherwise); OpenAI's `POST /v1/embeddings` names its model in the JSON body (`model`),
+Model routes (inference on every protocol, model metadata, and a model's statistics) need a key
+allowed on that model (403 otherwise); a model's statistics count every client's requests to it,
+not only the key's. OpenAI's `POST /v1/embeddings` names its model in the JSON body (`model`),
 parsed once per request (the request metrics label it by that model too, before the key is
-checked). `GET /v1/models` needs a valid key. The repository
-routes (index, load, unload), `/v2/usage` and `/metrics` (whose
-per-key series say what every customer used) need an admin key. Any other route, including
-routes an application adds to the app, needs a valid key: open is the exception, listed here.
+checked). `GET /v1/models` needs a valid key. The repository routes (index, load, unload), the
+statistics of all models (`/v2/models/stats`), `/v2/usage` and `/metrics` (whose per-key series
+say what every customer used) need an admin key. Any other route, including routes an
+application adds to the app, needs a valid key: open is the exception, listed here.
 """
 
 from __future__ import annotations
@@ -55,9 +56,15 @@ INFERENCE_ENDPOINTS = frozenset(
 )
 #: Inference routes that name their model in the JSON body's `model` field, as OpenAI's do.
 BODY_MODEL_ENDPOINTS = frozenset({"openai.embeddings"})
-MODEL_ENDPOINTS = INFERENCE_ENDPOINTS | {"v2.model_metadata"}
+MODEL_ENDPOINTS = INFERENCE_ENDPOINTS | {"v2.model_metadata", "v2.model_statistics"}
 ADMIN_ENDPOINTS = frozenset(
-    {"v2.repository_index", "v2.load_model", "v2.unload_model", "service.usage"}
+    {
+        "v2.repository_index",
+        "v2.load_model",
+        "v2.unload_model",
+        "v2.all_model_statistics",
+        "service.usage",
+    }
 )
 ADMIN_PATHS = frozenset({"/metrics"})
 

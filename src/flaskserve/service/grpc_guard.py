@@ -5,9 +5,10 @@
 protocols. Access follows the HTTP routes' rules (`service.auth`):
 
 - open: ServerLive, ServerReady, ModelReady, ServerMetadata (health and what a client probes);
-- a key allowed on the model: ModelMetadata, ModelInfer;
-- an admin key: RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload. Without keys,
-  load and unload need `--model-control`, as over HTTP.
+- a key allowed on the model: ModelMetadata, ModelInfer, and ModelStatistics naming a model;
+- an admin key: RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload, and
+  ModelStatistics of every model (no name). Without keys, load and unload need
+  `--model-control`, as over HTTP.
 
 The key comes in the call's metadata as `authorization: Bearer <key>` (or `x-api-key`).
 ModelInfer is rate limited here, held to `--max-batch-rows` and `--request-timeout-ms` (or the
@@ -33,6 +34,8 @@ from flaskserve.service.keys import ApiKey
 
 OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ModelReady", "ServerMetadata"})
 MODEL_RPCS = frozenset({"ModelMetadata", "ModelInfer"})
+#: A model's statistics need a key allowed on it; every model's, an admin key.
+STATISTICS_RPC = "ModelStatistics"
 INFER_RPC = "ModelInfer"
 
 
@@ -109,7 +112,7 @@ class GuardedCall:
                 'Bearer realm="flaskserve", error="invalid_token"',
             )
         self.context.key_id = key.id
-        if rpc in MODEL_RPCS:
+        if rpc in MODEL_RPCS or (rpc == STATISTICS_RPC and self.model):
             if not key.allows(self.model):
                 raise Forbidden(_not_allowed(key, self.model))
         elif not key.admin:

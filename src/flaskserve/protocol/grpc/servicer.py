@@ -21,11 +21,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import grpc
+from google.protobuf import json_format
 
 from flaskserve.core.context import InferenceContext, request_id_from
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelFailed
+from flaskserve.observability import statistics
 from flaskserve.protocol.grpc import messages
 from flaskserve.protocol.grpc.tensors import decode_request, encode_response
 
@@ -183,6 +185,10 @@ class InferenceServicer:
             context,
         )
         return encode_response(model, outputs, decoded.outputs, request.id)
+
+    def ModelStatistics(self, request: Any, context: InferenceContext) -> Any:
+        report = statistics.report(self.repository, request.name or None, request.version or None)
+        return json_format.ParseDict(report, messages.ModelStatisticsResponse())
 
     def RepositoryIndex(self, request: Any, context: InferenceContext) -> Any:
         response = messages.RepositoryIndexResponse()

@@ -70,6 +70,56 @@ _MODEL_READY = {
     "404": ERRORS["404"],
 }
 
+_DURATION = {
+    "type": "object",
+    "required": ["count", "ns"],
+    "properties": {
+        "count": {"type": "integer", "minimum": 0},
+        "ns": {"type": "integer", "minimum": 0, "description": "Total nanoseconds."},
+    },
+}
+_MODEL_STATISTICS = {
+    "type": "object",
+    "required": ["model_stats"],
+    "properties": {
+        "model_stats": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "version", "inference_stats", "batch_stats"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "version": {"type": "string"},
+                    "last_inference": {
+                        "type": "integer",
+                        "description": "Milliseconds since the epoch; 0 when never.",
+                    },
+                    "inference_count": {"type": "integer", "description": "Rows inferred."},
+                    "execution_count": {"type": "integer", "description": "Predict calls."},
+                    "inference_stats": {
+                        "type": "object",
+                        "additionalProperties": _DURATION,
+                        "description": "success, fail, queue, compute_input, compute_infer, "
+                        "compute_output, cache_hit, cache_miss.",
+                    },
+                    "batch_stats": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "batch_size": {"type": "integer", "minimum": 0},
+                                "compute_input": _DURATION,
+                                "compute_infer": _DURATION,
+                                "compute_output": _DURATION,
+                            },
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
+
 _A_FILE = {"200": {"description": "The file."}, "404": {"description": "No such file."}}
 
 #: Flask endpoint -> its OpenAPI operation (copied per document: callers may add keys to it).
@@ -101,6 +151,20 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         {"200": _INFER_RESPONSE, **ERRORS},
         requestBody=_INFER_REQUEST_BODY,
         parameters=[_BINARY_HEADER],
+    ),
+    # V2 statistics extension
+    "v2.all_model_statistics": operation(
+        "V2 statistics",
+        "Statistics of every version of every model, summed over the workers (admin key)",
+        {"200": answer("Per model version counts and times.", _MODEL_STATISTICS)},
+    ),
+    "v2.model_statistics": operation(
+        "V2 statistics",
+        "Statistics of a model's versions (or one version), summed over the workers",
+        {
+            "200": answer("Per model version counts and times.", _MODEL_STATISTICS),
+            "404": ERRORS["404"],
+        },
     ),
     # V2 repository extension
     "v2.repository_index": operation(
