@@ -165,7 +165,7 @@ def _grpc_worker_init(settings: Settings) -> Callable[[Any], None]:
 
 def _worker_exit(server: Any, worker: Any) -> None:
     """After the worker's last HTTP request: let its running gRPC calls finish, then write the
-    usage it still holds."""
+    usage it still holds and end the process (`worker.worker_exit`)."""
     grpc_server = getattr(worker, "flaskserve_grpc", None)
     if grpc_server is not None:
         grace = worker.cfg.graceful_timeout

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,83 @@ def test_sigterm_finishes_every_in_flight_request_then_exits(tmp_path, start_ser
         raise AssertionError("the server still accepts connections after SIGTERM")
     except requests.ConnectionError:
         pass
+
+
+HEAVY_TOML = """\
+runtime = "python"
+entrypoint = "heavy:Heavy"
+[[inputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1]
+[[outputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1]
+"""
+
+#: A model whose process takes a minute to tear down at interpreter exit, as ML libraries' many
+#: modules and objects take seconds (torch, imported when skops loads a scikit-learn model).
+HEAVY_PY = """\
+import sys
+import time
+import types
+
+
+class _Teardown:
+    def __del__(self, sleep=time.sleep):
+        sleep(60)
+
+
+_held = types.ModuleType("heavy_teardown")  # freed when the interpreter clears its modules
+_held.teardown = _Teardown()
+sys.modules[_held.__name__] = _held
+del _held
+
+
+class Heavy:
+    def predict(self, x):
+        return {"x": x}
+"""
+
+
+def _read_response(sock: socket.socket) -> bytes:
+    """One HTTP response with a Content-Length, read from a raw socket."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += _recv(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += _recv(sock)
+    return head
+
+
+def _recv(sock: socket.socket) -> bytes:
+    chunk = sock.recv(4096)
+    assert chunk, "the server closed the connection mid-response"
+    return chunk
+
+
+def test_sigterm_stops_an_idle_server_well_before_the_graceful_timeout(
+    tmp_path, start_server
+) -> None:
+    (tmp_path / "heavy" / "1").mkdir(parents=True)
+    (tmp_path / "heavy" / "model.toml").write_text(HEAVY_TOML)
+    (tmp_path / "heavy" / "1" / "heavy.py").write_text(HEAVY_PY)
+    server = start_server([str(tmp_path), "--workers", "2"])  # --graceful-timeout 30
+    server.wait_for_log("model heavy version 1 is ready", count=2)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
+        idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        head = _read_response(idle)
+        assert head.startswith(b"HTTP/1.1 200") and b"close" not in head.lower()
+        os.kill(server.process.pid, signal.SIGTERM)
+        # Nothing to finish: what it takes is gunicorn's 2 s linger on the kept-alive
+        # connection, never the 30 s graceful timeout after which the master kills workers.
+        assert server.process.wait(timeout=10) == 0, server.log
+        assert idle.recv(1) == b"", "the kept-alive connection was not closed"
+    assert server.log.count("Worker exiting") == 2
 
 
 def _hammer(url: str, body: dict, stop: threading.Event, results: list) -> None:

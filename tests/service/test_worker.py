@@ -1,11 +1,14 @@
 """The gthread worker's accept policy: a worker that holds as many connections as it has
-threads pauses accepting, so a burst of connections reaches the other workers too."""
+threads pauses accepting, so a burst of connections reaches the other workers too. And its
+exit: a stopped worker ends its process without the interpreter's teardown."""
 
 from __future__ import annotations
 
 import os
 import selectors
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -59,3 +62,42 @@ def test_a_worker_with_a_connection_per_thread_pauses_accepting_then_resumes() -
             for conn in worker.accepted:
                 conn.sock.close()
             worker.poller.close()
+
+
+#: A process whose interpreter teardown takes a minute, whose last output is still in its
+#: buffers or waits in an atexit callback, and whose gunicorn worker stopped with `status`.
+EXITING_WORKER = """
+import atexit, logging, sys, time
+from flaskserve.service.worker import worker_exit
+
+class Teardown:
+    def __del__(self):
+        time.sleep(60)
+
+TEARDOWN = Teardown()
+logging.basicConfig(stream=sys.stderr, format="%(message)s")
+logging.getLogger("test").warning("logged last")
+atexit.register(sys.stdout.write, ", at exit")
+sys.stdout.write("printed last")
+
+class Worker:
+    exit_status = {status}
+
+worker_exit(None, Worker())
+sys.stdout.write(", then returned")
+sys.stdout.flush()
+"""
+
+
+def test_a_stopped_worker_exits_with_its_status_at_once_after_flushing_its_output() -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING_WORKER.format(status=3)],
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert time.monotonic() - started < 30, "the exit waited for the interpreter's teardown"
+    assert done.returncode == 3
+    assert done.stdout == "printed last, at exit"
+    assert done.stderr == "logged last\n"
