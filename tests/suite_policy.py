@@ -3,8 +3,9 @@
 Markers (registered in pyproject.toml) are set here from what a test uses, so a new test that
 starts a server or a browser cannot forget its marker and slip into `make test-fast`:
 
-- `e2e`: starts a real `flaskserve serve` process (`start_server`, `digits_server`, or a module
-  marked by hand); `servers.Server` refuses to start in a test without it;
+- `e2e`: starts a real `flaskserve` process: uses `start_server` or `digits_server`, or the test
+  or one of its fixtures names `Server` or `FLASKSERVE` (tests/servers.py); `servers.Server`
+  refuses to start in a test without the marker, should a helper hide it from this check;
 - `s3`: needs the SeaweedFS server (`s3_server`);
 - `browser`: drives Chromium (`browser`, `page`);
 - `slow`, `gpu`: set by hand.
@@ -24,9 +25,12 @@ into a pytest run of their own and check it.
 from __future__ import annotations
 
 import glob
+import inspect
 import itertools
 import os
 import re
+import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,6 +57,9 @@ def has_gpu() -> bool:
     """An NVIDIA device node is there (no import of torch, which is slow and may be CPU-only)."""
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 
+
+#: Names that start a `flaskserve` process when a test or a fixture it uses refers to them.
+SERVER_NAMES = {"Server", "FLASKSERVE"}
 
 _MODULE_MARKS = re.compile(r"^pytestmark\s*=\s*(\[[^\]]*\]|.*)$", re.MULTILINE)
 _WORDS = re.compile(r"[\w.:+\-\[\]\\/]+")
@@ -86,12 +93,40 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
     return None
 
 
+def _names(code: types.CodeType) -> set[str]:
+    """The global and attribute names a function's code refers to, nested functions included."""
+    names = set(code.co_names)
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            names |= _names(constant)
+    return names
+
+
+def _functions(item: pytest.Item) -> Iterator[object]:
+    """The test function and the function of every fixture it uses, directly or not."""
+    yield getattr(item, "function", None)
+    info = getattr(item, "_fixtureinfo", None)
+    for fixturedefs in info.name2fixturedefs.values() if info else ():
+        for fixturedef in fixturedefs:
+            yield fixturedef.func
+
+
+def starts_a_server(item: pytest.Item) -> bool:
+    for function in _functions(item):
+        code = getattr(inspect.unwrap(function), "__code__", None) if function else None
+        if code is not None and _names(code) & SERVER_NAMES:
+            return True
+    return False
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         used = set(getattr(item, "fixturenames", ()))
         for marker, fixtures in MARKED_FIXTURES.items():
             if used & fixtures:
                 item.add_marker(marker)
+        if item.get_closest_marker("e2e") is None and starts_a_server(item):
+            item.add_marker("e2e")
 
 
 @pytest.hookimpl(tryfirst=True)

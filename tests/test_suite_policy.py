@@ -31,8 +31,11 @@ def test_needs_a_thing():
 def test_on_the_gpu():
     pytest.skip("no GPU here")
 
-def test_sneaks_a_server():
-    Server(["."])
+def launch():
+    return Server(["."])
+
+def test_sneaks_a_server():  # through a helper, which the markers do not look into
+    launch()
 """
 
 #: A module skipped as a whole when it is imported.
@@ -40,11 +43,24 @@ MODULE_SKIP = 'import pytest\n\npytest.importorskip("no_such_module_here")\n'
 
 #: Fixtures named like the suite's, and a conftest that prints each test's markers.
 MARKED = """\
+import subprocess
+
 import pytest
+from servers import FLASKSERVE, Server
 
 @pytest.fixture
 def start_server():
     return None
+
+@pytest.fixture
+def own_server():
+    server = Server(["."])
+    yield server
+    server.stop()
+
+@pytest.fixture
+def uses_own_server(own_server):
+    return own_server
 
 @pytest.fixture
 def s3_server():
@@ -62,6 +78,8 @@ def test_serves(start_server): pass
 def test_stores(s3_server): pass
 def test_clicks(page): pass
 def test_computes(): pass
+def test_through_a_fixture(uses_own_server): pass
+def test_runs_the_cli(): subprocess.run([*FLASKSERVE, "--help"])
 """
 PRINT_MARKS = """\
 def pytest_collection_finish(session):
@@ -128,6 +146,7 @@ def test_markers_follow_fixtures_and_a_module_left_out_by_m_is_not_imported(tmp_
     marks = dict(line.split(" ", 2)[1:] for line in out.splitlines() if line.startswith("MARKS"))
     assert marks == {
         "test_serves": "e2e", "test_stores": "s3", "test_clicks": "browser", "test_computes": "",
+        "test_through_a_fixture": "e2e", "test_runs_the_cli": "e2e",
     }
     status, out = run_pytest(tmp_path, files, "--collect-only", "-m", "slow", ci=False)
     assert "No module named 'no_such_heavy_library'" in out  # `-m slow` does import it
