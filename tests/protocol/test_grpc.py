@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from flaskserve.protocol.grpc.descriptor import SERIALIZED
 from flaskserve.protocol.grpc.tensors import CONTENTS_FIELD
 from flaskserve.service.keys import add_key
 from servers import Server, free_port
+from waiting import eventually
 
 #: Servers with two workers boot slowly on a shared machine; the default 120 s is tight.
 pytestmark = pytest.mark.timeout(300)
@@ -66,18 +66,9 @@ shape = [-1]
 """
 
 
-def wait_for(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def grpc_client(port: int) -> tg.InferenceServerClient:
     client = tg.InferenceServerClient(f"127.0.0.1:{port}")
-    wait_for(_live(client))
+    eventually(_live(client), message="a worker serves gRPC")
     return client
 
 
@@ -390,7 +381,7 @@ def test_keys_in_call_metadata_gate_the_rpcs_and_usage_is_metered(
         rows = [row for row in report["usage"] if row["key"] == "digits_only"]
         return rows[0] if rows and rows[0]["requests"] == 3 else None
 
-    wait_for(lambda: digits_only_usage() is not None)
+    eventually(lambda: digits_only_usage() is not None, message="the gRPC call is metered")
     row = digits_only_usage()
     assert row["model"] == "digits" and row["items"] == 6 and row["failed"] == 0
     assert row["bytes_in"] > 3 * 2 * 64 * 4 and row["bytes_out"] > 0
@@ -412,7 +403,7 @@ def test_sigterm_lets_a_running_call_finish_and_refuses_new_ones(start_server, t
     version = tmp_path / "gate" / "1"
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(client.infer, "gate", [tensor], client_timeout=60)
-        wait_for(lambda: (version / "started").exists())
+        eventually(lambda: (version / "started").exists(), message="the slow call started")
         os.kill(server.process.pid, signal.SIGTERM)
 
         def refused() -> bool:
@@ -425,7 +416,7 @@ def test_sigterm_lets_a_running_call_finish_and_refuses_new_ones(start_server, t
                 fresh.close()
             return False
 
-        wait_for(refused)
+        eventually(refused, message="new calls are refused")
         assert not running.done()
         (version / "release").touch()
         result = running.result(timeout=60)
@@ -460,7 +451,9 @@ def test_a_model_failure_is_logged_with_the_calls_request_id_which_the_client_he
     details = caught.value.message()
     assert "RuntimeError" in details and "request id grpc-req-42" in details
     assert "secret" not in details
-    wait_for(lambda: "secret /etc/credentials path" in server.log)
+    eventually(
+        lambda: "secret /etc/credentials path" in server.log, message="the failure is logged"
+    )
     failed = [line for line in server.log.splitlines() if "secret /etc/credentials" in line]
     assert any("request grpc-req-42" in line for line in failed)
     assert "Traceback" in server.log

@@ -4,14 +4,13 @@ format of the published health.proto, not our own declaration of it."""
 
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
 import requests
 
 from flaskserve.models import digits
 from servers import free_port
+from waiting import eventually
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,14 +48,16 @@ def check(channel: grpc.Channel, request: bytes) -> bytes:
 
 def wait_for_answer(channel: grpc.Channel, request: bytes, timeout: float = 120) -> bytes:
     """The first answer once some worker has started its gRPC server."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def answer() -> bytes | None:
         try:
             return check(channel, request)
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
                 raise
-        time.sleep(0.1)
+            return None
+
+    return eventually(answer, timeout=timeout, message="a worker starts its gRPC server")
 
 
 def test_health_check_follows_readiness_and_refuses_unknown_services(start_server, tmp_path):

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from servers import Server
+from waiting import eventually
 
 ECHO_PY = """\
 class Echo:
@@ -254,12 +255,11 @@ def test_an_8_mib_bytes_tensor_sent_to_an_fp32_model_is_refused_without_being_de
 
 
 def logged_lines_with(server: Server, *words: str, timeout: float = 30) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while True:
-        lines = [line for line in server.log.splitlines() if all(w in line for w in words)]
-        if lines or time.monotonic() > deadline:
-            return lines
-        time.sleep(0.1)
+    return eventually(
+        lambda: [line for line in server.log.splitlines() if all(w in line for w in words)],
+        timeout=timeout,
+        message=f"the server logs a line with {words}",
+    )
 
 
 FAILING = [

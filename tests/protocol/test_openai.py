@@ -22,6 +22,7 @@ import requests
 from flaskserve.models import minilm
 from flaskserve.service.keys import add_key
 from servers import Server
+from waiting import eventually
 
 openai = pytest.importorskip("openai")
 
@@ -335,13 +336,15 @@ def test_embeddings_are_metered_per_key_and_model(gated) -> None:
     headers = {"Authorization": f"Bearer {keys['ops']}"}
     for texts in (["one", "two", "three"], ["four"]):
         client(server.url, keys["ops"]).embeddings.create(model="letters", input=texts)
-    deadline = time.monotonic() + 30
-    while True:  # each worker folds its journal into the database about once a second
+    def ops_rows() -> list[dict]:
         report = requests.get(f"{server.url}/v2/usage", headers=headers, timeout=10).json()
-        rows = [row for row in report["usage"] if row["key"] == "ops"]
-        if (rows and rows[0]["items"] >= 4) or time.monotonic() > deadline:
-            break
-        time.sleep(0.2)
+        return [row for row in report["usage"] if row["key"] == "ops"]
+
+    # Each worker folds its journal into the database about once a second.
+    rows = eventually(
+        lambda: (found := ops_rows()) and found[0]["items"] >= 4 and found,
+        message="both embeddings requests are metered",
+    )
     assert [(row["model"], row["requests"], row["items"]) for row in rows] == [("letters", 2, 4)]
 
 

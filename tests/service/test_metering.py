@@ -6,7 +6,6 @@ import multiprocessing
 import os
 import signal
 import stat
-import time
 from pathlib import Path
 
 import orjson
@@ -19,6 +18,7 @@ from flaskserve.service import metering
 from flaskserve.service.keys import add_key
 from flaskserve.service.metering import Meter, fold_journal, parse_since, read_usage
 from raw_http import exchange
+from waiting import eventually
 
 
 def _record(meter: Meter, key: str, count: int, model: str = "digits") -> None:
@@ -227,14 +227,16 @@ def test_a_huge_content_length_is_billed_as_read_and_usage_keeps_answering(
     honest = f"{infer}Authorization: Bearer {alice}\nContent-Length: {len(body)}"
     assert exchange(server.port, honest, body)[0] == 200
 
-    deadline = time.monotonic() + 30
-    while True:  # each request is metered once its response is written
+    def alice_rows() -> list[dict]:
         report = requests.get(f"{server.url}/v2/usage", headers={"X-API-Key": ops}, timeout=10)
         assert report.status_code == 200, report.text
-        rows = [row for row in report.json()["usage"] if row["key"] == "alice"]
-        if (rows and rows[0]["requests"] == 2) or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        return [row for row in report.json()["usage"] if row["key"] == "alice"]
+
+    # Each request is metered once its response is written.
+    rows = eventually(
+        lambda: (found := alice_rows()) and found[0]["requests"] == 2 and found,
+        message="both of alice's requests are metered",
+    )
     assert rows and (rows[0]["requests"], rows[0]["failed"]) == (2, 1)
     assert rows[0]["bytes_in"] == len(body)
     server.stop()
