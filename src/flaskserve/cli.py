@@ -17,6 +17,7 @@ import click
 from flask import Flask
 
 from flaskserve.app import create_app, open_repository
+from flaskserve.core.model import TensorSpec
 from flaskserve.core.repository import ModelRepository
 from flaskserve.deploy.command import deploy
 from flaskserve.observability.metrics import shared_memory_dir
@@ -331,7 +332,7 @@ def models_table(repository: ModelRepository) -> str:
     return "\n".join(lines)
 
 
-def _signature(specs: list) -> str:  # type: ignore[type-arg]
+def _signature(specs: list[TensorSpec]) -> str:
     return ", ".join(
         f"{spec.name} {spec.datatype} [{', '.join(str(d) for d in spec.shape)}]" for spec in specs
     )

@@ -19,6 +19,7 @@ An `InferenceSession` may be run from several threads at once, so `predict` take
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -213,7 +214,9 @@ def _check_declared(spec: TensorSpec, graph: TensorSpec, kind: str, file: str) -
             raise mismatch("a fixed dimension differs")
 
 
-def _predictor(session: ort.InferenceSession, inputs: list[TensorSpec], outputs: list[TensorSpec]):  # type: ignore[no-untyped-def]
+def _predictor(
+    session: ort.InferenceSession, inputs: list[TensorSpec], outputs: list[TensorSpec]
+) -> Callable[[Arrays], dict[str, np.ndarray]]:
     output_names = [spec.name for spec in outputs]
     text_inputs = {spec.name for spec in inputs if spec.datatype == "BYTES"}
     text_outputs = {spec.name for spec in outputs if spec.datatype == "BYTES"}
