@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 from flask import Flask, Response, request
@@ -16,6 +17,7 @@ from flaskserve.core.errors import FlaskServeError, ModelFailed
 from flaskserve.core.repository import Loader, ModelRepository
 from flaskserve.observability import endpoint as metrics_endpoint
 from flaskserve.observability import requests as request_hooks
+from flaskserve.observability import statistics
 from flaskserve.observability.metrics import PrometheusObserver
 from flaskserve.protocol import openai, sagemaker, v1, v2
 from flaskserve.protocol.http_context import REQUEST_ID_KEY
@@ -97,7 +99,9 @@ def create_app(
         repository, state_dir, baseline, enabled=model_control_enabled(settings)
     )
     app.extensions["flaskserve.control"] = control
-    app.register_blueprint(v2.create_blueprint(dataplane, control))
+    statistics_report = partial(statistics.report, repository)
+    app.extensions["flaskserve.statistics"] = statistics_report
+    app.register_blueprint(v2.create_blueprint(dataplane, control, statistics_report))
     app.register_blueprint(v1.create_blueprint(dataplane))
     app.register_blueprint(openai.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))

@@ -141,6 +141,7 @@ def start_grpc(app: Flask, settings: Settings) -> GrpcServer | None:
         settings.grpc_port,
         settings.threads,
         settings.max_request_bytes,
+        app.extensions["flaskserve.statistics"],
         guard,
     )
 

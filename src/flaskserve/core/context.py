@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -70,3 +70,8 @@ class Step(Protocol):
         seconds: float,
     ) -> None:
         """Runs once the inference ended: `model` answered, or it failed (`model` is None)."""
+
+
+#: Triton's statistics (`{"model_stats": [...]}`) of every model, of one model, or of one of its
+#: versions; the protocols are handed one (by the app) rather than importing where it is kept.
+StatisticsReport = Callable[[str | None, str | None], dict[str, Any]]

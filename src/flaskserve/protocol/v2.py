@@ -12,10 +12,10 @@ from typing import Any
 
 from flask import Blueprint, Response, request
 
+from flaskserve.core.context import StatisticsReport
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InvalidInput
-from flaskserve.observability import statistics
 from flaskserve.protocol.codec import dumps, loads
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.infer import (
@@ -48,7 +48,9 @@ def infer_response(dataplane: DataPlane, name: str, version: str | None) -> Resp
     )
 
 
-def create_blueprint(dataplane: DataPlane, control: RepositoryControl) -> Blueprint:
+def create_blueprint(
+    dataplane: DataPlane, control: RepositoryControl, statistics: StatisticsReport
+) -> Blueprint:
     bp = Blueprint("v2", __name__, url_prefix="/v2")
     repository = dataplane.repository
 
@@ -84,12 +86,12 @@ def create_blueprint(dataplane: DataPlane, control: RepositoryControl) -> Bluepr
     # The statistics extension. `/models/stats` is matched before `/models/<name>`.
     @bp.get("/models/stats")
     def all_model_statistics() -> Response:
-        return json_response(statistics.report(repository))
+        return json_response(statistics(None, None))
 
     @bp.get("/models/<name>/stats")
     @bp.get("/models/<name>/versions/<version>/stats")
     def model_statistics(name: str, version: str | None = None) -> Response:
-        return json_response(statistics.report(repository, name, version))
+        return json_response(statistics(name, version))
 
     @bp.post("/repository/index")
     def repository_index() -> Response:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from flaskserve.core.context import StatisticsReport
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.protocol.grpc import health
@@ -43,6 +44,7 @@ def start(
     port: int,
     threads: int,
     max_message_bytes: int,
+    statistics: StatisticsReport,
     hooks: Hooks = open_hooks,
 ) -> GrpcServer:
     """Serve `inference.GRPCInferenceService` on host:port with `threads` handler threads."""
@@ -54,7 +56,8 @@ def start(
             ("grpc.max_send_message_length", -1),
         ],
     )
-    server.add_generic_rpc_handlers((InferenceServicer(dataplane, control, hooks).handler(),))
+    servicer = InferenceServicer(dataplane, control, statistics, hooks)
+    server.add_generic_rpc_handlers((servicer.handler(),))
     server.add_generic_rpc_handlers((health.handler(dataplane.repository.is_ready),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

@@ -23,11 +23,10 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf import json_format
 
-from flaskserve.core.context import InferenceContext, request_id_from
+from flaskserve.core.context import InferenceContext, StatisticsReport, request_id_from
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelFailed
-from flaskserve.observability import statistics
 from flaskserve.protocol.grpc import messages
 from flaskserve.protocol.grpc.tensors import decode_request, encode_response
 
@@ -97,9 +96,14 @@ class InferenceServicer:
     """The RPCs; `handler()` registers them with a `grpc.Server`."""
 
     def __init__(
-        self, dataplane: DataPlane, control: RepositoryControl, hooks: Hooks = open_hooks
+        self,
+        dataplane: DataPlane,
+        control: RepositoryControl,
+        statistics: StatisticsReport,
+        hooks: Hooks = open_hooks,
     ) -> None:
         self.dataplane = dataplane
+        self.statistics = statistics
         self.repository = dataplane.repository
         self.control = control
         self.hooks = hooks
@@ -187,7 +191,7 @@ class InferenceServicer:
         return encode_response(model, outputs, decoded.outputs, request.id)
 
     def ModelStatistics(self, request: Any, context: InferenceContext) -> Any:
-        report = statistics.report(self.repository, request.name or None, request.version or None)
+        report = self.statistics(request.name or None, request.version or None)
         return json_format.ParseDict(report, messages.ModelStatisticsResponse())
 
     def RepositoryIndex(self, request: Any, context: InferenceContext) -> Any:
