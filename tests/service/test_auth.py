@@ -140,7 +140,7 @@ def keyed_server(digits_repo, tmp_path_factory):
 def test_a_request_without_a_valid_key_is_refused_before_its_body(
     keyed_server, framing, credentials
 ) -> None:
-    head = f"POST /v2/models/digits/infer HTTP/1.1\nHost: x\n{framing}{credentials}"
+    head = f"POST /v2/models/digits/infer HTTP/1.1\nHost: 127.0.0.1\n{framing}{credentials}"
     # The body never comes: a server reading it before checking the key would wait for it.
     status, answer = exchange(keyed_server.port, head, timeout=5)
     assert status == 401 and "API key" in answer["error"]

@@ -217,7 +217,10 @@ def test_a_huge_content_length_is_billed_as_read_and_usage_keeps_answering(
     keys_file = tmp_path / "keys.toml"
     alice, ops = add_key(keys_file, "alice"), add_key(keys_file, "ops", admin=True)
     server = start_server([str(digits_repo), "--workers", "1", "--auth", str(keys_file)])
-    infer = "POST /v2/models/digits/infer HTTP/1.1\nHost: x\nContent-Type: application/json\n"
+    infer = (
+        "POST /v2/models/digits/infer HTTP/1.1\nHost: 127.0.0.1\n"
+        "Content-Type: application/json\n"
+    )
     body = orjson.dumps(
         {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]}
     )

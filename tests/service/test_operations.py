@@ -114,7 +114,7 @@ def test_sigterm_stops_an_idle_server_well_before_the_graceful_timeout(
     server = start_server([str(tmp_path), "--workers", "2"])  # --graceful-timeout 30
     server.wait_for_log("model heavy version 1 is ready", count=2)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
-        idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+        idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
         head = _read_response(idle)
         assert head.startswith(b"HTTP/1.1 200") and b"close" not in head.lower()
         os.kill(server.process.pid, signal.SIGTERM)

@@ -134,11 +134,12 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
         ]
         return json_response({"object": "list", "data": data})
 
-    @bp.errorhandler(FlaskServeError)
-    def openai_error(exc: FlaskServeError) -> Response:
-        param = getattr(exc, "param", None)
-        code = getattr(exc, "code", None)
-        return json_response(error_body(exc.message, exc.status_code, param, code), exc.status_code)
+    @bp.errorhandler(OpenAIError)
+    def openai_error(exc: OpenAIError) -> Response:
+        """The route's own refusals, naming the field; every other error is rendered by the
+        app's one handler (headers, logging) and reshaped below."""
+        body = error_body(exc.message, exc.status_code, exc.param, exc.code)
+        return json_response(body, exc.status_code)
 
     @bp.after_request
     def reshape_errors(response: Response) -> Response:
