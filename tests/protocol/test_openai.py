@@ -15,48 +15,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import openai
 import orjson
 import pytest
 import requests
 
 from flaskserve.models import minilm
 from flaskserve.service.keys import add_key
+from letters_model import write_letters
 from servers import Server
 from waiting import eventually
-
-openai = pytest.importorskip("openai")
 
 #: The first server of a test run exports MiniLM to ONNX, which takes minutes on a busy machine.
 pytestmark = pytest.mark.timeout(900)
 
 SENTENCES = ["The cat sits on the mat.", "Un caf\u00e9, s'il vous pla\u00eet \u2615", ""]
-
-#: An embedding signature served by plain Python: letter counts, and no tokenizer.
-LETTERS_TOML = """\
-runtime = "python"
-entrypoint = "letters:Letters"
-[[inputs]]
-name = "sentence"
-datatype = "BYTES"
-shape = [-1]
-[[outputs]]
-name = "vector"
-datatype = "FP32"
-shape = [-1, 26]
-"""
-LETTERS_PY = """\
-import numpy as np
-
-class Letters:
-    def predict(self, sentence):
-        out = np.zeros((len(sentence), 26), dtype=np.float32)
-        for row, text in enumerate(sentence):
-            for char in text.decode("utf-8").lower():
-                if "a" <= char <= "z":
-                    out[row, ord(char) - ord("a")] += 1
-        return out
-"""
-
 
 def letter_counts(text: str) -> np.ndarray:
     counts = np.zeros(26, dtype=np.float32)
@@ -64,12 +37,6 @@ def letter_counts(text: str) -> np.ndarray:
         if "a" <= char <= "z":
             counts[ord(char) - ord("a")] += 1
     return counts
-
-
-def write_letters(root: Path) -> None:
-    (root / "letters" / "1").mkdir(parents=True)
-    (root / "letters" / "model.toml").write_text(LETTERS_TOML, encoding="utf-8")
-    (root / "letters" / "1" / "letters.py").write_text(LETTERS_PY, encoding="utf-8")
 
 
 def cache_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:

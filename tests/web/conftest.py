@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from letters_model import write_letters
+
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -21,33 +23,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-#: A text "embedding" model: letter frequencies, so similar sentences get similar vectors.
-LETTERS_TOML = """\
-runtime = "python"
-entrypoint = "letters:Letters"
-[[inputs]]
-name = "sentence"
-datatype = "BYTES"
-shape = [-1]
-[[outputs]]
-name = "vector"
-datatype = "FP32"
-shape = [-1, 26]
-"""
-
-LETTERS_PY = """\
-import numpy as np
-
-class Letters:
-    def predict(self, sentence):
-        out = np.zeros((len(sentence), 26), dtype=np.float32)
-        for row, text in enumerate(sentence):
-            for char in text.decode("utf-8").lower():
-                if "a" <= char <= "z":
-                    out[row, ord(char) - ord("a")] += 1
-        return out
-"""
 
 #: A tabular model with three inputs of different datatypes: the JSON editor's case.
 TABULAR_TOML = """\
@@ -94,7 +69,7 @@ def playground_repo(tmp_path_factory: pytest.TempPathFactory, digits_model: Path
     """digits (drawing pad), letters (text with embeddings) and tabular (JSON editor)."""
     root = tmp_path_factory.mktemp("playground")
     shutil.copytree(digits_model, root / "digits")
-    write_python_model(root, "letters", LETTERS_TOML, "letters", LETTERS_PY)
+    write_letters(root)
     write_python_model(root, "tabular", TABULAR_TOML, "tabular", TABULAR_PY)
     return root
 

@@ -72,6 +72,25 @@ class Step(Protocol):
         """Runs once the inference ended: `model` answered, or it failed (`model` is None)."""
 
 
+
+class BaseStep:
+    """A step that does nothing before and nothing after: subclass it and override the half
+    you need."""
+
+    def before(
+        self, context: InferenceContext, name: str, inputs: Mapping[str, np.ndarray]
+    ) -> None:
+        return None
+
+    def after(
+        self,
+        context: InferenceContext,
+        model: Model | None,
+        inputs: Mapping[str, np.ndarray],
+        seconds: float,
+    ) -> None:
+        return None
+
 #: Triton's statistics (`{"model_stats": [...]}`) of every model, of one model, or of one of its
 #: versions; the protocols are handed one (by the app) rather than importing where it is kept.
 StatisticsReport = Callable[[str | None, str | None], dict[str, Any]]

@@ -13,13 +13,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from flaskserve.core import deadlines
-from flaskserve.core.context import InferenceContext, Step
+from flaskserve.core.context import BaseStep, InferenceContext, Step
 from flaskserve.core.model import Model
 from flaskserve.service.limits import batch_rows, check_batch_rows
 from flaskserve.settings import Settings
 
 
-class BatchRowLimit:
+class BatchRowLimit(BaseStep):
     """400 for a request with more rows than `--max-batch-rows`, before any work."""
 
     def __init__(self, limit: int) -> None:
@@ -30,17 +30,8 @@ class BatchRowLimit:
     ) -> None:
         check_batch_rows(name, inputs, self.limit)
 
-    def after(
-        self,
-        context: InferenceContext,
-        model: Model | None,
-        inputs: Mapping[str, np.ndarray],
-        seconds: float,
-    ) -> None:
-        pass
 
-
-class Deadline:
+class Deadline(BaseStep):
     """`--request-timeout-ms` counted from the request's arrival (time queued for a worker
     thread included); the client's own deadline (gRPC) stands when it is sooner. A request
     whose time ran out before the data plane saw it gets 504 at once."""
@@ -57,24 +48,10 @@ class Deadline:
         if context.deadline is None or ours < context.deadline:
             context.deadline = ours
 
-    def after(
-        self,
-        context: InferenceContext,
-        model: Model | None,
-        inputs: Mapping[str, np.ndarray],
-        seconds: float,
-    ) -> None:
-        pass
 
-
-class Usage:
+class Usage(BaseStep):
     """Leaves what the request used in its context, where metering and metrics read it once
     the response is sent: the model that answered, its rows, the seconds it took."""
-
-    def before(
-        self, context: InferenceContext, name: str, inputs: Mapping[str, np.ndarray]
-    ) -> None:
-        pass
 
     def after(
         self,
