@@ -60,6 +60,8 @@ def install(app: Flask, dataplane: DataPlane) -> None:
         protocol = environ.get(_PROTOCOL_KEY)
         if protocol is not None:
             model, version = environ[_LABELS_KEY]
+            if protocol == "openai":  # its model is in the body, read (if at all) by now
+                model, version = model_label(openai.parsed_model(request))
             elapsed = time.perf_counter() - environ[_STARTED_KEY]
             metrics.request_answered(model, version, protocol, str(response.status_code), elapsed)
         return response
@@ -72,8 +74,8 @@ def install(app: Flask, dataplane: DataPlane) -> None:
 
 
 def _model_name(protocol: str, dataplane: DataPlane) -> str | None:
-    if protocol == "openai":  # named in the JSON body
-        return openai.requested_model(request)
+    if protocol == "openai":  # named in the body, which is not read before the key is checked
+        return None
     if protocol != "sagemaker":
         return (request.view_args or {}).get("name")
     named = request.headers.get(TARGET_MODEL_HEADER)

@@ -77,6 +77,14 @@ def requested_model(req: Request) -> str | None:
     return model if isinstance(model, str) else None
 
 
+def parsed_model(req: Request) -> str | None:
+    """The body's `model` when something already parsed the body, without reading it: what the
+    metrics may look at, since a request refused before its body must not have it read."""
+    body = req.environ.get(_BODY_KEY)
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else None
+
+
 def is_embedding_model(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]) -> bool:
     """Text in, one vector out: the signature the embeddings route can serve."""
     return (

@@ -14,8 +14,8 @@ With `--auth keys.toml` every route needs a valid key except these, which stay o
 Model routes (inference on every protocol, model metadata, and a model's statistics) need a key
 allowed on that model (403 otherwise); a model's statistics count every client's requests to it,
 not only the key's. OpenAI's `POST /v1/embeddings` names its model in the JSON body (`model`),
-parsed once per request (the request metrics label it by that model too, before the key is
-checked). `GET /v1/models` needs a valid key. The repository routes (index, load, unload), the
+parsed once per request, and only once the key is valid (the request metrics read the model
+from that parse, never the body itself). `GET /v1/models` needs a valid key. The repository routes (index, load, unload), the
 statistics of all models (`/v2/models/stats`), `/v2/usage` and `/metrics` (whose per-key series
 say what every customer used) need an admin key. Any other route, including routes an
 application adds to the app, needs a valid key: open is the exception, listed here.
@@ -27,6 +27,7 @@ from flask import Request
 
 from flaskserve.protocol import openai
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
+from flaskserve.service.keys import ApiKey
 
 OPEN = "open"
 ADMIN = "admin"
@@ -82,13 +83,22 @@ def access_of(endpoint: str, path: str) -> str:
 
 def presented_key(request: Request) -> str | None:
     """The key from `Authorization: Bearer <key>`, else from `X-API-Key`; None if neither."""
-    header = request.headers.get("Authorization")
-    if header:
-        scheme, _, value = header.strip().partition(" ")
+    return key_from(request.headers.get("Authorization"), request.headers.get("X-API-Key"))
+
+
+def key_from(authorization: str | None, api_key: str | None) -> str | None:
+    """The key a client presents, whatever carries the two values (HTTP headers, gRPC
+    metadata): a `Bearer` authorization first, else the API-key value."""
+    if authorization:
+        scheme, _, value = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    api_key = request.headers.get("X-API-Key")
     return api_key.strip() if api_key and api_key.strip() else None
+
+
+def not_allowed(key: ApiKey, model: str | None) -> str:
+    """Why `key` may not use `model`, naming the models it may use."""
+    return f"API key {key.id!r} may not use model {model!r}; it may use: {', '.join(key.models)}"
 
 
 def requested_model(request: Request, served: list[str]) -> str | None:

@@ -28,9 +28,8 @@ from flaskserve.core.errors import Forbidden, RateLimited, Unauthorized
 from flaskserve.core.repository import ModelRepository
 from flaskserve.observability import metrics
 from flaskserve.protocol.grpc.servicer import PROTOCOL, Call
-from flaskserve.service import metering, prometheus
+from flaskserve.service import auth, metering, prometheus
 from flaskserve.service.hooks import Service
-from flaskserve.service.keys import ApiKey
 
 OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ModelReady", "ServerMetadata"})
 MODEL_RPCS = frozenset({"ModelMetadata", "ModelInfer"})
@@ -41,13 +40,7 @@ INFER_RPC = "ModelInfer"
 
 def presented_key(metadata: Mapping[str, str]) -> str | None:
     """The key from `authorization: Bearer <key>`, else from `x-api-key`; None if neither."""
-    header = metadata.get("authorization")
-    if header:
-        scheme, _, value = header.strip().partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    api_key = metadata.get("x-api-key")
-    return api_key.strip() if api_key and api_key.strip() else None
+    return auth.key_from(metadata.get("authorization"), metadata.get("x-api-key"))
 
 
 class GrpcGuard:
@@ -114,7 +107,7 @@ class GuardedCall:
         self.context.key_id = key.id
         if rpc in MODEL_RPCS or (rpc == STATISTICS_RPC and self.model):
             if not key.allows(self.model):
-                raise Forbidden(_not_allowed(key, self.model))
+                raise Forbidden(auth.not_allowed(key, self.model))
         elif not key.admin:
             raise Forbidden(f"API key {key.id!r} is not an admin key; {rpc} needs one")
         if self.inference and key.rate > 0:
@@ -161,6 +154,3 @@ class GuardedCall:
             prometheus.count(key_id, model, status, items, bytes_in, bytes_out, compute)
 
 
-def _not_allowed(key: ApiKey, model: str | None) -> str:
-    allowed = ", ".join(key.models)
-    return f"API key {key.id!r} may not use model {model!r}; it may use: {allowed}"

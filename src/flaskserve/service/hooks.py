@@ -40,7 +40,7 @@ from flaskserve.core.errors import (
 from flaskserve.protocol.http_context import CONTEXT_KEY, http_context
 from flaskserve.protocol.v2 import json_response
 from flaskserve.service import auth, metering, prometheus, received
-from flaskserve.service.keys import ApiKey, KeyStore
+from flaskserve.service.keys import KeyStore
 from flaskserve.service.limits import LocalBuckets, SharedBuckets, open_buckets
 from flaskserve.service.worker import queue_wait
 from flaskserve.settings import Settings
@@ -142,7 +142,7 @@ def _gate(dataplane: DataPlane, service: Service) -> Callable[[], None]:
             served = [entry.name for entry in repository.entries()]
             model = auth.requested_model(request, served)
             if not key.allows(model):
-                raise Forbidden(_not_allowed(key, model))
+                raise Forbidden(auth.not_allowed(key, model))
         if context is not None and key.rate > 0:
             retry_after = service.buckets.take(key.id, key.rate, key.bucket_size)
             if retry_after:
@@ -166,9 +166,6 @@ def _check_chunked_size(limit: int | None) -> None:
         raise RequestEntityTooLarge()
 
 
-def _not_allowed(key: ApiKey, model: str | None) -> str:
-    allowed = ", ".join(key.models)
-    return f"API key {key.id!r} may not use model {model!r}; it may use: {allowed}"
 
 
 def _metering(dataplane: DataPlane, service: Service) -> Callable[[Response], Response]:
