@@ -16,9 +16,10 @@ allowed on that model (403 otherwise); a model's statistics count every client's
 not only the key's. OpenAI's `POST /v1/embeddings` names its model in the JSON body (`model`),
 parsed once per request, and only once the key is valid (the request metrics read the model
 from that parse, never the body itself). `GET /v1/models` needs a valid key. The repository
-routes (index, load, unload), the statistics of all models (`/v2/models/stats`), `/v2/usage` and `/metrics` (whose per-key series
-say what every customer used) need an admin key. Any other route, including routes an
-application adds to the app, needs a valid key: open is the exception, listed here.
+routes (index, load, unload), the statistics of all models (`/v2/models/stats`), `/v2/usage`
+and `/metrics` (whose per-key series say what every customer used) need an admin key. Any other
+route, including routes an application adds to the app, needs a valid key: open is the
+exception, listed here.
 """
 
 from __future__ import annotations
