@@ -20,7 +20,7 @@ test_stamp := $(VENV)/.installed-test
 BENCH_EXTRAS ?= bench,nlp
 bench_stamp := $(VENV)/.installed-$(subst $(comma),-,$(BENCH_EXTRAS))
 
-.PHONY: serve test test-fast lint clean bench proto
+.PHONY: serve test test-fast lint clean bench bench-peers proto
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,12 +54,27 @@ $(bench_stamp): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[$(BENCH_EXTRAS)]"
 	touch $@
 
-# W1 and W2 against the Flask hello ceiling, a plain Flask baseline and the raw in-process limit;
-# writes docs/benchmarks.md and docs/benchmarks.png (about 6 minutes; ARGS="--rounds 2" repeats).
+# W1 (c=1..64, 1024, gRPC) and W2 against the Flask hello ceiling and the plain per-request app on
+# gunicorn and Granian, the raw in-process limits, a slow-client point and RSS per worker, and
+# issue 12's targets met / not met; 3 interleaved rounds, medians. Writes docs/benchmarks.md and
+# docs/benchmarks.png: about 15 minutes on a quiet 2-core machine (up to 25 when it must wait for
+# idle cores). ARGS="--rounds 1" takes a third; ARGS="--only w1,slow" runs some parts.
 bench: $(bench_stamp)
 	@command -v wrk >/dev/null || { $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update -q && \
 		$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y -q wrk; }
 	$(BIN)/python bench/run.py $(ARGS)
+
+# The peers (MLServer, BentoML, LitServe, plain Flask) and flaskserve through the shared harness,
+# its table into docs/benchmarks.md (docs/peers/ keeps the result files). The first run creates
+# the peers' venvs under $$PEERS_DIR (~/.cache/flaskserve-peers; about 8 GB, 10-20 minutes); then
+# 3 rounds take about 45 minutes (15 targets and flaskserve's two, 15 s per point).
+# PEERS_ARGS="--rounds 1 --duration 10" takes about 12; "--skip-peers" reruns flaskserve alone.
+PEERS_HARNESS ?= ../shared/bench
+PEERS_ARGS ?=
+bench-peers: $(bench_stamp)
+	@command -v wrk >/dev/null || { $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update -q && \
+		$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y -q wrk; }
+	$(BIN)/python bench/peers.py --setup --harness $(PEERS_HARNESS) $(PEERS_ARGS)
 
 # After editing src/flaskserve/protocol/grpc/inference.proto: recompile its descriptor.py.
 proto: $(test_stamp)
