@@ -21,8 +21,8 @@ Load comes from `wrk` (one thread, keep-alive, a Lua body script) for `--duratio
 concurrency, after a warm-up, each run waiting (briefly) for an idle machine first; over gRPC
 from `bench/grpc_load.py` (Python threads, one HTTP/2 connection each, the request built once),
 which reports its own CPU. CPU used by anything but the server and the load driver during a run
-is recorded as `other CPU %`, the noise gauge. Rounds are interleaved (odd rounds run the
-targets in reverse order) and every figure is the median over rounds; the targets of issue 12
+is recorded as `other CPU %`, the noise gauge. Rounds are interleaved (every second round runs
+the targets in reverse order) and every figure is the median over rounds; the targets of issue 12
 are computed from them in the same run and shown met / not met. `--only` runs some parts, e.g.
 `--only w1,slow --duration 3 --rounds 1 --out /tmp/b.md --json /tmp/b.json`.
 Results go to `bench/results/latest.json`, the table and ratios into the generated block of
@@ -650,8 +650,10 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{run['p99_ms']:.2f} | {run['errors']} | {run['server_cpu_ms_per_req']:.2f} | "
                 f"{run['other_cpu_pct']:.0f} | {each} |"
             )
-    lines += ["", *targets_table(results), "", *raw_table(results), "", *slow_lines(results),
-              "", *memory_lines(results), "", *rss_lines(results)]
+    for section in (targets_table(results), raw_table(results), slow_lines(results),
+                    memory_lines(results), rss_lines(results)):
+        if section:
+            lines += ["", *section]
     if results.get("w2"):
         lines += ["", f"W2 rows are pending: {results['w2']}."]
     if results.get("grpc"):
