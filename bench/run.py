@@ -332,10 +332,13 @@ def default_repository() -> Path:
 
 
 def raw_limits(repository: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The raw limits with the runtimes' own default threads (all cores): the server's share per
+    worker, FLASKSERVE_RUNTIME_THREADS, is left out, as the targets compare with all cores."""
     wait_quiet(args.quiet_wait)
+    env = {k: v for k, v in os.environ.items() if k != "FLASKSERVE_RUNTIME_THREADS"}
     out = subprocess.run(
         [sys.executable, str(HERE / "raw_limit.py"), str(repository), "--secs", str(args.raw_secs)],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, env=env,
     )
     if out.returncode != 0:
         raise RuntimeError(f"raw_limit.py failed:\n{out.stderr[-2000:]}")
@@ -588,6 +591,7 @@ def machine() -> dict[str, str]:
         pass
     return {
         "nproc": str(os.cpu_count()),
+        "open_files": str(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
         "cpu": cpu,
         "memory": mem,
         "python": platform.python_version(),
@@ -622,7 +626,8 @@ def report(results: dict[str, Any], args: argparse.Namespace) -> str:
     info = results["machine"]
     lines = [
         f"Measured {info['date']} on {info['nproc']} cores ({info['cpu']}, {info['memory']}), "
-        f"Python {info['python']}, {info['wrk']} on the same machine (`-t1`, keep-alive), "
+        f"Python {info['python']}, {info['wrk']} on the same machine (`-t1`, keep-alive, open "
+        f"files {info.get('open_files', '?')}), "
         f"{args.duration:g} s per point after a {args.warmup:g} s warm-up, {args.rounds} "
         f"round(s), medians over rounds. Versions: {results['versions']}.",
         "",
