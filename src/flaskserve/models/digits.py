@@ -39,10 +39,11 @@ RECIPE = "LogisticRegression(C=0.01, max_iter=5000), test_size=0.25, random_stat
 
 def build(model_dir: Path) -> float:
     """Train, check and save the model into `model_dir`; returns its held-out accuracy."""
-    import skops.io
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
+
+    from flaskserve.runtimes.skops_import import import_skops_io
 
     features, labels = load_digits(return_X_y=True)
     train_x, test_x, train_y, test_y = train_test_split(
@@ -54,5 +55,5 @@ def build(model_dir: Path) -> float:
         raise RuntimeError(f"digits accuracy {accuracy:.3f} is below {MIN_ACCURACY}")
     (model_dir / "1").mkdir(parents=True)
     (model_dir / "model.toml").write_text(MODEL_TOML, encoding="utf-8")
-    skops.io.dump(classifier, model_dir / "1" / "model.skops")
+    import_skops_io().dump(classifier, model_dir / "1" / "model.skops")
     return accuracy

@@ -17,6 +17,7 @@ from flaskserve.core.model import Model
 from flaskserve.core.observers import LoadObserver, current
 from flaskserve.core.repository import Loader
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
+from flaskserve.runtimes.memory import release_free_memory
 
 #: runtime name -> (module that loads it, pip extra that provides its library or None)
 RUNTIMES: dict[str, tuple[str, str | None]] = {
@@ -62,4 +63,5 @@ def load_model(
     started = time.perf_counter()
     model: Model = module.load(config, version, path, options)
     (observer or current()).loaded(config.name, version, time.perf_counter() - started)
+    release_free_memory()  # what the load parsed and freed (runtimes/memory.py)
     return model

@@ -21,6 +21,7 @@ from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
+from flaskserve.runtimes.skops_import import import_skops_io
 
 SKOPS_SUFFIXES = (".skops",)
 PICKLE_SUFFIXES = (".joblib", ".pkl")
@@ -105,11 +106,10 @@ def load_estimator(config: ModelConfig, file: Path) -> Any:
             return joblib.load(file)
         except Exception as exc:
             raise ModelLoadError(f"{file.name} could not be unpickled: {exc}") from None
-    import skops.io
-
+    skops_io = import_skops_io()
     trusted = config.option("trusted_types", [])
     try:
-        untrusted = skops.io.get_untrusted_types(file=file)
+        untrusted = skops_io.get_untrusted_types(file=file)
         not_allowed = sorted(set(untrusted) - set(trusted))
         if not_allowed:
             raise ModelLoadError(
@@ -117,7 +117,7 @@ def load_estimator(config: ModelConfig, file: Path) -> Any:
                 f"{', '.join(not_allowed)}; review them and list them in trusted_types in "
                 "model.toml"
             )
-        return skops.io.load(file, trusted=untrusted)
+        return skops_io.load(file, trusted=untrusted)
     except ModelLoadError:
         raise
     except Exception as exc:
