@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from flaskserve.app import runtime_options
 from flaskserve.core.batching import Batcher, run_model
 from flaskserve.core.model import Model
 from flaskserve.core.repository import ModelRepository
-from flaskserve.runtimes.context import RuntimeOptions
 from flaskserve.runtimes.registry import loader
 from flaskserve.settings import Settings
 
@@ -174,8 +174,9 @@ def main() -> None:
     parser.add_argument("--secs", type=float, default=3.0)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()
-    options = RuntimeOptions(cache_dir=Path(Settings.from_env().cache_dir))
-    repository = ModelRepository(args.repository, loader(options))
+    # The runtime options the server gives its workers (threads, spinning), so the limit is
+    # measured with the same settings the served model has.
+    repository = ModelRepository(args.repository, loader(runtime_options(Settings.from_env())))
     repository.load_all()
     plans = {"digits": [1, 16, 64], "minilm": [1, 8, 32]}
     for entry in repository.entries():

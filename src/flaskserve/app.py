@@ -24,6 +24,7 @@ from flaskserve.protocol.http_context import REQUEST_ID_KEY
 from flaskserve.protocol.v2 import json_response
 from flaskserve.runtimes.context import RuntimeOptions
 from flaskserve.runtimes.registry import loader
+from flaskserve.runtimes.threads import served
 from flaskserve.service import browser
 from flaskserve.service.steps import steps
 from flaskserve.settings import Settings
@@ -58,8 +59,11 @@ def open_repository(settings: Settings) -> ModelRepository:
 
 
 def runtime_options(settings: Settings) -> RuntimeOptions:
-    """What the runtimes need of the settings, handed to them as an argument."""
-    return RuntimeOptions(cache_dir=Path(settings.cache_dir))
+    """What the runtimes need of the settings, handed to them as an argument. `--debug` serves
+    from one process, whatever `workers` says."""
+    workers = 1 if settings.debug else settings.worker_count
+    options = RuntimeOptions(cache_dir=Path(settings.cache_dir))
+    return served(options, settings.runtime_threads, workers)
 
 
 def model_loader(settings: Settings) -> Loader:

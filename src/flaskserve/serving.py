@@ -28,7 +28,6 @@ from werkzeug.serving import WSGIRequestHandler
 
 from flaskserve.observability import metrics
 from flaskserve.observability.logs import JsonGunicornLogger, access_json
-from flaskserve.runtimes.threads import RUNTIME_THREADS_ENV, per_worker
 from flaskserve.service.worker import QueueTimedWorker, worker_exit
 from flaskserve.settings import Settings
 
@@ -175,12 +174,8 @@ def _worker_exit(server: Any, worker: Any) -> None:
 
 
 def serve_gunicorn(app_factory: Callable[[], Flask], settings: Settings) -> None:
-    # Before the fork: the workers' metrics must all land in one shared folder, and their
-    # runtimes share the cores instead of each starting a thread per core.
+    # Before the fork: the workers' metrics must all land in one shared folder.
     cleanup = metrics.prepare_multiprocess_dir()
-    os.environ[RUNTIME_THREADS_ENV] = str(
-        settings.runtime_threads or per_worker(settings.worker_count)
-    )
     try:
         GunicornApp(app_factory, settings).run()
     finally:

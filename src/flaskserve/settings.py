@@ -29,7 +29,8 @@ class Settings:
     #: 16 served W1 at c=32 best of 4/8/16/32, sync and gevent (docs/benchmarks.md).
     threads: int = 16
     #: CPU threads each model runtime (ONNX Runtime, PyTorch) uses in a worker when its
-    #: model.toml does not say; 0: the cores divided among the workers (runtimes/threads.py).
+    #: model.toml does not say; 0: all cores for each ONNX Runtime session (not spinning), the
+    #: cores divided among the workers for PyTorch (runtimes/threads.py).
     runtime_threads: int = 0
     debug: bool = False
     log_level: str = "info"

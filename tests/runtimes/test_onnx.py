@@ -13,7 +13,7 @@ from flaskserve.core.config import read_model_config
 from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import TensorSpec
 from flaskserve.runtimes import onnx as onnx_runtime
-from flaskserve.runtimes.threads import RUNTIME_THREADS_ENV
+from flaskserve.runtimes.context import RuntimeOptions
 
 AFFINE_DECLARED = """\
 [[inputs]]
@@ -168,12 +168,24 @@ def test_cuda_without_a_gpu_is_a_clear_load_error_and_auto_uses_the_cpu(affine_d
     assert load(affine_dir).parameters["providers"] == ["CPUExecutionProvider"]
 
 
-def test_threads_default_to_the_servers_share_and_model_toml_wins(
-    affine_dir, monkeypatch
+def spinning(options: ort.SessionOptions) -> str:
+    try:
+        return str(options.get_session_config_entry(onnx_runtime.ALLOW_SPINNING))
+    except Exception:  # not set: ONNX Runtime's default, which spins
+        return "1"
+
+
+def test_threads_and_spinning_default_to_the_servers_choice_and_model_toml_wins(
+    affine_dir,
 ) -> None:
     (affine_dir / "model.toml").write_text("")
-    assert onnx_runtime.session_options(read_model_config(affine_dir)).intra_op_num_threads == 0
-    monkeypatch.setenv(RUNTIME_THREADS_ENV, "3")
-    assert onnx_runtime.session_options(read_model_config(affine_dir)).intra_op_num_threads == 3
-    (affine_dir / "model.toml").write_text("intra_op_threads = 1\n")
-    assert onnx_runtime.session_options(read_model_config(affine_dir)).intra_op_num_threads == 1
+    mine = onnx_runtime.session_options(read_model_config(affine_dir))
+    assert (mine.intra_op_num_threads, spinning(mine)) == (0, "1")  # the library's defaults
+    served = RuntimeOptions(intra_op_threads=3, intra_op_spinning=False)
+    file = affine_dir / "1" / "model.onnx"
+    session = onnx_runtime.create_session(file, read_model_config(affine_dir), served)
+    options = session.get_session_options()
+    assert (options.intra_op_num_threads, spinning(options)) == (3, "0")
+    (affine_dir / "model.toml").write_text("intra_op_threads = 1\nintra_op_spinning = true\n")
+    options = onnx_runtime.session_options(read_model_config(affine_dir), served)
+    assert (options.intra_op_num_threads, spinning(options)) == (1, "1")

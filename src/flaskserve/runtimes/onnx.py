@@ -9,8 +9,9 @@ Declaring outputs also serves only those, which is how a graph with non-tensor o
 skl2onnx's ZipMap probabilities) can still serve its tensor outputs.
 
     device = "cpu"                      # "cuda" (CUDAExecutionProvider) or "auto"
-    intra_op_threads = 2                # absent: cores / workers (runtimes/threads.py)
+    intra_op_threads = 2                # absent: the server's choice (runtimes/threads.py)
     inter_op_threads = 1
+    intra_op_spinning = false           # absent: the server's choice (runtimes/threads.py)
     graph_optimization_level = "all"    # "disable", "basic", "extended" or "all"
 
 An `InferenceSession` may be run from several threads at once, so `predict` takes no lock.
@@ -31,14 +32,16 @@ from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail, model_file, sniff
-from flaskserve.runtimes.options import choice_option, device_option, int_option
-from flaskserve.runtimes.threads import default_threads
+from flaskserve.runtimes.options import bool_option, choice_option, device_option, int_option
 
 log = logging.getLogger("flaskserve.runtimes.onnx")
 
 PLATFORM = "onnxruntime_onnx"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+#: Whether idle intra-op threads spin waiting for the next parallel section (ONNX Runtime's
+#: default) or sleep, leaving the core to another worker.
+ALLOW_SPINNING = "session.intra_op.allow_spinning"
 
 #: ONNX Runtime's type strings for tensors -> V2 datatypes.
 DATATYPE_OF_ONNX = {
@@ -69,7 +72,7 @@ def load(
     config: ModelConfig, version: str, path: Path, options: RuntimeOptions = DEFAULT_OPTIONS
 ) -> Model:
     file = model_file(path, (".onnx",), "onnx")
-    session = create_session(file, config)
+    session = create_session(file, config, options)
     inputs = _signature(config.inputs, session.get_inputs(), "input", file.name)
     outputs = _signature(config.outputs, session.get_outputs(), "output", file.name)
     return Model(
@@ -85,10 +88,12 @@ def load(
     )
 
 
-def create_session(model: Path, config: ModelConfig) -> ort.InferenceSession:
+def create_session(
+    model: Path, config: ModelConfig, runtime: RuntimeOptions = DEFAULT_OPTIONS
+) -> ort.InferenceSession:
     """An `InferenceSession` with the session options and device `model.toml` asks for."""
     device = device_option(config)
-    options = session_options(config)
+    options = session_options(config, runtime)
     providers = providers_for(device)
     try:
         session = ort.InferenceSession(str(model), options, providers=providers)
@@ -123,14 +128,18 @@ def _reason(model: Path, exc: Exception) -> str:
     return detail(exc)
 
 
-def session_options(config: ModelConfig) -> ort.SessionOptions:
+def session_options(
+    config: ModelConfig, runtime: RuntimeOptions = DEFAULT_OPTIONS
+) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    intra = int_option(config, "intra_op_threads") or default_threads()
+    intra = int_option(config, "intra_op_threads") or runtime.intra_op_threads
     inter = int_option(config, "inter_op_threads")
     if intra:
         options.intra_op_num_threads = intra
     if inter:
         options.inter_op_num_threads = inter
+    if not bool_option(config, "intra_op_spinning", runtime.intra_op_spinning):
+        options.add_session_config_entry(ALLOW_SPINNING, "0")
     level = choice_option(config, "graph_optimization_level", tuple(OPTIMIZATION_LEVELS), "all")
     options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
     return options

@@ -35,6 +35,7 @@ import numpy as np
 
 from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import ModelLoadError
+from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail
 from flaskserve.version import __version__
 
@@ -288,9 +289,12 @@ def _pool(tokens: np.ndarray, attention_mask: np.ndarray, mode: str) -> np.ndarr
     return np.asarray((tokens * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1e-9))
 
 
-def onnx_encoder(folder: Path, config: ModelConfig, cache_dir: Path) -> OnnxEncoder:
-    """Export (or reuse) `folder` and open it with the session options of `config`."""
+def onnx_encoder(
+    folder: Path, config: ModelConfig, cache_dir: Path, runtime: RuntimeOptions = DEFAULT_OPTIONS
+) -> OnnxEncoder:
+    """Export (or reuse) `folder` and open it with the session options of `config`, threads
+    from `runtime` where `config` does not set them."""
     from flaskserve.runtimes.onnx import create_session
 
     exported = export_dir(folder, cache_dir)
-    return OnnxEncoder(exported, create_session(exported / "model.onnx", config))
+    return OnnxEncoder(exported, create_session(exported / "model.onnx", config, runtime))

@@ -53,7 +53,6 @@ from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail
 from flaskserve.runtimes.options import bool_option, choice_option, device_option, int_option
-from flaskserve.runtimes.threads import default_threads
 
 log = logging.getLogger("flaskserve.runtimes.sentence_transformers")
 
@@ -81,7 +80,7 @@ def load(
     folder = model_folder(config, path)
     backend = choice_option(config, "backend", BACKENDS, "auto")
     normalize = bool_option(config, "normalize", False)
-    encoder = _encoder(backend, folder, config, options.cache_dir)
+    encoder = _encoder(backend, folder, config, options)
     inputs, outputs = _signature(config, encoder.dimension)
     input_name, output_name = inputs[0].name, outputs[0].name
 
@@ -154,35 +153,34 @@ def _package_folder(package: str) -> Path:
     return Path(module.__file__ or "").parent / "model"
 
 
-def _encoder(
-    backend: str, folder: Path, config: ModelConfig, cache_dir: Path | None
-) -> Encoder:
+def _encoder(backend: str, folder: Path, config: ModelConfig, options: RuntimeOptions) -> Encoder:
     if backend == "torch":
-        return _torch_encoder(folder, config)
+        return _torch_encoder(folder, config, options)
     if backend == "auto" and importlib.util.find_spec("onnxruntime") is None:
         log.info("%s: onnxruntime is not installed, using the torch backend", config.name)
-        return _torch_encoder(folder, config)
+        return _torch_encoder(folder, config, options)
     try:
-        return _onnx_encoder(folder, config, cache_dir)
+        return _onnx_encoder(folder, config, options)
     except ModelLoadError as exc:
         if backend == "onnx":
             raise
         log.warning("%s: the ONNX backend is unavailable (%s); using torch", config.name, exc)
-        return _torch_encoder(folder, config)
+        return _torch_encoder(folder, config, options)
 
 
-def _onnx_encoder(folder: Path, config: ModelConfig, cache_dir: Path | None) -> Encoder:
+def _onnx_encoder(folder: Path, config: ModelConfig, options: RuntimeOptions) -> Encoder:
     from flaskserve.runtimes.sentence_onnx import onnx_encoder
 
+    cache_dir = options.cache_dir
     if cache_dir is None:  # no lasting cache: export for this process only
         cache_dir = Path(tempfile.mkdtemp(prefix="flaskserve-export-"))
-    encoder = onnx_encoder(folder, config, cache_dir)
+    encoder = onnx_encoder(folder, config, cache_dir, options)
     return Encoder(
         encoder.encode, encoder.dimension, "sentence_transformers_onnx", encoder.count_tokens
     )
 
 
-def _torch_encoder(folder: Path, config: ModelConfig) -> Encoder:
+def _torch_encoder(folder: Path, config: ModelConfig, options: RuntimeOptions) -> Encoder:
     try:
         import torch
         from sentence_transformers import SentenceTransformer
@@ -195,7 +193,7 @@ def _torch_encoder(folder: Path, config: ModelConfig) -> Encoder:
             "pip install 'flaskserve[nlp]'"
         ) from None
     device = resolve_device(device_option(config))
-    threads = int_option(config, "threads", minimum=1) or default_threads()
+    threads = int_option(config, "threads", minimum=1) or options.threads
     if threads:
         torch.set_num_threads(threads)
     try:

@@ -1,19 +1,25 @@
-"""How many CPU threads a model's runtime uses in one process, when its model.toml does not say.
+"""How many CPU threads a model's runtime uses in a server process, when its model.toml does not
+say: a lone request should get the cores it can use, and a busy server should batch.
 
-ONNX Runtime and PyTorch start one thread per core in every process. Under gunicorn, with one
-worker process per core, that is cores x workers threads fighting over the cores: on 2 cores
-with 2 workers, MiniLM at c=32 served 257 sentences/s with ONNX Runtime's default threads and
-398 with one thread per worker (docs/benchmarks.md). So the server divides the cores among its
-workers and tells the runtimes through `FLASKSERVE_RUNTIME_THREADS`, set before the workers
-fork. Outside the server (a notebook, a test, `--debug`'s single process) the libraries keep
-their own defaults. A model's `intra_op_threads` (ONNX) or `threads` (PyTorch) always wins.
+ONNX Runtime and PyTorch start one thread per core in every process, and ONNX Runtime's idle
+threads spin waiting for the next parallel section. Under the server, with one worker process
+per core, the spinning is what hurts: each worker's spinning threads burn the core the other
+worker needs. With spinning off, an ONNX Runtime session may have every core: a lone request
+runs on all of them, and under load the threads of a worker waiting for a core sleep instead
+of spinning, while the batcher fills larger batches (docs/benchmarks.md, "Cores per worker").
+PyTorch's OpenMP threads spin too and cannot be told otherwise once it has started
+(`OMP_WAIT_POLICY`), so PyTorch keeps the worker's share of the cores.
+
+The app hands these counts to the runtimes in `RuntimeOptions` (app.py `runtime_options`); a
+model's `intra_op_threads`/`intra_op_spinning` (ONNX) or `threads` (PyTorch) always win.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
-RUNTIME_THREADS_ENV = "FLASKSERVE_RUNTIME_THREADS"
+from flaskserve.runtimes.context import RuntimeOptions
 
 
 def available_cores() -> int:
@@ -29,7 +35,17 @@ def per_worker(workers: int) -> int:
     return max(1, available_cores() // max(1, workers))
 
 
-def default_threads() -> int:
-    """The threads the server chose for each runtime in this process; 0: the library's default."""
-    raw = os.environ.get(RUNTIME_THREADS_ENV, "")
-    return int(raw) if raw.isdigit() else 0
+def served(options: RuntimeOptions, configured: int, workers: int) -> RuntimeOptions:
+    """`options` with the threads of one of `workers` server processes: `configured`
+    (`Settings.runtime_threads`) for every runtime when set; else all cores for each ONNX
+    Runtime session and the worker's share for PyTorch. ONNX Runtime never spins."""
+    if configured > 0:
+        return replace(
+            options, threads=configured, intra_op_threads=configured, intra_op_spinning=False
+        )
+    return replace(
+        options,
+        threads=per_worker(workers),
+        intra_op_threads=available_cores(),
+        intra_op_spinning=False,
+    )

@@ -36,7 +36,6 @@ from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail, model_file, sniff, zip_names
 from flaskserve.runtimes.options import bool_option, device_option, int_option
-from flaskserve.runtimes.threads import default_threads
 
 PLATFORM_OF_SUFFIX = {".pt": "pytorch_torchscript", ".pt2": "pytorch_export"}
 
@@ -52,7 +51,7 @@ def load(
     inputs, outputs = _declared_signature(config)
     file = model_file(path, tuple(PLATFORM_OF_SUFFIX), "torch")
     device = resolve_device(device_option(config))
-    threads = int_option(config, "threads", minimum=1) or default_threads()
+    threads = int_option(config, "threads", minimum=1) or options.threads
     if threads:
         torch.set_num_threads(threads)
     module = _load_module(file, device)
