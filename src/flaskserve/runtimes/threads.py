@@ -1,6 +1,6 @@
 """How many CPU threads a model's runtime uses in one process, when its model.toml does not say.
 
-ONNX Runtime and PyTorch start one thread per core in every process. Under gunicorn, with one
+ONNX Runtime and PyTorch start one thread per core in every process. Under Granian, with one
 worker process per core, that is cores x workers threads fighting over the cores: on 2 cores
 with 2 workers, MiniLM at c=32 served 257 sentences/s with ONNX Runtime's default threads and
 398 with one thread per worker (docs/benchmarks.md). So the server divides the cores among its
