@@ -346,7 +346,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
         "--grpc-port", "{GRPC_PORT}"
     ]
     flaskserve = Target(
-        "flaskserve", "flaskserve (gunicorn gthread, 2 workers)",
+        "flaskserve", "flaskserve (Granian, 2 workers)",
         [str(BIN / "flaskserve"), "serve", "--host", "127.0.0.1", "--port", "{PORT}",
          "--workers", "2", *grpc_flags],
         "/v2/health/ready",
