@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-WEB_STACK = ("flask", "werkzeug", "gunicorn", "jinja2")
+WEB_STACK = ("flask", "werkzeug", "gunicorn", "granian", "jinja2")
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """flaskserve: a trained model as a fast, safe HTTP API, and a real Flask app underneath.
 
 The names below are imported on first use (PEP 562), not here: Python imports this module before
-any submodule, so an eager `from flaskserve.app import create_app` would load Flask, gunicorn and
+any submodule, so an eager `from flaskserve.app import create_app` would load Flask, Granian and
 every front door for a program that only wants `flaskserve.core` or a runtime.
 """
 

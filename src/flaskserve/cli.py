@@ -44,8 +44,10 @@ def main() -> None:
 @click.option("--host", "-H", default=None, help="Interface to listen on [127.0.0.1].")
 @click.option("--port", "-p", type=int, default=None, help="Port to listen on [5000].")
 @click.option("--grpc-port", type=int, default=None, help="Port for V2 gRPC, e.g. 8001 [off].")
-@click.option("--workers", "-w", type=int, default=None, help="gunicorn workers [one per core].")
-@click.option("--threads", type=int, default=None, help="Threads per worker [16].")
+@click.option("--workers", "-w", type=int, default=None, help="Worker processes [one per core].")
+@click.option(
+    "--threads", type=int, default=None, help="Inference requests a worker runs at once [16]."
+)
 @click.option("--debug", is_flag=True, default=None, help="Flask's dev server with the reloader.")
 @click.option(
     "--app", "app_ref", default=None, help="Serve module:attr (a ModelServer or Flask app)."
@@ -64,7 +66,15 @@ def main() -> None:
 @click.option(
     "--request-timeout-ms", type=int, default=None, help="Wait budget, 504 after [none]."
 )
-@click.option("--max-queue-ms", type=int, default=None, help="Queue wait before 503 [2000].")
+@click.option(
+    "--max-queue-ms", type=int, default=None, help="Wait for a --threads slot before 503 [2000]."
+)
+@click.option(
+    "--header-timeout-ms",
+    type=int,
+    default=None,
+    help="Time a client has to send a request's headers before it is disconnected [5000].",
+)
 @click.option(
     "--graceful-timeout", type=int, default=None, help="Seconds to drain on SIGTERM [30]."
 )
@@ -100,6 +110,7 @@ def serve(
     max_batch_rows: int | None,
     request_timeout_ms: int | None,
     max_queue_ms: int | None,
+    header_timeout_ms: int | None,
     graceful_timeout: int | None,
     model_control: bool | None,
     cors_origins: str | None,
@@ -123,6 +134,7 @@ def serve(
         max_batch_rows=max_batch_rows,
         request_timeout_ms=request_timeout_ms,
         max_queue_ms=max_queue_ms,
+        header_timeout_ms=header_timeout_ms,
         graceful_timeout=graceful_timeout,
         model_control=model_control,
         cors_origins=cors_origins,
@@ -147,9 +159,9 @@ def serve(
 
         serve_debug(factory(), settings)
     else:
-        from flaskserve.serving import serve_gunicorn
+        from flaskserve.serving import serve_granian
 
-        serve_gunicorn(factory, settings)
+        serve_granian(factory, settings)
 
 
 def open_model_control_warning(settings: Settings) -> str | None:
@@ -190,7 +202,7 @@ def sagemaker_overrides(
 
 
 def _shared_state_dir() -> str:
-    """A folder the gunicorn workers share, removed when the master (not a worker) exits."""
+    """A folder the workers share, removed when the master (not a worker) exits."""
     path = tempfile.mkdtemp(prefix="flaskserve-", dir=shared_memory_dir())
     master = os.getpid()
 

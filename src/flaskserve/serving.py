@@ -1,13 +1,17 @@
-"""Running the app: gunicorn for production, Flask's reloading dev server with `--debug`.
+"""Running the app: Granian for production, Flask's reloading dev server with `--debug`.
 
-gunicorn forks its workers before the app is built, so each worker loads its own model instances
-(no runtime thread pool crosses a fork). Anything that must happen once, such as building the
-default models, happens in the master before gunicorn starts.
+Granian (a Rust HTTP server, WSGI interface) forks its workers before the app is built, so each
+worker loads its own model instances (no runtime thread pool crosses a fork): `serve_granian`
+hands it a target loader, run in each worker after the fork, that builds the app, starts the
+worker's gRPC server (gRPC's threads do not survive a fork) and its exit watcher
+(`service.worker`). Anything that must happen once, such as building the default models,
+happens in the master before Granian starts. Only Granian's public `Server` options are used.
 
-With `--grpc-port`, each worker also starts a gRPC server once its app is built
-(`start_grpc`, after the fork: gRPC's threads do not survive one). On SIGTERM it stops taking
-calls at the same moment the worker stops taking HTTP requests, and the worker waits for its
-running calls before it exits, as it does for HTTP requests.
+Connections: Granian reads headers in Rust and closes a connection whose headers are not all
+there within `--header-timeout-ms`, without holding a Python thread. A request's body is read
+by the thread running it, so each worker runs `WAITING_THREADS` threads more than `--threads`:
+requests reading a slow body, waiting for an admission slot (`service.admission`), or asking
+for health or metrics do not take the threads inference runs on.
 """
 
 from __future__ import annotations
@@ -15,107 +19,107 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
-from gunicorn import glogging
-from gunicorn.app.base import BaseApplication
 from werkzeug.serving import WSGIRequestHandler
 
 from flaskserve.observability import metrics
-from flaskserve.observability.logs import JsonGunicornLogger, access_json
-from flaskserve.service.worker import QueueTimedWorker, worker_exit
+from flaskserve.observability.logs import access_json
+from flaskserve.service import worker
 from flaskserve.settings import Settings
 
 if TYPE_CHECKING:
     from flaskserve.protocol.grpc.server import GrpcServer
 
 log = logging.getLogger("flaskserve")
-#: Memory-backed folder for gunicorn's worker heartbeat files, where the OS has one.
-SHM = "/dev/shm"
-ACCESS_LOG_FORMAT = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+#: Engine threads per worker beyond `--threads`: threads that wait (for a slot, bounded by
+#: `--max-queue-ms`; for a slow client's body) or answer cheap routes (health, metrics).
+WAITING_THREADS = 128
+TEXT_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
-class GunicornApp(BaseApplication):  # type: ignore[misc]
-    """gunicorn configured from `Settings`, building the Flask app in each worker."""
+def granian_options(settings: Settings) -> dict[str, Any]:
+    """The keyword arguments of `granian.Granian` that serve `settings`."""
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
 
-    def __init__(self, app_factory: Callable[[], Flask], settings: Settings) -> None:
-        self._app_factory = app_factory
-        self._settings = settings
-        super().__init__()
-
-    def load_config(self) -> None:
-        settings = self._settings
-        options: dict[str, Any] = {
-            "bind": f"{settings.host}:{settings.port}",
-            "workers": settings.worker_count,
-            # gthread, plus the time each request waited for a thread (overload shedding).
-            "worker_class": QueueTimedWorker,
-            "threads": settings.threads,
-            "timeout": settings.timeout,
-            "graceful_timeout": settings.graceful_timeout,
-            "keepalive": 5,
-            "accesslog": "-",
-            "access_log_format": ACCESS_LOG_FORMAT,
-            "errorlog": "-",
-            "loglevel": settings.log_level,
-            "proc_name": "flaskserve",
-            "child_exit": _child_exit,
-            # Writes the usage a worker still holds when it stops (SIGTERM, SIGHUP, max age).
-            "worker_exit": _worker_exit,
-        }
-        if settings.grpc_port:
-            options["post_worker_init"] = _grpc_worker_init(settings)
-        if settings.log_format == "json":
-            options["logger_class"] = JsonGunicornLogger
-        else:
-            options["logger_class"] = TextAccessLogger
-        if os.path.isdir(SHM):
-            # gthread's loop touches each worker's heartbeat file on every turn (twice per
-            # request): keep it in memory, as gunicorn advises for containers, where a disk or
-            # overlay file system can stall that `utime`.
-            options["worker_tmp_dir"] = SHM
-        if "control_socket_disable" in self.cfg.settings:
-            # One control socket per user would be shared by every server on the machine.
-            options["control_socket_disable"] = True
-        for key, value in options.items():
-            self.cfg.set(key, value)
-
-    def load(self) -> Flask:
-        return self._app_factory()
+    return {
+        "address": settings.host,
+        "port": settings.port,
+        "interface": Interfaces.WSGI,
+        "http": HTTPModes.http1,
+        "workers": settings.worker_count,
+        "blocking_threads": settings.threads + WAITING_THREADS,
+        "http1_settings": HTTP1Settings(header_read_timeout=settings.header_timeout_ms),
+        # A killed or crashed worker is replaced; SIGHUP replaces every worker, one at a time,
+        # each new one started before the old one stops.
+        "respawn_failed_workers": True,
+        # After SIGTERM (or a SIGHUP replacement), in-flight requests get this long.
+        "workers_kill_timeout": settings.graceful_timeout,
+        "log_level": LogLevels(settings.log_level.lower()),
+        "log_dictconfig": _log_config(settings.log_format),
+    }
 
 
-class TextAccessLogger(glogging.Logger):  # type: ignore[misc]
-    """gunicorn's logger with a lean access line: the text `ACCESS_LOG_FORMAT` describes, made
-    with one f-string and written to stdout with one `os.write` (atomic for a line, no lock).
-
-    gunicorn's generic `access` builds a dict of every atom and request header and goes through
-    `logging`: about 55 us per request on the benchmark machine, as much as serving a Flask hello
-    route; this costs about 3 us (docs/benchmarks.md). Other destinations keep gunicorn's path.
-    """
-
-    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-        if self.cfg.accesslog != "-":
-            super().access(resp, req, environ, request_time)
-            return
-        sent = getattr(resp, "sent", None)
-        get = environ.get
-        millis = request_time.seconds * 1000 + request_time.microseconds // 1000
-        line = (
-            f'{get("REMOTE_ADDR", "-")} "{get("REQUEST_METHOD", "-")} {get("RAW_URI", "-")} '
-            f'{get("SERVER_PROTOCOL", "-")}" {str(resp.status).split(None, 1)[0]} '
-            f'{"-" if sent is None else sent} {millis}ms\n'
-        )
-        with contextlib.suppress(OSError):  # stdout closed: serving goes on without the line
-            os.write(1, line.encode())
+def _log_config(log_format: str) -> dict[str, Any]:
+    """Granian's own log lines in the server's format (its access log stays off: the app writes
+    one access line per request, `AccessLog`)."""
+    if log_format == "json":
+        formatter: dict[str, Any] = {"()": "flaskserve.observability.logs.JsonFormatter"}
+    else:
+        formatter = {"()": "logging.Formatter", "fmt": TEXT_LOG_FORMAT}
+    return {
+        "formatters": {"generic": formatter, "access": {"()": "logging.Formatter"}},
+        "filters": {"intended": {"()": "flaskserve.serving.IntendedThreads"}},
+        "handlers": {
+            "console": {
+                "formatter": "generic",
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stdout",
+                "filters": ["intended"],
+            },
+        },
+        "loggers": {"_granian": {"handlers": ["console"], "propagate": False}},
+    }
 
 
-def _child_exit(server: Any, worker: Any) -> None:
-    metrics.worker_exited(worker.pid)
+class IntendedThreads(logging.Filter):
+    """Drops Granian's warning that its threads outnumber the cores: all but `--threads` of
+    them wait (`WAITING_THREADS`), so the warning would greet every start for nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Configuration allows spawning up to")
+
+
+def serve_granian(app_factory: Callable[[], Flask], settings: Settings) -> None:
+    """Serve the app `app_factory` builds, in `settings.worker_count` Granian workers."""
+    from granian import Granian
+
+    # Before the fork: the workers' metrics must all land in one shared folder.
+    cleanup = metrics.prepare_multiprocess_dir()
+    try:
+        server = Granian("flaskserve", **granian_options(settings))
+        server.serve(target_loader=_worker_loader(app_factory, settings), wrap_loader=False)
+    finally:
+        cleanup()
+
+
+def _worker_loader(
+    app_factory: Callable[[], Flask], settings: Settings
+) -> Callable[[], Callable[..., Iterable[bytes]]]:
+    def load() -> Callable[..., Iterable[bytes]]:
+        """In a new worker, after the fork: what it serves, and what runs when it stops."""
+        metrics.sweep_dead_workers()  # a worker this one replaces may have been killed
+        app = app_factory()
+        worker.watch(start_grpc(app, settings), settings.graceful_timeout)
+        return AccessLog(app, access_logger(), settings.log_format == "json", fast=True)
+
+    return load
 
 
 def start_grpc(app: Flask, settings: Settings) -> GrpcServer | None:
@@ -145,43 +149,6 @@ def start_grpc(app: Flask, settings: Settings) -> GrpcServer | None:
     )
 
 
-def _grpc_worker_init(settings: Settings) -> Callable[[Any], None]:
-    def post_worker_init(worker: Any) -> None:
-        grpc_server = start_grpc(worker.wsgi, settings)
-        if grpc_server is None:
-            return
-        worker.flaskserve_grpc = grpc_server
-        stop_http = signal.getsignal(signal.SIGTERM)
-
-        def on_sigterm(signum: int, frame: Any) -> None:
-            grpc_server.stop(settings.graceful_timeout)
-            if callable(stop_http):
-                stop_http(signum, frame)
-
-        signal.signal(signal.SIGTERM, on_sigterm)
-
-    return post_worker_init
-
-
-def _worker_exit(server: Any, worker: Any) -> None:
-    """After the worker's last HTTP request: let its running gRPC calls finish, then write the
-    usage it still holds and end the process (`worker.worker_exit`)."""
-    grpc_server = getattr(worker, "flaskserve_grpc", None)
-    if grpc_server is not None:
-        grace = worker.cfg.graceful_timeout
-        grpc_server.stop(grace).wait(grace)
-    worker_exit(server, worker)
-
-
-def serve_gunicorn(app_factory: Callable[[], Flask], settings: Settings) -> None:
-    # Before the fork: the workers' metrics must all land in one shared folder.
-    cleanup = metrics.prepare_multiprocess_dir()
-    try:
-        GunicornApp(app_factory, settings).run()
-    finally:
-        cleanup()
-
-
 class _QuietHandler(WSGIRequestHandler):
     """Leaves the access line to `AccessLog`, which knows the request's duration."""
 
@@ -190,21 +157,33 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class AccessLog:
-    """WSGI middleware writing one line per request: client, request line, status, duration."""
+    """WSGI middleware writing one line per request: client, request line, status, bytes (the
+    Content-Length sent, or -) and duration.
 
-    def __init__(self, app: Any, logger: logging.Logger, json: bool = False) -> None:
+    With `fast`, a text line is made with one f-string and written to stdout with one `os.write`
+    (atomic for a line, no lock, no `logging`): about 3 us instead of the 20-55 us a logging
+    record costs, as much as serving a Flask hello route (docs/benchmarks.md).
+    """
+
+    def __init__(
+        self, app: Any, logger: logging.Logger, json: bool = False, fast: bool = False
+    ) -> None:
         self.app = app
         self.logger = logger
         self.json = json
+        self.fast = fast and not json
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
         started = time.perf_counter()
-        status: list[str] = ["-"]
+        status: list[Any] = ["-", "-"]
 
         def recording_start_response(code: str, headers: Any, exc_info: Any = None) -> Any:
             status[0] = code.split(" ", 1)[0]
+            for name, value in headers:
+                if name.lower() == "content-length":
+                    status[1] = value
             return start_response(code, headers, exc_info)
 
         try:
@@ -214,32 +193,39 @@ class AccessLog:
                 elapsed_s = time.perf_counter() - started
                 self.logger.info("%s", access_json(environ, status[0], elapsed_s))
             else:
-                self._text_line(environ, status[0], started)
+                self._text_line(environ, status[0], status[1], started)
 
-    def _text_line(self, environ: dict[str, Any], status: str, started: float) -> None:
-        query = environ.get("QUERY_STRING")
-        path = environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+    def _text_line(self, environ: dict[str, Any], status: str, size: str, started: float) -> None:
+        get = environ.get
+        query = get("QUERY_STRING")
+        path = get("PATH_INFO", "") + (f"?{query}" if query else "")
         elapsed = (time.perf_counter() - started) * 1000
-        self.logger.info(
-            '%s "%s %s %s" %s %.1fms',
-            environ.get("REMOTE_ADDR", "-"),
-            environ.get("REQUEST_METHOD"),
-            path,
-            environ.get("SERVER_PROTOCOL"),
-            status,
-            elapsed,
+        line = (
+            f'{get("REMOTE_ADDR", "-")} "{get("REQUEST_METHOD")} {path} '
+            f'{get("SERVER_PROTOCOL")}" {status} {size} {elapsed:.1f}ms'
         )
+        if not self.fast:
+            self.logger.info("%s", line)
+            return
+        with contextlib.suppress(OSError):  # stdout closed: serving goes on without the line
+            os.write(1, (line + "\n").encode())
 
 
-def serve_debug(app: Flask, settings: Settings) -> None:
-    """Flask's development server with the reloader: `app.run(debug=True)`, plus access lines."""
+def access_logger(stream: Any = None) -> logging.Logger:
+    """The `flaskserve.access` logger: the bare line (text or JSON), to `stream` [stdout]."""
     logger = logging.getLogger("flaskserve.access")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = logging.StreamHandler(stream or sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
+    return logger
+
+
+def serve_debug(app: Flask, settings: Settings) -> None:
+    """Flask's development server with the reloader: `app.run(debug=True)`, plus access lines."""
+    logger = access_logger(sys.stderr)
     json = settings.log_format == "json"
     app.wsgi_app = AccessLog(app.wsgi_app, logger, json)  # type: ignore[method-assign]
     if os.environ.get("WERKZEUG_RUN_MAIN") == "true":  # the reloader's child, which serves

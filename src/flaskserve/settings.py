@@ -23,10 +23,10 @@ class Settings:
     port: int = 5000
     #: Port of the V2 gRPC front door (`inference.GRPCInferenceService`) on `host`; 0: off.
     grpc_port: int = 0
-    #: gunicorn worker processes; 0 means one per CPU core.
+    #: Worker processes (Granian workers); 0 means one per CPU core.
     workers: int = 0
-    #: threads per gunicorn worker (gthread), so one worker overlaps I/O and batches requests;
-    #: 16 served W1 at c=32 best of 4/8/16/32, sync and gevent (docs/benchmarks.md).
+    #: Inference requests a worker runs at once (its admission slots, `service.admission`);
+    #: the engine runs `serving.WAITING_THREADS` more threads for requests that wait.
     threads: int = 16
     #: CPU threads each model runtime (ONNX Runtime, PyTorch) uses in a worker when its
     #: model.toml does not say; 0: all cores for each ONNX Runtime session (not spinning), the
@@ -38,10 +38,11 @@ class Settings:
     log_format: str = "text"
     #: Largest request body accepted, in bytes (413 beyond it).
     max_request_bytes: int = 64 * 1024 * 1024
-    #: Seconds a worker may spend starting (loading models) or on one request before gunicorn
-    #: replaces it.
-    timeout: int = 120
-    #: Seconds given to in-flight requests after SIGTERM.
+    #: Milliseconds a client has to send a request's headers; the connection is closed after
+    #: (read by the engine, in Rust: a slow client holds no Python thread meanwhile).
+    header_timeout_ms: int = 5000
+    #: Seconds given to in-flight requests after SIGTERM or SIGHUP (a worker still busy after
+    #: them is killed).
     graceful_timeout: int = 30
     #: Where built artefacts such as the embedded default models are cached.
     cache_dir: str = str(Path.home() / ".cache" / "flaskserve")
@@ -56,8 +57,8 @@ class Settings:
     max_batch_rows: int = 0
     #: Milliseconds a request may wait (for a thread, for its batch) before 504; 0: no limit.
     request_timeout_ms: int = 0
-    #: An inference request that waited longer than this for a worker thread gets 503 +
-    #: Retry-After at once (overload shedding); 0 turns shedding off.
+    #: An inference request that waited longer than this for one of its worker's `threads`
+    #: slots gets 503 + Retry-After at once (overload shedding); 0 turns shedding off.
     max_queue_ms: int = 2000
     #: Whether `POST /v2/repository/models/<m>/load|unload` may change what is served. Off by
     #: default, as Triton's `--model-control-mode=none`; with `auth`, admin keys may always.

@@ -1,4 +1,4 @@
-"""Keeps load and unload consistent across gunicorn workers.
+"""Keeps load and unload consistent across workers.
 
 Each worker holds its own model instances, so `POST /v2/repository/models/m/unload` reaches one
 worker only. The worker that takes it acts at once and records the action in a small JSON file in

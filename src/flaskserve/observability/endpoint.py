@@ -1,4 +1,4 @@
-"""`GET /metrics`: the Prometheus text exposition, summed over every gunicorn worker."""
+"""`GET /metrics`: the Prometheus text exposition, summed over every worker."""
 
 from __future__ import annotations
 

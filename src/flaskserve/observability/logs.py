@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from gunicorn import glogging
 
 from flaskserve.observability.requests import MODEL_KEY, REQUEST_ID_KEY
 
@@ -57,21 +56,3 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
-
-
-class JsonGunicornLogger(glogging.Logger):  # type: ignore[misc]
-    """gunicorn's logger writing JSON: access lines from `access_record`, the rest as
-    `JsonFormatter` objects."""
-
-    def setup(self, cfg: Any) -> None:
-        super().setup(cfg)
-        for handler in self.error_log.handlers:
-            handler.setFormatter(JsonFormatter())
-        for handler in self.access_log.handlers:
-            handler.setFormatter(logging.Formatter("%(message)s"))
-
-    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-        if not getattr(self, "access_log_enabled", bool(self.cfg.accesslog)):
-            return
-        status = getattr(resp, "status_code", None) or str(resp.status).split(" ", 1)[0]
-        self.access_log.info(access_json(environ, status, request_time.total_seconds()))

@@ -1,6 +1,6 @@
 """Prometheus metrics: every metric flaskserve exports, and the small functions that record them.
 
-Under gunicorn each worker is its own process, so the metrics use prometheus_client's
+Under Granian each worker is its own process, so the metrics use prometheus_client's
 multiprocess mode: the master points `PROMETHEUS_MULTIPROC_DIR` at a fresh folder before it forks
 (`prepare_multiprocess_dir`), every worker writes its values to memory-mapped files there, and a
 scrape of any worker sums them all. prometheus_client decides at import time whether it runs in
@@ -64,7 +64,7 @@ def model_labels(
 
 def shared_memory_dir() -> str | None:
     """/dev/shm where there is one: every request writes its metrics to these files, and memory
-    beats a disk (as gunicorn advises for its own heartbeat files)."""
+    beats a disk (a disk or overlay file system can stall a write)."""
     return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
 
 
@@ -96,6 +96,32 @@ def worker_exited(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
+
+
+def sweep_dead_workers() -> None:
+    """`worker_exited` for every process that left live gauges in the shared folder and is
+    gone: a worker killed by a signal runs no exit code of its own, and the engine tells the
+    app of no dead worker, so the next worker to boot and every scrape sweep instead."""
+    folder = os.environ.get(MULTIPROC_ENV)
+    if not folder:
+        return
+    pids = {
+        path.rsplit("_", 1)[1][: -len(".db")]
+        for path in glob.glob(os.path.join(folder, "gauge_live*_*.db"))
+    }
+    for pid in pids:
+        if pid.isdigit() and not _alive(int(pid)):
+            worker_exited(int(pid))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process took the number
+        return True
+    return True
 
 
 class _Family:
@@ -264,13 +290,14 @@ def record_states(repository: ModelRepository) -> None:
 
 
 def exposition() -> tuple[bytes, str]:
-    """The text exposition of every worker's metrics (or this process's, outside gunicorn)."""
+    """The text exposition of every worker's metrics (or this process's alone)."""
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
     get()
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
+        sweep_dead_workers()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,6 +1,6 @@
 """Integer counters of one process in a memory-mapped file that every other process can read.
 
-A statistics request may reach any gunicorn worker, and it must count what every worker served,
+A statistics request may reach any worker, and it must count what every worker served,
 at once, without asking the others. So each worker keeps its counters in its own file (one
 writer per file: no lock across processes) and a reader sums the files. prometheus_client's
 multiprocess mode works the same way; this table holds exact 64-bit integers (sums of

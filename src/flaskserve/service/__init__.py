@@ -2,7 +2,7 @@
 
 - `keys`: the hashed keys file and constant-time lookup (`flaskserve keys add|list|revoke`);
 - `auth`: which routes are open, which need a key, a model's permission or an admin key;
-- `limits`: per-key token buckets shared by the gunicorn workers, the batch-row limit;
+- `limits`: per-key token buckets shared by the workers, the batch-row limit;
 - `metering`: per-key, per-model usage journaled per request and folded into SQLite;
 - `prometheus`: the same usage as counters labelled by key id;
 - `worker`: the gthread worker that measures how long a request waited for a thread;

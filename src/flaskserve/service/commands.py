@@ -26,7 +26,7 @@ _file_option = click.option(
 
 
 def check_service(settings: Settings) -> None:
-    """Fail before gunicorn forks when the keys file or the usage database is unusable."""
+    """Fail before the workers are forked when the keys file or the usage database is unusable."""
     _check_not_empty(settings, click.BadParameter)
     if settings.auth:
         try:

@@ -3,15 +3,15 @@
 Every refusal is a `FlaskServeError` (with its `Retry-After` or `WWW-Authenticate` header)
 raised here and rendered by the app's one error handler.
 
-Order of checks on a request, cheapest refusal first; none of 1-3 reads the body, so a client
+Order of checks on a request, cheapest refusal first; none of 1-2 reads the body, so a client
 without a valid key cannot make the server wait for (or buffer) one:
 
-1. overload: an inference request that waited longer than `--max-queue-ms` for a worker
-   thread gets 503 + `Retry-After: 1` at once (see `service.worker`);
-2. authentication and permission: 401 (no key, or an unknown one) with `WWW-Authenticate`,
+1. authentication and permission: 401 (no key, or an unknown one) with `WWW-Authenticate`,
    403 (the key may not use this model, or the route needs an admin key);
-3. the key's rate limit: 429 + `Retry-After`;
-4. a chunked body (no Content-Length) over `--max-request-bytes` gets 413, as a sized one does.
+2. the key's rate limit: 429 + `Retry-After`;
+3. a chunked body (no Content-Length) over `--max-request-bytes` gets 413, as a sized one does;
+4. admission: an inference request reads its body, then waits at most `--max-queue-ms` for one
+   of the worker's `--threads` slots, else 503 + `Retry-After: 1` (`service.admission`).
 
 Inside the data plane, as its steps (`service.steps`, shared with gRPC): the batch-row limit
 (400), the request's deadline (504 when it ran out while waiting), and the usage metered here
@@ -33,16 +33,15 @@ from flaskserve.core.errors import (
     Forbidden,
     InvalidInput,
     NotFound,
-    Overloaded,
     RateLimited,
     Unauthorized,
 )
 from flaskserve.protocol.http_context import CONTEXT_KEY, http_context
 from flaskserve.protocol.v2 import json_response
 from flaskserve.service import auth, metering, prometheus, received
+from flaskserve.service.admission import Admission
 from flaskserve.service.keys import KeyStore
 from flaskserve.service.limits import LocalBuckets, SharedBuckets, open_buckets
-from flaskserve.service.worker import queue_wait
 from flaskserve.settings import Settings
 
 #: WSGI environ keys: the access log can show the key id next to the request id.
@@ -68,7 +67,7 @@ class Service:
     buckets: LocalBuckets | SharedBuckets
     max_batch_rows: int
     request_timeout: float
-    max_queue_wait: float
+    admission: Admission
 
 
 def install(app: Flask, dataplane: DataPlane, settings: Settings) -> Service:
@@ -81,13 +80,14 @@ def install(app: Flask, dataplane: DataPlane, settings: Settings) -> Service:
         buckets=open_buckets(settings.state_dir),
         max_batch_rows=settings.max_batch_rows,
         request_timeout=settings.request_timeout_ms / 1000.0,
-        max_queue_wait=settings.max_queue_ms / 1000.0,
+        admission=Admission(settings.threads, settings.max_queue_ms / 1000.0),
     )
     app.extensions["flaskserve.service"] = service
     if service.meter is not None or service.keys is not None:
         app.wsgi_app = received.count_input(app.wsgi_app)  # type: ignore[method-assign,assignment]
     app.register_blueprint(_usage_blueprint(service))
     app.before_request(_gate(dataplane, service))
+    app.teardown_request(lambda _: service.admission.leave(request.environ))
     app.after_request(_metering(dataplane, service))
     return service
 
@@ -102,20 +102,14 @@ def _gate(dataplane: DataPlane, service: Service) -> Callable[[], None]:
         coding = request.environ.get("HTTP_TRANSFER_ENCODING", "")
         if "chunked" in coding.lower():
             _check_chunked_size(request.max_content_length)
+        if request.endpoint in auth.INFERENCE_ENDPOINTS:
+            request.get_data()  # cached for the route; see `service.admission`
+            service.admission.enter(request.environ)
 
     def admit(endpoint: str) -> None:
         """Raise the refusal for this request, if any."""
         inference = endpoint in auth.INFERENCE_ENDPOINTS
         context = http_context() if inference else None
-        if context is not None:
-            waited = queue_wait()
-            if waited:
-                context.arrived = waited[1]
-            if waited and service.max_queue_wait and waited[0] > service.max_queue_wait:
-                raise Overloaded(
-                    f"the server is overloaded: this request waited {waited[0]:.1f}s for a "
-                    "worker; retry after the time in Retry-After"
-                )
         if service.keys is None:
             return
         access = auth.access_of(endpoint, request.path)

@@ -3,7 +3,7 @@
 A key with `rate = r` and `burst = b` may send b requests at once and r per second after that;
 the request that finds its bucket empty gets 429 with `Retry-After` (whole seconds, rounded up).
 
-Under gunicorn every worker is its own process, and a bucket kept in each would let a key send
+Under Granian every worker is its own process, and a bucket kept in each would let a key send
 N x its rate through N workers. So the buckets live in one small memory-mapped file in the
 folder the workers share (`Settings.state_dir`), one fixed-size slot per key, updated under an
 exclusive `flock` (held for a few microseconds; the kernel drops it if a worker dies holding it).

@@ -12,7 +12,7 @@ The write path is built so that nothing is lost and the request path stays cheap
    so a worker killed with SIGKILL loses nothing it had recorded.
 2. Every second (`FLUSH_INTERVAL`) a background thread rotates the journal and folds it into
    SQLite in one transaction (WAL mode, so many workers and a reader share the file); on a clean
-   exit (gunicorn's `worker_exit`, atexit) the last journal is folded the same way.
+   exit (`service.worker.exiting`, atexit) the last journal is folded the same way.
 3. Folding is idempotent: the journal's name is inserted in the same transaction as its sums,
    so a fold interrupted after the commit (or two processes folding the same orphan) never
    counts twice. A process holds an `flock` on its open journal; a journal whose lock can be
@@ -415,7 +415,7 @@ _live_meters: list[Meter] = []
 
 
 def close_all() -> None:
-    """Fold and close every meter of this process (gunicorn `worker_exit`, atexit)."""
+    """Fold and close every meter of this process (`service.worker.exiting`, atexit)."""
     while _live_meters:
         meter = _live_meters.pop()
         try:

@@ -1,7 +1,7 @@
 """Per-key usage as Prometheus counters, labelled by key *id* (never the key itself).
 
 The counters register in prometheus_client's default registry, which `GET /metrics`
-(`flaskserve.observability`) exposes, summed over the gunicorn workers in multiprocess mode.
+(`flaskserve.observability`) exposes, summed over the workers in multiprocess mode.
 prometheus_client picks multiprocess mode when it is first imported, so, as in
 `observability.metrics`, nothing here imports it before the first request is counted (in a
 worker, after the fork). Label sets stay bounded: key ids come from the keys file, and a model

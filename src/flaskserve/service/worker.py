@@ -1,166 +1,73 @@
-"""gunicorn's threaded worker, telling the app how long each request waited for a thread.
+"""What a worker process does besides serving HTTP: stop its gRPC server when told to stop, and
+write the usage it still holds once its last request is answered.
 
-In a gthread worker the queue that grows under overload is not in the app: it is the thread
-pool's queue of connections with a request ready, in front of `--threads` busy threads. Nothing
-in the WSGI environ says how long a request sat there, so this worker stamps each connection
-when it is queued and, when a thread picks it up, leaves the wait in a thread-local for the
-app (`queue_wait()`). The app answers a request that waited longer than `--max-queue-ms` with
-503 + Retry-After at once, which costs microseconds, so a backlog drains quickly instead of
-every request in it being served late. Requests that waited less are served as usual.
-
-The worker also spreads connections over the workers (`accept`) and, when traffic is light,
-serves a kept-alive connection's next request on the same thread (`handle`). A worker that has
-stopped ends its process at once (`worker_exit`) instead of tearing its interpreter down.
-
-`accept`, `enqueue_req`, `handle`, `set_accept_enabled` and `wait_for_and_dispatch_events` are
-the gthread worker's own methods (gunicorn 27).
+The engine (Granian) owns the worker's signal handlers and tells the app nothing of a stop, so
+a watcher thread learns of it the way the interpreter does: `signal.set_wakeup_fd` receives the
+number of every signal delivered to the process, whatever handler the engine installed. On
+SIGTERM or SIGINT the gRPC server stops taking calls at once, at the moment the engine stops
+taking HTTP requests. When the engine has answered its last request, its serve call returns
+and the main thread ends; the watcher then lets the running gRPC calls finish, writes the
+usage, and the process ends (`multiprocessing`, which forked it, ends a child with `os._exit`:
+no seconds of interpreter teardown, which a model's libraries such as torch cost).
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import itertools
+import logging
 import os
 import select
-import sys
+import signal
 import threading
-import time
-from typing import Any
+from typing import TYPE_CHECKING
 
-from gunicorn.workers.gthread import ThreadWorker
-
+from flaskserve.observability import metrics
 from flaskserve.service import metering
 
-_local = threading.local()
+if TYPE_CHECKING:
+    from flaskserve.protocol.grpc.server import GrpcServer
+
+log = logging.getLogger("flaskserve")
+#: Signals after which a worker stops taking work.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+#: Seconds between the watcher's looks at whether the main thread has ended.
+POLL_S = 0.2
 
 
-def queue_wait() -> tuple[float, float] | None:
-    """(seconds the current request waited for a thread, monotonic time it was queued), or
-    None outside this worker."""
-    return getattr(_local, "wait", None)
+def watch(grpc_server: GrpcServer | None, grace_s: float) -> threading.Thread:
+    """Start the watcher of this worker (from its main thread, before the engine serves)."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    watcher = threading.Thread(
+        target=_watch, args=(read_fd, grpc_server, grace_s), name="flaskserve-worker-exit"
+    )
+    watcher.start()  # not a daemon: the process waits for it after the engine returns
+    return watcher
 
 
-def _next_request_soon(conn: Any, timeout_ms: int) -> bool:
-    """Whether the next request on a kept-alive connection arrives within `timeout_ms`."""
-    if conn.parser.unreader.buf.getbuffer().nbytes:  # read ahead with the previous request
-        return True
-    poller = select.poll()
-    poller.register(conn.sock, select.POLLIN)
-    return bool(poller.poll(timeout_ms))
+def _watch(read_fd: int, grpc_server: GrpcServer | None, grace_s: float) -> None:
+    main = threading.main_thread()
+    stopping = False
+    while main.is_alive():
+        ready, _, _ = select.select([read_fd], [], [], POLL_S)
+        if not ready:
+            continue
+        received = set(os.read(read_fd, 64))
+        if not stopping and received & STOP_SIGNALS:
+            stopping = True
+            if grpc_server is not None:
+                grpc_server.stop(grace_s)
+    if grpc_server is not None:
+        grpc_server.stop(grace_s).wait(grace_s)
+    exiting()
 
 
-#: Seconds a worker that holds as many connections as it has threads stops accepting after each
-#: new connection.
-ACCEPT_PAUSE_S = 0.005
-#: Milliseconds a thread that answered its worker's only connection waits for its next request.
-STAY_MS = 2
-
-
-class QueueTimedWorker(ThreadWorker):  # type: ignore[misc]
-    def init_process(self) -> None:
-        self._submitted = 0  # connections handed to the thread pool (by the main thread only)
-        self._handle_calls = itertools.count(1)
-        self._handled = 0  # about how many of them a thread took up (an atomic `next`)
-        self._finish_calls = itertools.count(1)
-        self._finished = 0  # about how many handle calls ended
-        self._accept_paused_until = 0.0
-        #: What the process exits with once `worker_exit` has run; None leaves the exit to Python.
-        self.exit_status: int | None = None
-        try:
-            super().init_process()  # serves until the worker stops
-        except SystemExit as stop:  # SIGINT/SIGQUIT (quick stop) or SIGABRT (timed out)
-            if self.booted and (stop.code is None or isinstance(stop.code, int)):
-                self.exit_status = stop.code or 0
-            raise
-        self.exit_status = 0  # gunicorn's graceful stop: `run` returned
-
-    def accept(self, listener: Any) -> None:
-        super().accept(listener)
-        if self.nr_conns >= self.cfg.threads:
-            self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
-            self.set_accept_enabled(False)
-
-    def set_accept_enabled(self, enabled: bool) -> None:
-        """Stay deaf to new connections while paused: another worker takes them meanwhile."""
-        if (
-            enabled
-            and self.alive
-            and self.nr_conns >= self.cfg.threads
-            and time.monotonic() < self._accept_paused_until
-        ):
-            return
-        super().set_accept_enabled(enabled)
-
-    def wait_for_and_dispatch_events(self, timeout: float) -> None:
-        paused_for = self._accept_paused_until - time.monotonic()
-        if paused_for > 0 and not self._accepting and self.alive:  # wake when the pause ends
-            timeout = min(timeout, paused_for)
-        super().wait_for_and_dispatch_events(timeout)
-
-    def enqueue_req(self, conn: Any) -> None:
-        conn.flaskserve_queued_at = time.monotonic()
-        self._submitted += 1  # only the main thread submits
-        super().enqueue_req(conn)
-
-    def handle(self, conn: Any) -> Any:
-        """Serve a connection; then, while it is the only one this worker serves, stay on it
-        for the next request.
-
-        gthread hands a kept-alive connection back to its main loop after every request, and
-        the next request comes back through the poller and the pool's queue: three thread
-        hand-offs and their GIL hand-overs per request, which is most of a request's cost
-        when traffic is light (W1 at c=1: 1,264 -> 1,945 req/s). Under load the hand-offs
-        are shared by many requests, and a thread parked on each connection made the GIL's
-        unfair scheduling show (W1 c=32 p99 46-52 ms against 29-30 ms, the same req/s), so a
-        thread only stays while no other connection is served or waits (docs/benchmarks.md).
-        """
-        self._handled = next(self._handle_calls)
-        queued_at = getattr(conn, "flaskserve_queued_at", None)
-        if queued_at is None:
-            _local.wait = None
-        else:
-            _local.wait = (time.monotonic() - queued_at, queued_at)
-        try:
-            keep = super().handle(conn)
-            while keep is True and self.alive and self._alone():
-                if not _next_request_soon(conn, STAY_MS):
-                    break
-                _local.wait = (0.0, time.monotonic())
-                keep = super().handle(conn)
-            return keep
-        finally:
-            self._finished = next(self._finish_calls)
-
-    def _alone(self) -> bool:
-        """No other connection is being served or waits for a thread in this worker."""
-        return self._submitted <= self._handled and self._handled - self._finished <= 1
-
-
-def worker_exit(server: Any, worker: Any) -> None:
-    """gunicorn hook, in the worker after its last request: write the usage it still holds,
-    then end the process."""
+def exiting() -> None:
+    """After the worker's last request: write the usage it holds, drop its live gauges."""
     metering.close_all()
-    status = getattr(worker, "exit_status", None)
-    if status is not None:
-        exit_now(status)
-
-
-def exit_now(status: int) -> None:
-    """End a worker that has finished its work: run the atexit callbacks and flush, as
-    `sys.exit` would, then skip the interpreter's teardown with `os._exit`.
-
-    gunicorn ends a worker with `sys.exit`, and the interpreter then tears down every module
-    and object the process holds before it ends. With the libraries a model brings (loading a
-    scikit-learn model with skops imports torch, when it is installed) that took 5 s for one
-    worker and 12 s for two at once on the shared 2-core development machine: a stopped server
-    outlived a 10 s `--graceful-timeout` and was killed, and idle ones took seconds to stop.
-    Nothing in that teardown matters to a forked worker whose requests, gRPC calls and usage
-    are done; `multiprocessing` ends its forked children with `os._exit` too. Threads still
-    running (a request past the graceful timeout) are not waited for: the master kills them.
-    """
-    atexit._run_exitfuncs()  # libraries' last flushes, logging's among them
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # closed or broken: nothing left to flush
-            stream.flush()
-    os._exit(status)
+    metrics.worker_exited(os.getpid())
+    log.info("Worker exiting (pid: %d)", os.getpid())
+    for handler in logging.getLogger().handlers:
+        with contextlib.suppress(Exception):  # a closed stream: nothing left to flush
+            handler.flush()

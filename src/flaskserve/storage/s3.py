@@ -278,7 +278,7 @@ class S3Mirror:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """One sync at a time across every process sharing this cache (gunicorn workers)."""
+        """One sync at a time across every process sharing this cache (the server's workers)."""
         self._snapshots.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -1,6 +1,6 @@
 """Starting and stopping the gRPC server of one process.
 
-Each gunicorn worker runs its own gRPC server, created after the fork (gRPC's threads and
+Each worker runs its own gRPC server, created after the fork (gRPC's threads and
 sockets do not survive one), all bound to the same port with SO_REUSEPORT so the kernel spreads
 connections over the workers as it does for HTTP.
 """
