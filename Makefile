@@ -37,8 +37,18 @@ $(test_stamp): pyproject.toml Makefile | $(BIN)/python
 serve: $(serve_stamp)
 	$(BIN)/flaskserve serve $(ARGS)
 
-test: $(test_stamp) $(CHROMIUM)
+test: $(test_stamp) $(CHROMIUM) tcp-migrate
 	$(BIN)/python -m pytest $(ARGS)
+
+# Granian gives each worker its own listener (SO_REUSEPORT): without this sysctl the kernel
+# resets the connections queued on a worker that is killed instead of handing them to another
+# (docs/reliability.md). The tests of a killed worker expect what production should set.
+MIGRATE := /proc/sys/net/ipv4/tcp_migrate_req
+.PHONY: tcp-migrate
+tcp-migrate:
+	@if [ -w $(MIGRATE) ] || { [ -e $(MIGRATE) ] && [ "$$(id -u)" != 0 ]; }; then \
+		[ "$$(cat $(MIGRATE))" = 1 ] || $$([ "$$(id -u)" = 0 ] || echo sudo) \
+		sh -c 'echo 1 > $(MIGRATE)' || echo "could not set $(MIGRATE) to 1"; fi
 
 # The markers are set in tests/suite_policy.py and registered in pyproject.toml.
 FAST := not e2e and not browser and not s3 and not slow
