@@ -128,8 +128,11 @@ def breakdown(app: Any, environ: dict[str, Any], body: bytes, count: int) -> dic
         metrics.request_ended("digits")
 
     parts["metrics (prometheus + statistics)"] = per_call(recorded, count)
-    saved = (dict(app.before_request_funcs), dict(app.after_request_funcs),
-             dict(app.teardown_request_funcs))
+    saved = (
+        dict(app.before_request_funcs),
+        dict(app.after_request_funcs),
+        dict(app.teardown_request_funcs),
+    )
     for funcs in (app.before_request_funcs, app.after_request_funcs, app.teardown_request_funcs):
         funcs.clear()
     parts["whole app, no hooks"] = run(app, environ, body, count) * 1e6
@@ -197,8 +200,14 @@ def main() -> None:
             stats.sort_stats(os.environ.get("SORT", "cumulative")).print_stats(60)
         else:
             means = [run(app, environ, body, args.requests) for _ in range(args.rounds)]
-            print(json.dumps({"us_per_request": [round(m * 1e6, 1) for m in means],
-                              "best_us": round(min(means) * 1e6, 1)}))
+            print(
+                json.dumps(
+                    {
+                        "us_per_request": [round(m * 1e6, 1) for m in means],
+                        "best_us": round(min(means) * 1e6, 1),
+                    }
+                )
+            )
     shutil.rmtree(metrics_dir, ignore_errors=True)
     if args.repository is None:
         shutil.rmtree(repository, ignore_errors=True)

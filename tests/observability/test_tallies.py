@@ -67,8 +67,11 @@ def test_histogram_buckets_match_prometheus_client(shared: Path) -> None:
     values = [0.0, 0.0005, 0.00051, 0.001, 0.02, 0.025, 1.0, 59.9, 60.0, 61.0, 1e6]
     registry = CollectorRegistry()
     reference = Histogram(
-        "flaskserve_queue_duration_seconds", "x", ["model", "version"],
-        buckets=tallies.LATENCY_BUCKETS, registry=registry,
+        "flaskserve_queue_duration_seconds",
+        "x",
+        ["model", "version"],
+        buckets=tallies.LATENCY_BUCKETS,
+        registry=registry,
     )
     for value in values:
         reference.labels("digits", "1").observe(value)

@@ -279,9 +279,9 @@ class TalliesCollector:
         sizes = HistogramMetricFamily(
             "flaskserve_batch_size", _HELP["batch"], labels=["model", "version"]
         )
-        for labels, counts in batch.items():
+        for series, counts in batch.items():
             sizes.add_metric(
-                list(labels), _cumulative(BATCH_BUCKETS, counts[1:]), sum_value=counts[0]
+                list(series), _cumulative(BATCH_BUCKETS, counts[1:]), sum_value=counts[0]
             )
         yield sizes
         yield in_flight
@@ -315,7 +315,7 @@ def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str,
     """Prometheus buckets (`le`, observations at or under it) from per-bucket counts."""
     from prometheus_client.utils import floatToGoString
 
-    out = []
+    out: list[tuple[str, float]] = []
     running = 0
     for bound, count in zip((*bounds, float("inf")), counts, strict=True):
         running += count
@@ -338,10 +338,10 @@ def exposition() -> tuple[bytes, str]:
 
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
-        registry.register(_collector)  # type: ignore[arg-type]
+        registry.register(_collector)
         return generate_latest(registry), CONTENT_TYPE_LATEST
     with _create_lock:
         if not _registered:
-            REGISTRY.register(_collector)  # type: ignore[arg-type]
+            REGISTRY.register(_collector)
             _registered = True
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -40,7 +40,6 @@ def install(app: Flask, dataplane: DataPlane, hooks: HookChain | None = None) ->
     def model_label(name: str | None) -> tuple[str, str]:
         return metrics.model_labels(repository, name, (request.view_args or {}).get("version"))
 
-    @target.before_request
     def start() -> None:
         environ = request.environ
         # not request.headers: built per request
@@ -56,7 +55,6 @@ def install(app: Flask, dataplane: DataPlane, hooks: HookChain | None = None) ->
         labels = environ[_LABELS_KEY] = model_label(name)
         metrics.request_started(labels[0])
 
-    @target.after_request
     def finish(response: Response) -> Response:
         environ = request.environ
         response.headers[REQUEST_ID_HEADER] = environ.get(REQUEST_ID_KEY) or new_request_id()
@@ -69,11 +67,14 @@ def install(app: Flask, dataplane: DataPlane, hooks: HookChain | None = None) ->
             metrics.request_answered(model, version, protocol, str(response.status_code), elapsed)
         return response
 
-    @target.teardown_request
     def end(_exc: BaseException | None) -> None:
         labels = request.environ.pop(_LABELS_KEY, None)
         if labels is not None:
             metrics.request_ended(labels[0])
+
+    target.before_request(start)
+    target.after_request(finish)
+    target.teardown_request(end)
 
 
 def _model_name(protocol: str, dataplane: DataPlane) -> str | None:

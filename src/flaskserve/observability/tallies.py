@@ -29,7 +29,21 @@ from flaskserve.observability.shared_counters import CounterTable, Key, Values, 
 
 #: Seconds; from half a millisecond (a tiny model over loopback) to a minute (a slow one).
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
     60.0,
 )
 #: The values of a record: count, nanoseconds, latest (ms since the epoch), then one count per
