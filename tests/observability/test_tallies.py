@@ -83,3 +83,19 @@ def test_histogram_buckets_match_prometheus_client(shared: Path) -> None:
             assert ours[key] == value, key
     total = ("flaskserve_queue_duration_seconds_sum", (("model", "digits"), ("version", "1")))
     assert ours[total] == pytest.approx(sum(values))
+
+
+def test_a_worker_reusing_a_dead_workers_pid_keeps_its_counts_not_its_gauges(
+    shared: Path,
+) -> None:
+    # This process's file, as a worker with this pid left it when it was killed.
+    table = tallies._get()
+    table.observe(("r", "digits", "1", "v2", "200"), 1_000, tallies.BUCKETS)
+    table.change(("i", "digits"), 2)
+    tallies._forget()  # a new process with the same pid opens the same file
+
+    tallies.answered("digits", "1", "v2", "200", 0.001)
+    read = samples(metrics.exposition()[0].decode())
+    labels = (("model", "digits"), ("protocol", "v2"), ("status", "200"), ("version", "1"))
+    assert read[("flaskserve_requests_total", labels)] == 2
+    assert read[("flaskserve_requests_in_flight", (("model", "digits"),))] == 0

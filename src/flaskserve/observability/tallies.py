@@ -77,7 +77,13 @@ def _get() -> CounterTable:
     if _table is None:
         with _table_lock:
             if _table is None:
-                _table = CounterTable(WIDTH, directory())
+                table = CounterTable(WIDTH, directory())
+                # A dead worker's file reopened by a new one with its pid: its counts go on,
+                # but what it had in flight or queued died with it.
+                for key, values in table.snapshot().items():
+                    if key[0] in GAUGES and values[COUNT]:
+                        table.change(key, -values[COUNT])
+                _table = table
     return _table
 
 
