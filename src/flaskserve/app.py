@@ -20,6 +20,7 @@ from flaskserve.observability import requests as request_hooks
 from flaskserve.observability import statistics
 from flaskserve.observability.metrics import PrometheusObserver
 from flaskserve.protocol import openai, sagemaker, v1, v2
+from flaskserve.protocol.hook_chain import HookChain
 from flaskserve.protocol.http_context import REQUEST_ID_KEY
 from flaskserve.protocol.v2 import json_response
 from flaskserve.runtimes.context import RuntimeOptions
@@ -112,11 +113,13 @@ def create_app(
     app.register_blueprint(home.create_blueprint(dataplane, settings))
     app.register_blueprint(openapi.create_blueprint(dataplane))
     app.register_blueprint(metrics_endpoint.create_blueprint(dataplane))
-    request_hooks.install(app, dataplane)
+    hooks = HookChain()  # ours run as one Flask hook of each kind: see protocol.hook_chain
+    request_hooks.install(app, dataplane, hooks)
     # Before the service gate: a request a browser was tricked into sending costs no key lookup.
-    browser.install(app, settings)
+    browser.install(app, settings, hooks)
     # After the observability hooks, so requests this refuses (401/429/503) are still counted.
-    service.install(app, dataplane, settings)
+    service.install(app, dataplane, settings, hooks)
+    hooks.install(app)
     _register_error_handlers(app)
     return app
 

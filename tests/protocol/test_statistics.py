@@ -17,7 +17,7 @@ import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from flaskserve.models import digits
-from flaskserve.observability import statistics
+from flaskserve.observability import tallies
 from flaskserve.observability.shared_counters import read_directory
 from flaskserve.service.keys import add_key
 from servers import Server, free_port
@@ -107,8 +107,8 @@ def workers_serving(shared: Path) -> int:
     """How many processes' counter files hold successful digits requests."""
     return sum(
         1
-        for table in read_directory(str(shared), statistics.WIDTH)
-        if table.get(("m", "digits", "1"), (0,))[statistics.SUCCESS] > 0
+        for table in read_directory(str(shared), tallies.WIDTH)
+        if any(key[:3] == ("r", "digits", "1") and key[4] == "200" for key in table)
     )
 
 

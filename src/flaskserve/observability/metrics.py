@@ -1,11 +1,14 @@
 """Prometheus metrics: every metric flaskserve exports, and the small functions that record them.
 
-Under Granian each worker is its own process, so the metrics use prometheus_client's
-multiprocess mode: the master points `PROMETHEUS_MULTIPROC_DIR` at a fresh folder before it forks
-(`prepare_multiprocess_dir`), every worker writes its values to memory-mapped files there, and a
-scrape of any worker sums them all. prometheus_client decides at import time whether it runs in
-that mode, so nothing here imports it until the first metric is recorded, which happens in a
-worker, after the fork. Names and meanings are listed in docs/metrics.md.
+Under Granian each worker is its own process: the master points `PROMETHEUS_MULTIPROC_DIR` at a
+fresh folder before it forks (`prepare_multiprocess_dir`), every worker writes its values to
+memory-mapped files there, and a scrape of any worker sums them all. The per-request metrics
+(requests, latency, queue and compute time, batch size, in-flight and queue gauges) are counted
+in `tallies`, one record update per event, and turned into Prometheus families when scraped
+(`TalliesCollector`); the rare ones (load time, readiness) use prometheus_client's own
+multiprocess mode. prometheus_client decides at import time whether it runs in that mode, so
+nothing here imports it until the first metric is recorded, which happens in a worker, after the
+fork. Names and meanings are listed in docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -15,23 +18,20 @@ import os
 import shutil
 import tempfile
 import threading
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flaskserve.core.errors import ModelNotFound
-from flaskserve.observability import statistics
-from flaskserve.observability.shared_counters import SUFFIX as STATISTICS_SUFFIX
+from flaskserve.observability import tallies
+from flaskserve.observability.shared_counters import SUFFIX as TALLIES_SUFFIX
+from flaskserve.observability.tallies import LATENCY_BUCKETS, MULTIPROC_ENV
 
 if TYPE_CHECKING:
     from flaskserve.core.repository import ModelRepository
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+__all__ = ["LATENCY_BUCKETS", "MULTIPROC_ENV"]
 
-#: Seconds; from half a millisecond (a tiny model over loopback) to a minute (a slow one).
-LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
-)
 #: Rows per `predict` call.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Seconds a model version took to load.
@@ -76,7 +76,7 @@ def prepare_multiprocess_dir() -> Callable[[], None]:
         os.makedirs(chosen, exist_ok=True)
         for stale in glob.glob(os.path.join(chosen, "*.db")):
             os.remove(stale)
-        for stale in glob.glob(os.path.join(chosen, f"*{STATISTICS_SUFFIX}")):
+        for stale in glob.glob(os.path.join(chosen, f"*{TALLIES_SUFFIX}")):
             os.remove(stale)
         return lambda: None
     path = tempfile.mkdtemp(prefix="flaskserve-metrics-", dir=shared_memory_dir())
@@ -145,49 +145,8 @@ class Metrics:
     """The metric objects of this process; built once, on first use, by `get`."""
 
     def __init__(self) -> None:
-        from prometheus_client import Counter, Gauge, Histogram
+        from prometheus_client import Gauge, Histogram
 
-        self.requests = _Family(Counter(
-            "flaskserve_requests",
-            "Inference requests answered, by model, served version, protocol and HTTP status.",
-            ["model", "version", "protocol", "status"],
-        ))
-        self.latency = _Family(Histogram(
-            "flaskserve_request_duration_seconds",
-            "Time from routing an inference request to its response being built.",
-            ["model", "version", "protocol"],
-            buckets=LATENCY_BUCKETS,
-        ))
-        self.queue_time = _Family(Histogram(
-            "flaskserve_queue_duration_seconds",
-            "Time a request waited for the dynamic batcher before its batch started.",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-        ))
-        self.compute_time = _Family(Histogram(
-            "flaskserve_compute_duration_seconds",
-            "Time of one model predict call (one batch), outputs conformed included.",
-            ["model", "version"],
-            buckets=LATENCY_BUCKETS,
-        ))
-        self.batch_size = _Family(Histogram(
-            "flaskserve_batch_size",
-            "Rows (first dimension) given to one model predict call.",
-            ["model", "version"],
-            buckets=BATCH_BUCKETS,
-        ))
-        self.in_flight = _Family(Gauge(
-            "flaskserve_requests_in_flight",
-            "Inference requests being handled now, summed over live workers.",
-            ["model"],
-            multiprocess_mode="livesum",
-        ))
-        self.queue_depth = _Family(Gauge(
-            "flaskserve_queue_depth",
-            "Requests queued in the dynamic batcher now, summed over live workers.",
-            ["model", "version"],
-            multiprocess_mode="livesum",
-        ))
         self.load_time = _Family(Histogram(
             "flaskserve_model_load_duration_seconds",
             "Time to load one model version, once per load in every worker.",
@@ -220,35 +179,27 @@ def get() -> Metrics:
 
 
 def request_started(model: str) -> None:
-    (_metrics or get()).in_flight(model).inc()
+    tallies.in_flight(model, 1)
 
 
 def request_ended(model: str) -> None:
-    (_metrics or get()).in_flight(model).dec()
+    tallies.in_flight(model, -1)
 
 
 def request_answered(model: str, version: str, protocol: str, status: str, seconds: float) -> None:
-    m = _metrics or get()
-    m.requests(model, version, protocol, status).inc()
-    m.latency(model, version, protocol).observe(seconds)
-    statistics.answered(model, version, status, seconds)
+    tallies.answered(model, version, protocol, status, seconds)
 
 
 def queue_changed(model: str, version: str, delta: int) -> None:
-    (_metrics or get()).queue_depth(model, version).inc(delta)
+    tallies.queue_depth(model, version, delta)
 
 
 def queue_waited(model: str, version: str, seconds: float) -> None:
-    (_metrics or get()).queue_time(model, version).observe(seconds)
-    statistics.queued(model, version, seconds)
+    tallies.queued(model, version, seconds)
 
 
 def predicted(model: str, version: str, rows: int, seconds: float) -> None:
-    m = _metrics or get()
-    m.compute_time(model, version).observe(seconds)
-    if rows >= 0:
-        m.batch_size(model, version).observe(rows)
-    statistics.executed(model, version, rows, seconds)
+    tallies.executed(model, version, rows, seconds)
 
 
 def model_loaded(model: str, version: str, seconds: float) -> None:
@@ -289,8 +240,122 @@ def record_states(repository: ModelRepository) -> None:
     m.known_states |= current.keys()
 
 
+_HELP = {
+    "requests": "Inference requests answered, by model, served version, protocol and HTTP status.",
+    "latency": "Time from routing an inference request to its response being built.",
+    "queue": "Time a request waited for the dynamic batcher before its batch started.",
+    "compute": "Time of one model predict call (one batch), outputs conformed included.",
+    "batch": "Rows (first dimension) given to one model predict call.",
+    "in_flight": "Inference requests being handled now, summed over live workers.",
+    "depth": "Requests queued in the dynamic batcher now, summed over live workers.",
+}
+
+
+class TalliesCollector:
+    """The per-request metrics of every worker (`tallies`), as Prometheus families."""
+
+    def collect(self) -> Any:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        totals = tallies.summed()
+        requests = CounterMetricFamily(
+            "flaskserve_requests",
+            _HELP["requests"],
+            labels=["model", "version", "protocol", "status"],
+        )
+        latency: dict[tuple[str, ...], list[int]] = {}
+        queue: dict[tuple[str, ...], list[int]] = {}
+        compute: dict[tuple[str, ...], list[int]] = {}
+        batch: dict[tuple[str, ...], list[int]] = {}
+        in_flight = GaugeMetricFamily(
+            "flaskserve_requests_in_flight", _HELP["in_flight"], labels=["model"]
+        )
+        depth = GaugeMetricFamily(
+            "flaskserve_queue_depth", _HELP["depth"], labels=["model", "version"]
+        )
+        for key, values in sorted(totals.items()):
+            kind, labels = key[0], list(key[1:])
+            if kind == "r":
+                requests.add_metric(labels, values[tallies.COUNT])
+                _merge(latency, tuple(labels[:3]), values)
+            elif kind == "q":
+                _merge(queue, tuple(labels), values)
+            elif kind == "c":
+                _merge(compute, tuple(labels[:2]), values)
+                rows = int(labels[2])
+                if rows >= 0:
+                    counts = batch.setdefault(tuple(labels[:2]), [0] * (len(BATCH_BUCKETS) + 2))
+                    counts[0] += rows * values[tallies.COUNT]
+                    counts[1 + bisect_left(BATCH_BUCKETS, rows)] += values[tallies.COUNT]
+            elif kind == "i":
+                in_flight.add_metric(labels, values[tallies.COUNT])
+            elif kind == "d":
+                depth.add_metric(labels, values[tallies.COUNT])
+        yield requests
+        yield _histogram(HistogramMetricFamily, "flaskserve_request_duration_seconds",
+                         _HELP["latency"], ["model", "version", "protocol"], latency)
+        yield _histogram(HistogramMetricFamily, "flaskserve_queue_duration_seconds",
+                         _HELP["queue"], ["model", "version"], queue)
+        yield _histogram(HistogramMetricFamily, "flaskserve_compute_duration_seconds",
+                         _HELP["compute"], ["model", "version"], compute)
+        sizes = HistogramMetricFamily(
+            "flaskserve_batch_size", _HELP["batch"], labels=["model", "version"]
+        )
+        for series, counts in batch.items():
+            sizes.add_metric(
+                list(series), _cumulative(BATCH_BUCKETS, counts[1:]), sum_value=counts[0]
+            )
+        yield sizes
+        yield in_flight
+        yield depth
+
+
+def _merge(into: dict[tuple[str, ...], list[int]], labels: tuple[str, ...], values: Any) -> None:
+    """Add a record's nanoseconds and bucket counts to the series of `labels`."""
+    total = into.get(labels)
+    if total is None:
+        into[labels] = [values[tallies.NS], *values[tallies.BUCKETS :]]
+        return
+    total[0] += values[tallies.NS]
+    for index, count in enumerate(values[tallies.BUCKETS :], start=1):
+        total[index] += count
+
+
+def _histogram(
+    family: Any, name: str, help_text: str, label_names: list[str],
+    series: dict[tuple[str, ...], list[int]],
+) -> Any:
+    metric = family(name, help_text, labels=label_names)
+    for labels, values in series.items():
+        metric.add_metric(
+            list(labels), _cumulative(LATENCY_BUCKETS, values[1:]), sum_value=values[0] / 1e9
+        )
+    return metric
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
+    """Prometheus buckets (`le`, observations at or under it) from per-bucket counts."""
+    from prometheus_client.utils import floatToGoString
+
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
+        running += count
+        out.append((floatToGoString(bound), running))
+    return out
+
+
+_collector = TalliesCollector()
+_registered = False
+
+
 def exposition() -> tuple[bytes, str]:
-    """The text exposition of every worker's metrics (or this process's alone)."""
+    """The text exposition of every worker's metrics (or this process's, outside a multi-worker server)."""
+    global _registered
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
     get()
@@ -300,5 +365,10 @@ def exposition() -> tuple[bytes, str]:
         sweep_dead_workers()
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        registry.register(_collector)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+    with _create_lock:
+        if not _registered:
+            REGISTRY.register(_collector)
+            _registered = True
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -16,6 +16,7 @@ from flaskserve.core.context import InferenceContext, new_request_id, request_id
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.observability import metrics
 from flaskserve.protocol import openai
+from flaskserve.protocol.hook_chain import HookChain
 from flaskserve.protocol.http_context import CONTEXT_KEY, PROTOCOL_OF_ENDPOINT, REQUEST_ID_KEY
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
 
@@ -30,14 +31,15 @@ _PROTOCOL_KEY = "flaskserve.protocol"
 _LABELS_KEY = "flaskserve.labels"
 
 
-def install(app: Flask, dataplane: DataPlane) -> None:
-    """Register the hooks on `app`; `dataplane` tells known model names and served versions."""
+def install(app: Flask, dataplane: DataPlane, hooks: HookChain | None = None) -> None:
+    """Register the hooks on `app` (or on `hooks`, which runs them as one hook of each kind);
+    `dataplane` tells known model names and served versions."""
     repository = dataplane.repository
+    target: Flask | HookChain = hooks if hooks is not None else app
 
     def model_label(name: str | None) -> tuple[str, str]:
         return metrics.model_labels(repository, name, (request.view_args or {}).get("version"))
 
-    @app.before_request
     def start() -> None:
         environ = request.environ
         # not request.headers: built per request
@@ -53,7 +55,6 @@ def install(app: Flask, dataplane: DataPlane) -> None:
         labels = environ[_LABELS_KEY] = model_label(name)
         metrics.request_started(labels[0])
 
-    @app.after_request
     def finish(response: Response) -> Response:
         environ = request.environ
         response.headers[REQUEST_ID_HEADER] = environ.get(REQUEST_ID_KEY) or new_request_id()
@@ -66,11 +67,14 @@ def install(app: Flask, dataplane: DataPlane) -> None:
             metrics.request_answered(model, version, protocol, str(response.status_code), elapsed)
         return response
 
-    @app.teardown_request
     def end(_exc: BaseException | None) -> None:
         labels = request.environ.pop(_LABELS_KEY, None)
         if labels is not None:
             metrics.request_ended(labels[0])
+
+    target.before_request(start)
+    target.after_request(finish)
+    target.teardown_request(end)
 
 
 def _model_name(protocol: str, dataplane: DataPlane) -> str | None:

@@ -91,6 +91,27 @@ class CounterTable:
                 values[latest[0]] = latest[1]
                 _ONE.pack_into(self._buffer, record[0] + 8 * latest[0], latest[1])
 
+    def observe(self, key: Key, ns: int, bucket: int, latest: int = 0) -> None:
+        """One event of `key`: its count (value 0) and nanoseconds (value 1) grow, value
+        `bucket` counts one more, value 2 rises to `latest` unless it is larger already."""
+        with self._lock:
+            offset, values = self._records.get(key) or self._append(key)
+            count = values[0] = values[0] + 1
+            ns = values[1] = values[1] + ns
+            _PAIR.pack_into(self._buffer, offset, count, ns)
+            hits = values[bucket] = values[bucket] + 1
+            _ONE.pack_into(self._buffer, offset + 8 * bucket, hits)
+            if latest > values[2]:
+                values[2] = latest
+                _ONE.pack_into(self._buffer, offset + 16, latest)
+
+    def change(self, key: Key, delta: int) -> None:
+        """Add `delta` to value 0 of `key` (a gauge)."""
+        with self._lock:
+            offset, values = self._records.get(key) or self._append(key)
+            value = values[0] = values[0] + delta
+            _ONE.pack_into(self._buffer, offset, value)
+
     def _append(self, key: Key) -> tuple[int, list[int]]:
         """A zeroed record for `key` at the end of the table."""
         encoded = json.dumps(key).encode()
@@ -135,6 +156,13 @@ class CounterTable:
 
 def read_directory(directory: str, width: int) -> Iterator[dict[Key, Values]]:
     """The counters of every process that kept a table in `directory`, one dict per process."""
+    for _pid, table in read_tables(directory, width):
+        yield table
+
+
+def read_tables(directory: str, width: int) -> Iterator[tuple[int | None, dict[Key, Values]]]:
+    """(pid, counters) of every process that kept a table in `directory`; the pid is None for
+    a file not named by one."""
     for path in sorted(glob.glob(os.path.join(directory, f"*{SUFFIX}"))):
         try:
             with open(path, "rb") as file:
@@ -144,7 +172,9 @@ def read_directory(directory: str, width: int) -> Iterator[dict[Key, Values]]:
         if len(data) < _USED.size:
             continue
         used = min(_USED.unpack_from(data, 0)[0], len(data))
-        yield {key: values for key, _, values in _records(data, used, width)}
+        stem = os.path.basename(path)[: -len(SUFFIX)].rpartition("_")[2]
+        pid = int(stem) if stem.isdigit() else None
+        yield pid, {key: values for key, _, values in _records(data, used, width)}
 
 
 def _records(

@@ -1,113 +1,57 @@
 """Triton's statistics extension: per model version counts and times, summed over every worker.
 
-Fed by the metric hooks every inference already passes through, once each (`metrics`
-calls `answered`, `queued` and `executed`), into a `CounterTable` per worker kept beside the
-Prometheus files (`PROMETHEUS_MULTIPROC_DIR`), so whichever worker answers a statistics request
-reports what all of them served. What each number means, and where flaskserve differs from
-Triton, is in docs/metrics.md ("Statistics extension").
+Read from the records every inference already leaves in `tallies` (requests answered, waits in
+the batcher, predicts by batch size), which `/metrics` reads too, so whichever worker answers a
+statistics request reports what all of them served. What each number means, and where
+flaskserve differs from Triton, is in docs/metrics.md ("Statistics extension").
 """
 
 from __future__ import annotations
 
-import os
-import threading
-import time
 from typing import TYPE_CHECKING, Any
 
 from flaskserve.core.errors import InvalidInput, ModelNotFound
-from flaskserve.observability.shared_counters import CounterTable, Key, Values, read_directory
+from flaskserve.observability import tallies
+from flaskserve.observability.shared_counters import Key
 
 if TYPE_CHECKING:
     from flaskserve.core.repository import ModelEntry, ModelRepository
 
-#: The values of a model version's record ("m", model, version): (count, ns) pairs, then the
+#: The values of a model version's summary ("m", model, version): (count, ns) pairs, then the
 #: time of the latest request.
 SUCCESS, FAIL, QUEUE, LAST_INFERENCE = 0, 2, 4, 6
 WIDTH = 7
-#: A batch size's record ("b", model, version, size) holds (predicts, their ns) at 0; the
+#: A batch size's summary ("b", model, version, size) holds (predicts, their ns) at 0; the
 #: model's execution count, compute time and inference count are sums over its batch sizes.
 BATCH = 0
 #: Statuses of requests the service layer refused before the model was asked (no key, not
 #: allowed, rate limited, overloaded or not ready): not a failure of the model.
 REFUSED = frozenset({"401", "403", "429", "503"})
 
-_table: CounterTable | None = None
-_table_lock = threading.Lock()
-
-
-def _forget() -> None:
-    """In a forked child: its counters are its own, in a file named by its pid."""
-    global _table
-    _table = None
-
-
-os.register_at_fork(after_in_child=_forget)
-
-
-def _directory() -> str | None:
-    from flaskserve.observability.metrics import MULTIPROC_ENV
-
-    return os.environ.get(MULTIPROC_ENV) or None
-
-
-def _get() -> CounterTable:
-    """This process's table, opened on first use (in a worker, after the fork)."""
-    global _table
-    if _table is None:
-        with _table_lock:
-            if _table is None:
-                _table = CounterTable(WIDTH, _directory())
-    return _table
-
-
-# -- recording (the request path: one locked update of a few integers each) ------------------
-
-
-def answered(model: str, version: str, status: str, seconds: float) -> None:
-    """An inference request for `model` `version` was answered with HTTP `status`."""
-    if status in REFUSED:
-        return
-    (_table or _get()).add(
-        ("m", model, version),
-        SUCCESS if status < "400" else FAIL,
-        1,
-        int(seconds * 1e9),
-        latest=(LAST_INFERENCE, time.time_ns() // 1_000_000),
-    )
-
-
-def queued(model: str, version: str, seconds: float) -> None:
-    """A request waited `seconds` in the dynamic batcher before its batch started."""
-    (_table or _get()).add(("m", model, version), QUEUE, 1, int(seconds * 1e9))
-
-
-def executed(model: str, version: str, rows: int, seconds: float) -> None:
-    """One successful predict of `rows` rows (-1: inputs without a batch dimension)."""
-    size = str(rows) if rows >= 0 else "1"
-    (_table or _get()).add(("b", model, version, size), BATCH, 1, int(seconds * 1e9))
-
-
-# -- reading ---------------------------------------------------------------------------------
-
 
 def _summed() -> dict[Key, list[int]]:
-    """Every worker's records, summed (the latest inference time: the latest of any)."""
-    directory = _directory()
-    tables: list[dict[Key, Values]] = (
-        list(read_directory(directory, WIDTH)) if directory else [_get().snapshot()]
-    )
+    """Every worker's tallies, as summaries per model version and per batch size."""
     totals: dict[Key, list[int]] = {}
-    for table in tables:
-        for key, values in table.items():
-            total = totals.get(key)
-            if total is None:
-                totals[key] = list(values)
+    for key, values in tallies.summed().items():
+        kind = key[0]
+        if kind == "r":
+            status = key[4]
+            if status in REFUSED:
                 continue
-            for index, value in enumerate(values):
-                if key[0] == "m" and index == LAST_INFERENCE:
-                    total[index] = max(total[index], value)
-                else:
-                    total[index] += value
+            summary = totals.setdefault(("m", key[1], key[2]), [0] * WIDTH)
+            index = SUCCESS if status < "400" else FAIL
+            summary[index] += values[tallies.COUNT]
+            summary[index + 1] += values[tallies.NS]
+            summary[LAST_INFERENCE] = max(summary[LAST_INFERENCE], values[tallies.LATEST])
+        elif kind == "q":
+            summary = totals.setdefault(("m", key[1], key[2]), [0] * WIDTH)
+            summary[QUEUE] += values[tallies.COUNT]
+            summary[QUEUE + 1] += values[tallies.NS]
+        elif kind == "c":
+            size = key[3] if not key[3].startswith("-") else "1"
+            summary = totals.setdefault(("b", key[1], key[2], size), [0, 0])
+            summary[BATCH] += values[tallies.COUNT]
+            summary[BATCH + 1] += values[tallies.NS]
     return totals
 
 

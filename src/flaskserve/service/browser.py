@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from flask import Flask, Response, request
 
 from flaskserve.core.errors import FlaskServeError, Forbidden
+from flaskserve.protocol.hook_chain import HookChain
 from flaskserve.settings import Settings
 
 #: Body types a page on another site can send without a CORS preflight.
@@ -171,11 +172,13 @@ class Policy:
         return self.any_origin or bool(self.cors_origins)
 
 
-def install(app: Flask, settings: Settings) -> Policy:
-    """Register the checks (before every other gate) and the response headers on `app`."""
+def install(app: Flask, settings: Settings, hooks: HookChain | None = None) -> Policy:
+    """Register the checks (before every other gate) and the response headers on `app` (or on
+    `hooks`, which runs them as one hook of each kind)."""
     policy = Policy.from_settings(settings)
-    app.before_request(_guard(app, policy))
-    app.after_request(_headers(policy))
+    target: Flask | HookChain = hooks if hooks is not None else app
+    target.before_request(_guard(app, policy))
+    target.after_request(_headers(policy))
     return policy
 
 

@@ -36,6 +36,7 @@ from flaskserve.core.errors import (
     RateLimited,
     Unauthorized,
 )
+from flaskserve.protocol.hook_chain import HookChain
 from flaskserve.protocol.http_context import CONTEXT_KEY, http_context
 from flaskserve.protocol.v2 import json_response
 from flaskserve.service import auth, metering, prometheus, received
@@ -70,9 +71,12 @@ class Service:
     admission: Admission
 
 
-def install(app: Flask, dataplane: DataPlane, settings: Settings) -> Service:
-    """Add keys, rate limits, overload shedding and metering to `app` as `settings` ask; the
-    data plane's own steps (`service.steps`) were given to `dataplane` when it was built."""
+def install(
+    app: Flask, dataplane: DataPlane, settings: Settings, hooks: HookChain | None = None
+) -> Service:
+    """Add keys, rate limits, overload shedding and metering to `app` as `settings` ask (the
+    hooks on `hooks` when given, which runs them as one hook of each kind); the data plane's
+    own steps (`service.steps`) were given to `dataplane` when it was built."""
     db_path = usage_db_path(settings)
     service = Service(
         keys=KeyStore(Path(settings.auth)) if settings.auth else None,
@@ -86,9 +90,10 @@ def install(app: Flask, dataplane: DataPlane, settings: Settings) -> Service:
     if service.meter is not None or service.keys is not None:
         app.wsgi_app = received.count_input(app.wsgi_app)  # type: ignore[method-assign,assignment]
     app.register_blueprint(_usage_blueprint(service))
-    app.before_request(_gate(dataplane, service))
-    app.teardown_request(lambda _: service.admission.leave(request.environ))
-    app.after_request(_metering(dataplane, service))
+    target: Flask | HookChain = hooks if hooks is not None else app
+    target.before_request(_gate(dataplane, service))
+    target.teardown_request(lambda _: service.admission.leave(request.environ))
+    target.after_request(_metering(dataplane, service))
     return service
 
 

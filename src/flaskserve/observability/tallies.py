@@ -1,0 +1,169 @@
+"""The counts and times of every inference, one shared-memory table per worker, read by both
+`/metrics` and the statistics extension.
+
+An inference used to update eleven prometheus_client values (each its own lock, `getpid` and
+mmap write) and three statistics records; now each event is one locked update of one record
+in this worker's `CounterTable` (`shared_counters`): a request answered, a wait in the batcher,
+a predict, a change of the in-flight or queue gauges. The records keep everything both readers
+need (count, nanoseconds, histogram buckets, the time of the latest request), so a scrape or a
+statistics request on any worker sums every worker's file, and a worker killed at any moment
+loses nothing it answered: the memory-mapped file is written before the response is sent.
+
+Records, by the first element of their key:
+- ("r", model, version, protocol, status): requests answered, their latency;
+- ("q", model, version): waits in the dynamic batcher;
+- ("c", model, version, rows): predicts of `rows` rows (-1: no batch dimension);
+- ("i", model) and ("d", model, version): the in-flight and queue-depth gauges of this worker
+  (a reader sums them over live workers only).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterator
+
+from flaskserve.observability.shared_counters import CounterTable, Key, Values, read_tables
+
+#: Seconds; from half a millisecond (a tiny model over loopback) to a minute (a slow one).
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+#: The values of a record: count, nanoseconds, latest (ms since the epoch), then one count per
+#: latency bucket (the last one +Inf). A gauge keeps its value at COUNT.
+COUNT, NS, LATEST, BUCKETS = 0, 1, 2, 3
+WIDTH = BUCKETS + len(LATENCY_BUCKETS) + 1
+GAUGES = frozenset({"i", "d"})
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+_table: CounterTable | None = None
+_table_lock = threading.Lock()
+
+
+def _forget() -> None:
+    """In a forked child: its tallies are its own, in a file named by its pid."""
+    global _table
+    _table = None
+
+
+os.register_at_fork(after_in_child=_forget)
+
+
+def directory() -> str | None:
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def _get() -> CounterTable:
+    """This process's table, opened on first use (in a worker, after the fork)."""
+    global _table
+    if _table is None:
+        with _table_lock:
+            if _table is None:
+                table = CounterTable(WIDTH, directory())
+                # A dead worker's file reopened by a new one with its pid: its counts go on,
+                # but what it had in flight or queued died with it.
+                for key, values in table.snapshot().items():
+                    if key[0] in GAUGES and values[COUNT]:
+                        table.change(key, -values[COUNT])
+                _table = table
+    return _table
+
+
+# -- recording (the request path: one locked update of one record each) ---------------------
+
+
+def answered(model: str, version: str, protocol: str, status: str, seconds: float) -> None:
+    (_table or _get()).observe(
+        ("r", model, version, protocol, status),
+        int(seconds * 1e9),
+        BUCKETS + bisect_left(LATENCY_BUCKETS, seconds),
+        time.time_ns() // 1_000_000,
+    )
+
+
+def queued(model: str, version: str, seconds: float) -> None:
+    (_table or _get()).observe(
+        ("q", model, version), int(seconds * 1e9), BUCKETS + bisect_left(LATENCY_BUCKETS, seconds)
+    )
+
+
+def executed(model: str, version: str, rows: int, seconds: float) -> None:
+    (_table or _get()).observe(
+        ("c", model, version, str(rows)),
+        int(seconds * 1e9),
+        BUCKETS + bisect_left(LATENCY_BUCKETS, seconds),
+    )
+
+
+def in_flight(model: str, delta: int) -> None:
+    (_table or _get()).change(("i", model), delta)
+
+
+def queue_depth(model: str, version: str, delta: int) -> None:
+    (_table or _get()).change(("d", model, version), delta)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tables() -> Iterator[tuple[int | None, dict[Key, Values]]]:
+    folder = directory()
+    if folder is None:
+        yield None, _get().snapshot()
+        return
+    _get()  # this worker's file exists even before it served anything
+    yield from read_tables(folder, WIDTH)
+
+
+def summed() -> dict[Key, list[int]]:
+    """Every worker's records, summed: the latest time is the latest of any, and gauges count
+    only workers that are alive (a killed worker's in-flight requests are not in flight)."""
+    totals: dict[Key, list[int]] = {}
+    for pid, table in _tables():
+        live = None
+        for key, values in table.items():
+            if key[0] in GAUGES:
+                if live is None:
+                    live = _alive(pid)
+                if not live:
+                    continue
+            total = totals.get(key)
+            if total is None:
+                totals[key] = list(values)
+                continue
+            for index, value in enumerate(values):
+                if index == LATEST:
+                    total[index] = max(total[index], value)
+                else:
+                    total[index] += value
+    return totals

@@ -1,0 +1,101 @@
+"""The per-request tallies behind /metrics and the statistics extension: what a reader sums."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from flaskserve.observability import metrics, statistics, tallies
+
+
+def tally_in_a_worker_that_dies(shared: Path, code: str) -> None:
+    """Run `code` (calls of `tallies`) in a process that then exits, as a killed worker does."""
+    subprocess.run(
+        [sys.executable, "-c", "from flaskserve.observability import tallies\n" + code],
+        env={**os.environ, tallies.MULTIPROC_ENV: str(shared)},
+        check=True,
+    )
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.fixture
+def shared(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(tallies.MULTIPROC_ENV, str(tmp_path))
+    monkeypatch.setattr(tallies, "_table", None)
+    return tmp_path
+
+
+def test_a_dead_workers_counts_stay_and_its_gauges_go(shared: Path) -> None:
+    # A worker that answered 2 requests and died with 3 in flight and 1 queued.
+    tally_in_a_worker_that_dies(
+        shared,
+        "for _ in range(2): tallies.answered('digits', '1', 'v2', '200', 0.001)\n"
+        "tallies.in_flight('digits', 3)\n"
+        "tallies.queue_depth('digits', '1', 1)\n",
+    )
+    # This worker: one answered request, one in flight.
+    tallies.answered("digits", "1", "v2", "200", 0.004)
+    tallies.in_flight("digits", 1)
+
+    body, _ = metrics.exposition()
+    read = samples(body.decode())
+    labels = (("model", "digits"), ("protocol", "v2"), ("status", "200"), ("version", "1"))
+    assert read[("flaskserve_requests_total", labels)] == 3
+    assert read[("flaskserve_requests_in_flight", (("model", "digits"),))] == 1
+    assert ("flaskserve_queue_depth", (("model", "digits"), ("version", "1"))) not in read
+    stats = statistics._summed()
+    assert stats[("m", "digits", "1")][statistics.SUCCESS] == 3
+
+
+def test_histogram_buckets_match_prometheus_client(shared: Path) -> None:
+    """Every boundary lands in the bucket prometheus_client's own Histogram would put it in
+    (`le` is inclusive), and the sum and count agree."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    values = [0.0, 0.0005, 0.00051, 0.001, 0.02, 0.025, 1.0, 59.9, 60.0, 61.0, 1e6]
+    registry = CollectorRegistry()
+    reference = Histogram(
+        "flaskserve_queue_duration_seconds",
+        "x",
+        ["model", "version"],
+        buckets=tallies.LATENCY_BUCKETS,
+        registry=registry,
+    )
+    for value in values:
+        reference.labels("digits", "1").observe(value)
+        tallies.queued("digits", "1", value)
+    ours = samples(metrics.exposition()[0].decode())
+    theirs = samples(generate_latest(registry).decode())
+    for key, value in theirs.items():
+        if key[0].endswith(("_bucket", "_count")):
+            assert ours[key] == value, key
+    total = ("flaskserve_queue_duration_seconds_sum", (("model", "digits"), ("version", "1")))
+    assert ours[total] == pytest.approx(sum(values))
+
+
+def test_a_worker_reusing_a_dead_workers_pid_keeps_its_counts_not_its_gauges(
+    shared: Path,
+) -> None:
+    # This process's file, as a worker with this pid left it when it was killed.
+    table = tallies._get()
+    table.observe(("r", "digits", "1", "v2", "200"), 1_000, tallies.BUCKETS)
+    table.change(("i", "digits"), 2)
+    tallies._forget()  # a new process with the same pid opens the same file
+
+    tallies.answered("digits", "1", "v2", "200", 0.001)
+    read = samples(metrics.exposition()[0].decode())
+    labels = (("model", "digits"), ("protocol", "v2"), ("status", "200"), ("version", "1"))
+    assert read[("flaskserve_requests_total", labels)] == 2
+    assert read[("flaskserve_requests_in_flight", (("model", "digits"),))] == 0
