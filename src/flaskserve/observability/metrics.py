@@ -354,7 +354,7 @@ _registered = False
 
 
 def exposition() -> tuple[bytes, str]:
-    """The text exposition of every worker's metrics (or this process's, outside a multi-worker server)."""
+    """The text exposition of every worker's metrics (or this process's alone)."""
     global _registered
     from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
