@@ -66,12 +66,14 @@ def server(tmp_path_factory: pytest.TempPathFactory, digits_repo: Path):
 
 def post(
     server: Server, path: str, body: bytes, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], bytes]:
+) -> tuple[int, http.client.HTTPMessage, bytes]:
+    """(status, headers, body); header names are case-insensitive, as HTTP's are (Granian sends
+    them in lower case)."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     try:
         connection.request("POST", path, body=body, headers=headers or {})
         response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return response.status, response.headers, response.read()
     finally:
         connection.close()
 
@@ -105,7 +107,7 @@ CSV = {"Content-Type": "text/csv"}
 ROW = [0.5] * 64
 
 
-def assert_refused(status: int, headers: dict[str, str], body: bytes) -> str:
+def assert_refused(status: int, headers: http.client.HTTPMessage, body: bytes) -> str:
     assert 400 <= status < 500, (status, body[:500])
     assert headers["Content-Type"] == "application/json"
     error = json.loads(body)["error"]
