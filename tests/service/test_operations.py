@@ -237,34 +237,78 @@ def test_overload_answers_503_with_retry_after_instead_of_queueing(
 
 
 def _connect_each_time(url: str, body: dict, stop: threading.Event, results: list) -> None:
-    """A client that opens a new connection for every request (no keep-alive)."""
+    """A client that opens a new connection for every request (no keep-alive); records the
+    status and the model version that answered, or the error."""
     while not stop.is_set():
         try:
             response = requests.post(url, json=body, timeout=10,
                                      headers={"Connection": "close"})
-            results.append(response.status_code)
+            version = response.json()["outputs"][0]["data"][0] if response.ok else None
+            results.append((response.status_code, version))
         except requests.RequestException as exc:
-            results.append(repr(exc))
+            results.append((None, repr(exc)))
 
 
-def test_rolling_restart_loses_no_request_on_new_connections(tmp_path, start_server) -> None:
-    # Workers that stop must not reset connections the kernel already queued for them (as
-    # per-worker SO_REUSEPORT listeners did: docs/benchmarks.md, "Spreading connections").
+def test_sighup_reloads_every_worker_in_place_without_losing_a_request(
+    tmp_path, start_server
+) -> None:
+    # Replacing worker processes lost requests: a stopping worker closed the connections it
+    # had accepted but not read. A reload in place closes no listener and no connection.
     write_versioned(tmp_path, 1)
     server = start_server([str(tmp_path), "--workers", "2", "--threads", "4"])
     server.wait_for_log("model versioned version 1 is ready", count=2)
-    before = server.worker_pids()
+    workers = server.worker_pids()
+    assert len(workers) == 2
     url = f"{server.url}/v2/models/versioned/infer"
     with running_clients(_connect_each_time, 6, url, versioned_body()) as results:
         eventually(lambda: all(len(out) >= 3 for out in results), message="every client is served")
+        write_versioned(tmp_path, 2)
         os.kill(server.process.pid, signal.SIGHUP)
-        eventually(lambda: not (server.worker_pids() & before)
-                   and server.log.count("model versioned version 1 is ready") == 4,
-                   message="both workers are replaced and have loaded the model")
-        answered_more(results, 5)
+        server.wait_for_log("Worker reloaded", count=2)
+        marks = answered_more(results, 5)
     answers = [answer for out in results for answer in out]
     assert len(answers) > 50
-    assert [a for a in answers if a != 200] == []
+    assert [a for a in answers if a[0] != 200] == []
+    # Each worker read the repository again, loaded version 2 and answers with it only.
+    assert server.log.count("model versioned version 2 is ready") == 2
+    assert server.log.count("Worker reloaded") == 2
+    assert all(answer == (200, 2) for out, mark in zip(results, marks, strict=True)
+               for answer in out[mark:])
+    assert {version for _, version in answers} == {1, 2}
+    # The same processes serve: nothing was respawned.
+    assert server.worker_pids() == workers
+    assert "Spawning worker" not in server.log.split("reloading 2 workers in place", 1)[1]
+
+
+def test_a_reload_whose_model_fails_to_load_keeps_the_old_model_serving(
+    tmp_path, start_server
+) -> None:
+    write_versioned(tmp_path, 1)
+    server = start_server([str(tmp_path), "--workers", "2", "--threads", "4"])
+    server.wait_for_log("model versioned version 1 is ready", count=2)
+    workers = server.worker_pids()
+    url = f"{server.url}/v2/models/versioned/infer"
+    (tmp_path / "versioned" / "1" / "versioned.py").write_text(
+        "raise RuntimeError('this model file is broken')\n"
+    )
+    os.kill(server.process.pid, signal.SIGHUP)
+    server.wait_for_log("Worker reload refused", count=2)
+    assert "this model file is broken" in server.log
+    assert "Worker reloaded" not in server.log
+    for _ in range(10):
+        response = requests.post(url, json=versioned_body(), headers={"Connection": "close"},
+                                 timeout=10)
+        assert response.status_code == 200
+        assert response.json()["outputs"][0]["data"] == [1]
+        assert requests.get(f"{server.url}/v2/health/ready", timeout=10).status_code == 200
+    assert server.worker_pids() == workers
+    # Once the repository is fixed, the next SIGHUP reloads.
+    write_versioned(tmp_path, 2)
+    os.kill(server.process.pid, signal.SIGHUP)
+    server.wait_for_log("Worker reloaded", count=2)
+    response = requests.post(url, json=versioned_body(), timeout=10)
+    assert response.json()["outputs"][0]["data"] == [2]
+    assert server.worker_pids() == workers
 
 
 def test_a_busy_keep_alive_client_does_not_hold_the_only_thread(tmp_path, start_server) -> None:
