@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from flaskserve.protocol.grpc.server import GrpcServer
 
 log = logging.getLogger("flaskserve")
+#: Seconds between looks at whether a replaced app still runs requests.
+DRAIN_POLL_S = 0.01
 
 
 class Generation:
@@ -42,21 +45,9 @@ class Generation:
     def __init__(self, app: Flask, grpc: GrpcServer | None = None) -> None:
         self.app = app
         self.grpc = grpc
-        self._running = 0
-        self._idle = threading.Condition(threading.Lock())
-
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        with self._idle:
-            self._running += 1
-        try:
-            return self.app(environ, start_response)
-        finally:
-            with self._idle:
-                self._running -= 1
-                if not self._running:
-                    self._idle.notify_all()
+        #: One item per request running on this app (`LiveApp`): deque appends and pops are
+        #: atomic, and cost a tenth of what a lock does on the request path.
+        self.running: deque[None] = deque()
 
     @property
     def repository(self) -> ModelRepository | None:
@@ -80,12 +71,10 @@ class Generation:
     def drain(self, timeout_s: float) -> bool:
         """Wait until no HTTP request runs on this app (False after `timeout_s`)."""
         deadline = time.monotonic() + timeout_s
-        with self._idle:
-            while self._running:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._idle.wait(left)
+        while self.running:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(DRAIN_POLL_S)
         return True
 
     def retire(self, grace_s: float) -> None:
@@ -122,7 +111,13 @@ class LiveApp:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        return self.current(environ, start_response)
+        current = self.current
+        running = current.running
+        running.append(None)
+        try:
+            return current.app(environ, start_response)
+        finally:
+            running.pop()
 
 
 class Reloader:
