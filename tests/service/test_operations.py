@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import requests
 from service_models import (
@@ -360,6 +361,45 @@ def test_sighups_during_a_reload_run_one_more_reload_after_it_never_two_at_once(
     response = requests.post(f"{server.url}/v2/models/versioned/infer",
                              json=versioned_body(), timeout=10)
     assert response.status_code == 200
+
+
+#: A model holding 320 MB, allocated (and touched) when its module is loaded.
+BIG_PY = """\
+import numpy as np
+
+_DATA = np.ones(40_000_000)
+
+
+class Big:
+    def predict(self, x):
+        return {"version": x * int(_DATA[0])}
+"""
+
+
+def _rss_mib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmRSS:", 1)[1].split()[0]) // 1024
+
+
+def test_reloads_free_the_memory_of_the_models_they_replace(tmp_path, start_server) -> None:
+    write_versioned(tmp_path, 1)
+    (tmp_path / "versioned" / "1" / "versioned.py").write_text(BIG_PY)
+    toml = tmp_path / "versioned" / "model.toml"
+    toml.write_text(toml.read_text().replace("versioned:Versioned", "versioned:Big"))
+    server = start_server([str(tmp_path), "--workers", "1", "--threads", "2"])
+    server.wait_for_log("model versioned version 1 is ready")
+    (worker,) = server.worker_pids()
+    booted = _rss_mib(worker)
+    for reloads in range(1, 4):
+        os.kill(server.process.pid, signal.SIGHUP)
+        server.wait_for_log("Worker reloaded", count=reloads)
+        # Retiring the old app follows the log line; kept, each model would add 320 MB.
+        eventually(lambda: _rss_mib(worker) < booted + 160,
+                   message=lambda: f"RSS {_rss_mib(worker)} MiB, {booted} MiB at boot")
+    assert server.worker_pids() == {worker}
+    response = requests.post(f"{server.url}/v2/models/versioned/infer",
+                             json=versioned_body(), timeout=10)
+    assert response.json()["outputs"][0]["data"] == [1]
 
 
 def test_a_busy_keep_alive_client_does_not_hold_the_only_thread(tmp_path, start_server) -> None:

@@ -16,6 +16,7 @@ in one thread; SIGHUPs received during a reload make one more reload after it.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -159,6 +160,9 @@ class Reloader:
                 self.reload()
             except Exception:
                 log.exception("Worker reload failed (pid: %d)", os.getpid())
+            # The app left behind (replaced or refused), its modules and models hold reference
+            # cycles: only the cycle collector frees them, and an idle worker may not run it.
+            gc.collect()
 
     def reload(self) -> bool:
         """Build, check and swap in a new app; False when the current one serves on."""
