@@ -126,6 +126,49 @@ def test_sigterm_stops_an_idle_server_well_before_the_graceful_timeout(
     assert server.log.count("Worker exiting") == 2
 
 
+#: A model the first process loads at once; any other waits, after touching `begin`, until a
+#: file `release` appears beside it: a worker a test can hold in its start-up.
+GATED_LOAD_PY = """\
+import os
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+try:
+    os.close(os.open(HERE / "first", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+except FileExistsError:
+    (HERE / "begin").touch()
+    deadline = time.monotonic() + 60
+    while not (HERE / "release").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+class GatedLoad:
+    def predict(self, x):
+        return {"version": x}
+"""
+
+
+def test_sigterm_while_a_worker_loads_its_models_stops_it_without_the_graceful_timeout(
+    tmp_path, start_server
+) -> None:
+    # The engine installs its stop handler only once the app is built; a SIGTERM before that
+    # was lost, and the master waited the whole graceful timeout before killing the worker.
+    write_versioned(tmp_path, 1)
+    version = tmp_path / "versioned" / "1"
+    (version / "versioned.py").write_text(GATED_LOAD_PY)
+    toml = tmp_path / "versioned" / "model.toml"
+    toml.write_text(toml.read_text().replace("versioned:Versioned", "versioned:GatedLoad"))
+    server = start_server([str(tmp_path), "--workers", "2", "--graceful-timeout", "30"])
+    eventually(lambda: (version / "begin").exists(), message="the second worker is loading")
+    os.kill(server.process.pid, signal.SIGTERM)
+    server.wait_for_log("Stopping worker")  # the master has signalled the loading worker
+    (version / "release").touch()
+    assert server.process.wait(timeout=15) == 0, server.log
+    assert server.log.count("Worker exiting") == 2
+    assert "Killing worker" not in server.log
+
+
 def _hammer(url: str, body: dict, stop: threading.Event, results: list) -> None:
     with requests.Session() as session:
         while not stop.is_set():

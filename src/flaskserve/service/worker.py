@@ -37,14 +37,34 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 POLL_S = 0.2
 
 
+#: Stop signals received while the app was built, before the engine had its own handlers.
+_early_stops: list[int] = []
+
+
 def listen() -> int:
     """From the worker's main thread, first thing: route every signal's number to a pipe (read
-    by `watch`) and make SIGHUP harmless. Signals received while the app is built wait there."""
+    by `watch`) and make SIGHUP harmless. Signals received while the app is built wait there;
+    a stop signal is also held, for the watcher to send again once the engine listens for it
+    (until then it would be lost, and the master would wait its whole graceful timeout)."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _hold)
     reload.ignore_sighup()
     return read_fd
+
+
+def _hold(signum: int, frame: object) -> None:
+    _early_stops.append(signum)
+
+
+def _pass_on_early_stop() -> None:
+    """Send a stop held during start-up again, once the engine's handlers replaced `_hold`."""
+    if _early_stops and all(signal.getsignal(s) is not _hold for s in STOP_SIGNALS):
+        signum = _early_stops[0]
+        _early_stops.clear()
+        os.kill(os.getpid(), signum)
 
 
 def watch(read_fd: int, reloader: Reloader, grace_s: float) -> threading.Thread:
@@ -60,6 +80,7 @@ def _watch(read_fd: int, reloader: Reloader, grace_s: float) -> None:
     main = threading.main_thread()
     stopping = False
     while main.is_alive():
+        _pass_on_early_stop()
         ready, _, _ = select.select([read_fd], [], [], POLL_S)
         if not ready:
             continue
