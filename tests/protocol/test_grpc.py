@@ -458,6 +458,10 @@ def test_sighup_serves_new_calls_from_the_reloaded_model_and_lets_a_running_call
         result = running.result(timeout=60)
     assert result.as_numpy("y").tolist() == [2, 3, 4]
     assert "Spawning worker" not in server.log.split("reloading 2 workers in place", 1)[1]
+    # The reloaded app's gRPC server is the one SIGTERM stops.
+    os.kill(server.process.pid, signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0
+    assert server.log.count("Worker exiting") == 2
 
 
 BROKEN_PY = """\

@@ -142,7 +142,7 @@ class Reloader:
         self._thread.start()
 
     def request(self) -> None:
-        """Reload soon (requests made during a reload make one reload after it)."""
+        """Reload soon; asked again during a reload, reload once more after it."""
         self._wanted.set()
 
     def stop_grpc(self, grace_s: float) -> threading.Event | None:
@@ -198,10 +198,12 @@ class Reloader:
             new.retire(0)
             return False
         with self._lock:
-            if self._stopping:
-                new.retire(0)
-                return False
-            self.live.current = new
+            stopping = self._stopping
+            if not stopping:
+                self.live.current = new
+        if stopping:
+            new.retire(0)
+            return False
         log.info("Worker reloaded (pid: %d)", os.getpid())
         # In this thread: the next reload waits, so at most two apps are ever loaded.
         old.retire(self._grace_s)
