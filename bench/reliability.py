@@ -8,7 +8,8 @@ It builds a digits repository and an API keys file in a temporary folder, starts
 sending one digits row per request, back to back. During the run, at fixed fractions of the
 duration, it:
 
-1. sends SIGHUP to the gunicorn master (a rolling restart: new workers, old ones drained);
+1. sends SIGHUP to the master (each worker reloads its app in place: same processes, models
+   read again, the old app drained and unloaded);
 2. publishes version 2 of the model and loads it (`POST /v2/repository/models/digits/load`
    with an admin key): answers must move from version 1 to version 2;
 3. SIGKILLs one worker (the master replaces it);
@@ -147,12 +148,6 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--restart",
-        choices=["hup", "ttin"],
-        default="hup",
-        help="rolling restart by SIGHUP, or one worker at a time by SIGTTIN + SIGTTOU",
-    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
 
@@ -196,22 +191,16 @@ def main() -> None:
         thread.start()
 
     master = server.pid
-    if args.restart == "hup":
-        restart = ("SIGHUP (rolling restart)", lambda: _rolling_restart(master, args.workers))
-    else:
-        restart = (
-            "SIGTTIN + SIGTTOU per worker (rolling restart)",
-            lambda: _rolling_one_by_one(master, args.workers, folder / "server.log"),
-        )
+    log = folder / "server.log"
     schedule = [
-        (0.25, *restart),
+        (0.25, "SIGHUP (reload in place)", lambda: _reload(master, args.workers, log)),
         (0.50, "version 2 loaded", lambda: _swap(base, repo, staged_v2, admin)),
         (0.75, "worker SIGKILLed", lambda: _kill_worker(master, args.workers)),
     ]
     settled = started.at
     for fraction, name, action in schedule:
         # Events keep their place in the run, but never come closer than MIN_GAP seconds after
-        # the previous one finished (a slow rolling restart pushes the rest back).
+        # the previous one finished (a slow reload pushes the rest back).
         time.sleep(max(0.0, started.at + fraction * args.duration - time.monotonic(),
                        settled + MIN_GAP - time.monotonic()))
         event = run.mark(name)
@@ -247,38 +236,20 @@ def _ready(base: str) -> bool:
         return False
 
 
-def _booted(log: Path, pid: int) -> bool:
-    return f"[{pid}] [INFO] flaskserve.repository: model digits" in log.read_text(errors="replace")
-
-
-def _rolling_one_by_one(master: int, workers: int, log: Path) -> str:
-    """Capacity-keeping alternative to SIGHUP: add a worker (TTIN), wait until it has loaded
-    its models, then retire the oldest (TTOU); once per worker."""
-    original = set(worker_pids(master))
-    for _ in range(workers):
-        before = set(worker_pids(master))
-        os.kill(master, signal.SIGTTIN)
-        wait_until(lambda before=before: set(worker_pids(master)) - before, 30)
-        new = set(worker_pids(master)) - before
-        wait_until(lambda new=new: all(_booted(log, pid) for pid in new), 90)
-        os.kill(master, signal.SIGTTOU)
-        wait_until(lambda: len(worker_pids(master)) == workers, 60)
-    left = set(worker_pids(master)) & original
-    return f"old workers {sorted(original)} -> new {worker_pids(master)}" + (
-        f" ({sorted(left)} still there)" if left else ""
-    )
-
-
-def _rolling_restart(master: int, workers: int) -> str:
+def _reload(master: int, workers: int, log: Path) -> str:
+    """SIGHUP, then wait until every worker logged its reload; the worker processes stay."""
     before = set(worker_pids(master))
+    done = log.read_text(errors="replace").count("Worker reloaded")
+    began = time.monotonic()
     os.kill(master, signal.SIGHUP)
-    replaced = wait_until(
-        lambda: len(set(worker_pids(master)) - before) >= workers
-        and not (set(worker_pids(master)) & before),
-        90,
+    reloaded = wait_until(
+        lambda: log.read_text(errors="replace").count("Worker reloaded") >= done + workers, 90
     )
-    return f"old workers {sorted(before)} -> new {worker_pids(master)}" + (
-        "" if replaced else " (not all replaced within 90 s)"
+    after = set(worker_pids(master))
+    return (
+        f"{workers} workers reloaded in {time.monotonic() - began:.1f}s, "
+        f"processes {'unchanged' if after == before else f'{sorted(before)} -> {sorted(after)}'}"
+        + ("" if reloaded else " (not all reloaded within 90 s)")
     )
 
 

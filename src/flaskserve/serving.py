@@ -29,7 +29,7 @@ from werkzeug.serving import WSGIRequestHandler
 
 from flaskserve.observability import metrics
 from flaskserve.observability.logs import access_json
-from flaskserve.service import worker
+from flaskserve.service import reload, worker
 from flaskserve.settings import Settings
 
 if TYPE_CHECKING:
@@ -56,10 +56,10 @@ def granian_options(settings: Settings) -> dict[str, Any]:
         "workers": settings.worker_count,
         "blocking_threads": settings.threads + WAITING_THREADS,
         "http1_settings": HTTP1Settings(header_read_timeout=settings.header_timeout_ms),
-        # A killed or crashed worker is replaced; SIGHUP replaces every worker, one at a time,
-        # each new one started before the old one stops.
+        # A killed or crashed worker is replaced (SIGHUP reloads workers in place instead:
+        # `service.reload`).
         "respawn_failed_workers": True,
-        # After SIGTERM (or a SIGHUP replacement), in-flight requests get this long.
+        # After SIGTERM, in-flight requests get this long.
         "workers_kill_timeout": settings.graceful_timeout,
         "log_level": LogLevels(settings.log_level.lower()),
         "log_dictconfig": _log_config(settings.log_format),
@@ -104,6 +104,8 @@ def serve_granian(app_factory: Callable[[], Flask], settings: Settings) -> None:
     cleanup = metrics.prepare_multiprocess_dir()
     try:
         server = Granian("flaskserve", **granian_options(settings))
+        # Run after Granian set its own signal handlers: SIGHUP reloads each worker in place.
+        server.on_startup(reload.forward_to_workers)
         server.serve(target_loader=_worker_loader(app_factory, settings), wrap_loader=False)
     finally:
         cleanup()
@@ -113,11 +115,17 @@ def _worker_loader(
     app_factory: Callable[[], Flask], settings: Settings
 ) -> Callable[[], Callable[..., Iterable[bytes]]]:
     def load() -> Callable[..., Iterable[bytes]]:
-        """In a new worker, after the fork: what it serves, and what runs when it stops."""
+        """In a new worker, after the fork: what it serves, and what runs on SIGHUP and when it
+        stops."""
+        signals = worker.listen()
         metrics.sweep_dead_workers()  # a worker this one replaces may have been killed
         app = app_factory()
-        worker.watch(start_grpc(app, settings), settings.graceful_timeout)
-        return AccessLog(app, access_logger(), settings.log_format == "json", fast=True)
+        live = reload.LiveApp(reload.Generation(app, start_grpc(app, settings)))
+        reloader = reload.Reloader(
+            live, app_factory, lambda new: start_grpc(new, settings), settings.graceful_timeout
+        )
+        worker.watch(signals, reloader, settings.graceful_timeout)
+        return AccessLog(live, access_logger(), settings.log_format == "json", fast=True)
 
     return load
 

@@ -41,8 +41,8 @@ class Settings:
     #: Milliseconds a client has to send a request's headers; the connection is closed after
     #: (read by the engine, in Rust: a slow client holds no Python thread meanwhile).
     header_timeout_ms: int = 5000
-    #: Seconds given to in-flight requests after SIGTERM or SIGHUP (a worker still busy after
-    #: them is killed).
+    #: Seconds given to in-flight requests after SIGTERM (a worker still busy after them is
+    #: killed), and to the requests of an app a SIGHUP reload replaced before it is unloaded.
     graceful_timeout: int = 30
     #: Where built artefacts such as the embedded default models are cached.
     cache_dir: str = str(Path.home() / ".cache" / "flaskserve")

@@ -1,7 +1,8 @@
 """The V2 gRPC front door, end to end: the official `tritonclient.grpc` against real two-worker
 gunicorn servers started with `--grpc-port`, compared with the HTTP path; keys in the call
-metadata; SIGTERM drain of a running call. Plus the wire contract itself: our inference.proto
-compiles to the committed descriptor and matches the published protocol's field numbers."""
+metadata; SIGTERM drain of a running call; SIGHUP reload. Plus the wire contract itself: our
+inference.proto compiles to the committed descriptor and matches the published protocol's
+field numbers."""
 
 from __future__ import annotations
 
@@ -422,6 +423,45 @@ def test_sigterm_lets_a_running_call_finish_and_refuses_new_ones(start_server, t
         result = running.result(timeout=60)
     assert result.as_numpy("y").tolist() == [2, 3, 4]
     assert server.process.wait(timeout=60) == 0
+
+
+def test_sighup_serves_new_calls_from_the_reloaded_model_and_lets_a_running_call_finish(
+    start_server, tmp_path
+) -> None:
+    (tmp_path / "gate" / "1").mkdir(parents=True)
+    (tmp_path / "gate" / "model.toml").write_text(GATE_TOML)
+    (tmp_path / "gate" / "1" / "gate.py").write_text(GATE_PY)
+    port = free_port()
+    server = start_server([str(tmp_path), "--workers", "2", "--grpc-port", str(port)],
+                          timeout=180)
+    server.wait_for_log("model gate version 1 is ready", count=2, timeout=180)
+    client = grpc_client(port)
+    tensor = tg.InferInput("x", [3], "INT32")
+    tensor.set_data_from_numpy(np.array([1, 2, 3], dtype=np.int32))
+    version = tmp_path / "gate" / "1"
+    (tmp_path / "gate" / "2").mkdir()
+    # Version 2 adds 2 and waits for nothing (the file it waits for is the one it touches).
+    (tmp_path / "gate" / "2" / "gate.py").write_text(
+        GATE_PY.replace("x + 1", "x + 2").replace('"release"', '"started"')
+    )
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(client.infer, "gate", [tensor], client_timeout=60)
+        eventually(lambda: (version / "started").exists(), message="the slow call started")
+        os.kill(server.process.pid, signal.SIGHUP)
+        server.wait_for_log("Worker reloaded", count=2)
+        fresh = grpc_client(port)
+        for _ in range(4):
+            assert fresh.infer("gate", [tensor]).as_numpy("y").tolist() == [3, 4, 5]
+        fresh.close()
+        assert not running.done()
+        (version / "release").touch()
+        result = running.result(timeout=60)
+    assert result.as_numpy("y").tolist() == [2, 3, 4]
+    assert "Spawning worker" not in server.log.split("reloading 2 workers in place", 1)[1]
+    # The reloaded app's gRPC server is the one SIGTERM stops.
+    os.kill(server.process.pid, signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0
+    assert server.log.count("Worker exiting") == 2
 
 
 BROKEN_PY = """\

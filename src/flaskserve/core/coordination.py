@@ -117,6 +117,7 @@ class RepositoryControl:
         self._applied: dict[str, int] = dict(baseline or {})
         self._poll_seconds = poll_seconds
         self._seen_mtime = -1
+        self._closed = threading.Event()
         if self._path is not None:
             self._replay_unloads_up_to(self._applied)
             self._replay()
@@ -155,9 +156,12 @@ class RepositoryControl:
         assert self._path is not None
         return _read_state(self._path)
 
+    def close(self) -> None:
+        """Stop applying other workers' actions (the repository is being retired)."""
+        self._closed.set()
+
     def _watch(self) -> None:
-        stop = threading.Event()
-        while not stop.wait(self._poll_seconds):
+        while not self._closed.wait(self._poll_seconds):
             try:
                 self._replay()
             except Exception:

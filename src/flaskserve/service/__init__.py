@@ -5,7 +5,8 @@
 - `limits`: per-key token buckets shared by the workers, the batch-row limit;
 - `metering`: per-key, per-model usage journaled per request and folded into SQLite;
 - `prometheus`: the same usage as counters labelled by key id;
-- `worker`: the gthread worker that measures how long a request waited for a thread;
+- `worker`: what a worker does besides serving HTTP (reload on SIGHUP, stop gRPC, last usage);
+- `reload`: SIGHUP reloads a worker's app in place (models, keys, repository read again);
 - `steps`: the data plane's steps (batch-row limit, deadline, usage), shared by HTTP and gRPC;
 - `hooks`: `install(app, dataplane, settings)`, which wires all of it into an app.
 

@@ -395,6 +395,8 @@ class Meter:
             return
         self._closed = True
         self._stop.set()
+        with contextlib.suppress(ValueError):  # already taken off by `close_all`
+            _live_meters.remove(self)
         try:
             self.flush()
         finally:

@@ -1,14 +1,17 @@
-"""What a worker process does besides serving HTTP: stop its gRPC server when told to stop, and
-write the usage it still holds once its last request is answered.
+"""What a worker process does besides serving HTTP: reload its app on SIGHUP
+(`service.reload`), stop its gRPC server when told to stop, and write the usage it still holds
+once its last request is answered.
 
 The engine (Granian) owns the worker's signal handlers and tells the app nothing of a stop, so
 a watcher thread learns of it the way the interpreter does: `signal.set_wakeup_fd` receives the
-number of every signal delivered to the process, whatever handler the engine installed. On
-SIGTERM or SIGINT the gRPC server stops taking calls at once, at the moment the engine stops
-taking HTTP requests. When the engine has answered its last request, its serve call returns
-and the main thread ends; the watcher then lets the running gRPC calls finish, writes the
-usage, and the process ends (`multiprocessing`, which forked it, ends a child with `os._exit`:
-no seconds of interpreter teardown, which a model's libraries such as torch cost).
+number of every signal delivered to the process, whatever handler the engine installed, and
+the watcher reads it in its own thread (the engine's main thread only waits). On SIGHUP the
+watcher asks the reloader for a reload. On SIGTERM or SIGINT the current gRPC server stops
+taking calls at once, at the moment the engine stops taking HTTP requests. When the engine
+has answered its last request, its serve call returns and the main thread ends; the watcher
+then lets the running gRPC calls finish, writes the usage, and the process ends
+(`multiprocessing`, which forked it, ends a child with `os._exit`: no seconds of interpreter
+teardown, which a model's libraries such as torch cost).
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ import threading
 from typing import TYPE_CHECKING
 
 from flaskserve.observability import metrics
-from flaskserve.service import metering
+from flaskserve.service import metering, reload
 
 if TYPE_CHECKING:
-    from flaskserve.protocol.grpc.server import GrpcServer
+    from flaskserve.service.reload import Reloader
 
 log = logging.getLogger("flaskserve")
 #: Signals after which a worker stops taking work.
@@ -34,32 +37,62 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 POLL_S = 0.2
 
 
-def watch(grpc_server: GrpcServer | None, grace_s: float) -> threading.Thread:
-    """Start the watcher of this worker (from its main thread, before the engine serves)."""
+#: Stop signals received while the app was built, before the engine had its own handlers.
+_early_stops: list[int] = []
+
+
+def listen() -> int:
+    """From the worker's main thread, first thing: route every signal's number to a pipe (read
+    by `watch`) and make SIGHUP harmless. Signals received while the app is built wait there;
+    a stop signal is also held, for the watcher to send again once the engine listens for it
+    (until then it would be lost, and the master would wait its whole graceful timeout)."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
     signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _hold)
+    reload.ignore_sighup()
+    return read_fd
+
+
+def _hold(signum: int, frame: object) -> None:
+    _early_stops.append(signum)
+
+
+def _pass_on_early_stop() -> None:
+    """Send a stop held during start-up again, once the engine's handlers replaced `_hold`."""
+    if _early_stops and all(signal.getsignal(s) is not _hold for s in STOP_SIGNALS):
+        signum = _early_stops[0]
+        _early_stops.clear()
+        os.kill(os.getpid(), signum)
+
+
+def watch(read_fd: int, reloader: Reloader, grace_s: float) -> threading.Thread:
+    """Start the watcher of this worker (from its main thread, before the engine serves)."""
     watcher = threading.Thread(
-        target=_watch, args=(read_fd, grpc_server, grace_s), name="flaskserve-worker-exit"
+        target=_watch, args=(read_fd, reloader, grace_s), name="flaskserve-worker-exit"
     )
     watcher.start()  # not a daemon: the process waits for it after the engine returns
     return watcher
 
 
-def _watch(read_fd: int, grpc_server: GrpcServer | None, grace_s: float) -> None:
+def _watch(read_fd: int, reloader: Reloader, grace_s: float) -> None:
     main = threading.main_thread()
     stopping = False
     while main.is_alive():
+        _pass_on_early_stop()
         ready, _, _ = select.select([read_fd], [], [], POLL_S)
         if not ready:
             continue
         received = set(os.read(read_fd, 64))
         if not stopping and received & STOP_SIGNALS:
             stopping = True
-            if grpc_server is not None:
-                grpc_server.stop(grace_s)
-    if grpc_server is not None:
-        grpc_server.stop(grace_s).wait(grace_s)
+            reloader.stop_grpc(grace_s)
+        elif not stopping and signal.SIGHUP in received:
+            reloader.request()
+    stopped = reloader.stop_grpc(grace_s)
+    if stopped is not None:
+        stopped.wait(grace_s)
     exiting()
 
 
