@@ -110,18 +110,8 @@ def sweep_dead_workers() -> None:
         for path in glob.glob(os.path.join(folder, "gauge_live*_*.db"))
     }
     for pid in pids:
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not tallies.alive(int(pid)):
             worker_exited(int(pid))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process took the number
-        return True
-    return True
 
 
 class _Family:

@@ -124,14 +124,16 @@ def queue_depth(model: str, version: str, delta: int) -> None:
 # -- reading ---------------------------------------------------------------------------------
 
 
-def _alive(pid: int | None) -> bool:
+def alive(pid: int | None) -> bool:
+    """Whether process `pid` still runs (this process, or an unknown pid, counts as running):
+    the live gauges of a worker that is gone must not count."""
     if pid is None or pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:  # another user's process took the number
         return True
     return True
 
@@ -154,7 +156,7 @@ def summed() -> dict[Key, list[int]]:
         for key, values in table.items():
             if key[0] in GAUGES:
                 if live is None:
-                    live = _alive(pid)
+                    live = alive(pid)
                 if not live:
                     continue
             total = totals.get(key)
