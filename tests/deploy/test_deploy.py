@@ -14,16 +14,13 @@ import shutil
 import stat
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import yaml
-from cfnlint.decode import decode_str
 from click.testing import CliRunner
+from fake_secrets import FakeSecretsManager
+from stack import boot_script, load_cfn, written_files
 
 from flaskserve.cli import main, sagemaker_overrides
 from flaskserve.service.keys import KeyStore, add_key
@@ -52,6 +49,9 @@ PUBLIC_RPCS = (
     "/grpc.health.v1.Health/Check",
 )
 GRPC_PORT = 8001
+#: A requirement for those who publish flaskserve to their own index (`--package`).
+PUBLISHED = "flaskserve[s3,grpc]==0.1.0"
+WHEEL = "flaskserve-0.1.0-py3-none-any.whl"
 #: cfn-lint's exit code is a bitmask: 1 fatal, 2 error, 4 warning, 8 informational. Errors and
 #: warnings fail; informational rules are opt-in (--include-checks I) and we do not opt in.
 CFN_LINT_FAILURE_BITS = 1 | 2 | 4
@@ -80,20 +80,15 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every target, with and without a bucket where that differs, generated once."""
     root = tmp_path_factory.mktemp("deploy")
     s3 = ["--bucket", BUCKET, "--prefix", PREFIX]
+    published = ["--package", PUBLISHED]
     generate(root / "docker", "docker")
-    generate(root / "docker-s3", "docker", *s3)
+    generate(root / "docker-s3", "docker", *s3, *published)
     generate(root / "aws", "aws", *s3, "--min-replicas", "3", "--max-replicas", "12")
-    generate(root / "aws-no-bucket", "aws")
+    generate(root / "aws-no-bucket", "aws", *published)
     generate(root / "k8s", "k8s", *s3, "--min-replicas", "3", "--max-replicas", "12")
     generate(root / "k8s-defaults", "k8s")
     generate(root / "kserve", "kserve", *s3)
     return root
-
-
-def load_cfn(path: Path) -> dict:
-    template, problems = decode_str(path.read_text(encoding="utf-8"))
-    assert not problems
-    return template
 
 
 def load_yaml(path: Path) -> dict:
@@ -196,7 +191,8 @@ def test_the_instances_may_only_read_the_model_prefix_and_only_the_balancer_reac
     generated,
 ):
     resources = load_cfn(generated / "aws" / "flaskserve.yaml")["Resources"]
-    (policy,) = resources["InstanceRole"]["Properties"]["Policies"]
+    (policy,) = [p for p in resources["InstanceRole"]["Properties"]["Policies"]
+                 if p["PolicyName"] == "read-model-repository"]
     statements = policy["PolicyDocument"]["Statement"]
     assert sorted(s["Action"] for s in statements) == [
         "s3:GetObject", "s3:ListBucket", "secretsmanager:GetSecretValue"
@@ -223,36 +219,59 @@ def test_the_instances_may_only_read_the_model_prefix_and_only_the_balancer_reac
                for r in to_instances)
 
 
-def cloud_config(generated: Path) -> dict:
-    """The instances' cloud-init user data, with the stack's parameters substituted."""
-    resources = load_cfn(generated / "aws" / "flaskserve.yaml")["Resources"]
-    data = resources["LaunchTemplate"]["Properties"]["LaunchTemplateData"]
-    assert data["MetadataOptions"]["HttpTokens"] == "required"
-    script = data["UserData"]["Fn::Base64"]["Fn::Sub"]
-    values = {"AWS::Region": "eu-west-1", "ModelBucket": BUCKET, "ModelPrefix": PREFIX,
-              "FlaskServeSpec": "flaskserve[s3]==0.1.0", "ApiKeysSecretArn": SECRET_ARN}
-    rendered = re.sub(r"\$\{([^}]+)\}", lambda m: values[m.group(1)], script)
-    assert rendered.startswith("#cloud-config\n")
-    return yaml.safe_load(rendered)
+def instance_files(generated: Path, variant: str = "aws") -> tuple[str, dict[str, str]]:
+    """The instances' boot script with the stack's parameters, and the files it writes."""
+    data = load_cfn(generated / variant / "flaskserve.yaml")["Resources"]["LaunchTemplate"]
+    assert data["Properties"]["LaunchTemplateData"]["MetadataOptions"]["HttpTokens"] == "required"
+    script = boot_script(generated / variant / "flaskserve.yaml",
+                         {"ApiKeysSecretArn": SECRET_ARN})
+    assert script.startswith("#!/bin/bash\n")
+    return script, written_files(script)
 
 
-def written_file(config: dict, path: str) -> str:
-    (found,) = [f for f in config["write_files"] if f["path"] == path]
-    return found["content"]
-
-
-def test_the_user_data_installs_flaskserve_and_runs_it_under_systemd_from_s3(generated):
-    config = cloud_config(generated)
-    (unit,) = [f for f in config["write_files"] if f["path"].endswith("flaskserve.service")]
+def test_the_user_data_installs_the_wheel_beside_the_template_and_serves_from_s3(generated):
+    script, files = instance_files(generated)
+    unit = files["/etc/systemd/system/flaskserve.service"]
     assert (
         f"ExecStart=/opt/flaskserve/bin/flaskserve serve s3://{BUCKET}/{PREFIX} "
         f"--host 0.0.0.0 --port 8080 --grpc-port {GRPC_PORT}"
-    ) in unit["content"]
-    assert "User=flaskserve" in unit["content"]
-    assert ["systemctl", "enable", "--now", "flaskserve.service"] in config["runcmd"]
-    assert ["/opt/flaskserve/bin/pip", "install", "--no-cache-dir", "flaskserve[s3]==0.1.0"] in (
-        config["runcmd"]
-    )
+    ) in unit
+    assert "User=flaskserve" in unit
+    assert "systemctl enable --now flaskserve.service" in script
+    assert (generated / "aws" / WHEEL).is_file()
+    parameters = load_cfn(generated / "aws" / "flaskserve.yaml")["Parameters"]
+    assert parameters["FlaskServeWheel"]["Default"] == f".flaskserve/{WHEEL}"
+    assert 'SPEC="$WHEEL[s3,grpc]"' in script
+    assert not list((generated / "aws-no-bucket").glob("*.whl"))
+    published = load_cfn(generated / "aws-no-bucket" / "flaskserve.yaml")["Parameters"]
+    assert published["FlaskServeWheel"]["Default"] == ""
+    assert published["FlaskServeSpec"]["Default"] == PUBLISHED
+
+
+def test_the_instances_ship_their_logs_and_take_ssm_sessions(generated):
+    template = load_cfn(generated / "aws" / "flaskserve.yaml")
+    resources = template["Resources"]
+    role = resources["InstanceRole"]["Properties"]
+    assert role["ManagedPolicyArns"] == [
+        {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"}
+    ]
+    (logs,) = [p for p in role["Policies"] if p["PolicyName"] == "write-instance-logs"]
+    (statement,) = logs["PolicyDocument"]["Statement"]
+    assert statement["Resource"] == {"Fn::GetAtt": ["InstanceLogs", "Arn"]}
+    group = resources["InstanceLogs"]["Properties"]
+    assert group["RetentionInDays"] == 30
+    _, files = instance_files(generated)
+    agent = json.loads(files["/opt/aws/amazon-cloudwatch-agent/etc/flaskserve.json"])
+    shipped = {f["file_path"]: f["log_stream_name"]
+               for f in agent["logs"]["logs_collected"]["files"]["collect_list"]}
+    assert shipped == {
+        "/var/log/cloud-init-output.log": "{instance_id}/cloud-init-output",
+        "/var/log/cloud-init.log": "{instance_id}/cloud-init",
+        "/var/log/flaskserve/journal.log": "{instance_id}/flaskserve",
+    }
+    journal = files["/etc/systemd/system/flaskserve-journal.service"]
+    assert "--unit=flaskserve.service" in journal
+    assert "StandardOutput=append:/var/log/flaskserve/journal.log" in journal
 
 
 def test_the_instances_serve_with_keys_from_the_secret_the_stack_names(generated):
@@ -261,13 +280,14 @@ def test_the_instances_serve_with_keys_from_the_secret_the_stack_names(generated
     assert "Default" not in parameter  # no stack without keys
     assert re.fullmatch(parameter["AllowedPattern"], SECRET_ARN)
     assert not re.fullmatch(parameter["AllowedPattern"], "my-secret")
-    (policy,) = template["Resources"]["InstanceRole"]["Properties"]["Policies"]
+    (policy,) = [p for p in template["Resources"]["InstanceRole"]["Properties"]["Policies"]
+                 if p["PolicyName"] == "read-model-repository"]
     (secret_read,) = [s for s in policy["PolicyDocument"]["Statement"]
                       if s["Action"].startswith("secretsmanager:")]
     assert secret_read["Resource"] == {"Ref": "ApiKeysSecretArn"}
 
-    config = cloud_config(generated)
-    unit = written_file(config, "/etc/systemd/system/flaskserve.service")
+    script, files = instance_files(generated)
+    unit = files["/etc/systemd/system/flaskserve.service"]
     (start,) = re.findall(r"^ExecStart=(.*)$", unit, re.MULTILINE)
     assert f"--auth {KEYS_FILE} --usage-db /var/lib/flaskserve/usage.sqlite3" in start
     assert "--model-control" not in start
@@ -275,50 +295,17 @@ def test_the_instances_serve_with_keys_from_the_secret_the_stack_names(generated
     assert f"\nExecStartPre={fetch}\n" in unit  # no keys, no start
     assert f"\nEnvironment=FLASKSERVE_KEYS_SECRET={SECRET_ARN}\n" in unit
     assert "\nStateDirectory=flaskserve\n" in unit  # /var/lib/flaskserve, writable
-    refresh = written_file(config, "/etc/systemd/system/flaskserve-keys.service")
+    refresh = files["/etc/systemd/system/flaskserve-keys.service"]
     assert f"\nExecStart={fetch}\n" in refresh and "\nUser=flaskserve\n" in refresh
-    assert "OnUnitActiveSec=5min" in written_file(
-        config, "/etc/systemd/system/flaskserve-keys.timer"
-    )
-    assert ["systemctl", "enable", "--now", "flaskserve-keys.timer"] in config["runcmd"]
-
-
-class FakeSecretsManager(BaseHTTPRequestHandler):
-    """GetSecretValue of the Secrets Manager JSON API, answering `secrets[SecretId]`."""
-
-    secrets: ClassVar[dict[str, str]] = {}
-
-    def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        assert self.headers["X-Amz-Target"] == "secretsmanager.GetSecretValue"
-        reply = json.dumps({"ARN": body["SecretId"], "Name": "keys",
-                            "SecretString": self.secrets[body["SecretId"]]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-amz-json-1.1")
-        self.send_header("Content-Length", str(len(reply)))
-        self.end_headers()
-        self.wfile.write(reply)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def secrets_endpoint() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeSecretsManager)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    assert "OnUnitActiveSec=5min" in files["/etc/systemd/system/flaskserve-keys.timer"]
+    assert "systemctl enable --now flaskserve-keys.timer" in script
 
 
 def test_the_key_fetcher_installs_valid_keys_and_keeps_them_when_the_secret_breaks(
     generated, secrets_endpoint, tmp_path
 ):
     fetcher = tmp_path / "flaskserve-fetch-keys"
-    script = written_file(cloud_config(generated), "/usr/local/bin/flaskserve-fetch-keys")
-    fetcher.write_text(script)
+    fetcher.write_text(instance_files(generated)[1]["/usr/local/bin/flaskserve-fetch-keys"])
     made = tmp_path / "made.toml"
     admin = add_key(made, "ops", admin=True)
     target = tmp_path / "state" / "keys.toml"
@@ -590,17 +577,48 @@ def test_deploy_writes_to_deploy_target_and_never_overwrites_without_force(tmp_p
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("target", "options", "message"),
     [
-        (["--bucket", "Not_A_Bucket"], "is not an S3 bucket name"),
-        (["--min-replicas", "5", "--max-replicas", "2"], "1 <= min (5) <= max (2)"),
-        (["--name", "Flask Serve"], "must be DNS labels"),
-        (["--ingress-namespace", "Ingress_NGINX"], "must be DNS labels"),
-        (["--package", "flaskserve[s3]==0.1.0"], "lacks the grpc extra"),
+        ("aws", ["--bucket", "Not_A_Bucket"], "is not an S3 bucket name"),
+        ("aws", ["--min-replicas", "5", "--max-replicas", "2"], "1 <= min (5) <= max (2)"),
+        ("aws", ["--name", "Flask Serve"], "must be DNS labels"),
+        ("k8s", ["--ingress-namespace", "Ingress_NGINX"], "must be DNS labels"),
+        ("aws", ["--package", "flaskserve[s3]==0.1.0"], "lacks the grpc extra"),
+        ("aws", ["--upload"], "--upload needs --bucket"),
     ],
 )
-def test_deploy_rejects_options_that_cannot_work(tmp_path, options, message):
-    result = CliRunner().invoke(main, ["deploy", "aws", "--out", str(tmp_path), *options])
-    assert result.exit_code == 1
+def test_deploy_rejects_options_that_cannot_work(tmp_path, target, options, message):
+    result = CliRunner().invoke(main, ["deploy", target, "--out", str(tmp_path), *options])
+    assert result.exit_code in (1, 2)
     assert message in result.output
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("target", "own", "others"),
+    [
+        ("aws", ["--instance-type", "--upload", "--models", "--package", "--max-replicas"],
+         ["--namespace", "--image", "--ingress-namespace"]),
+        ("docker", ["--image", "--package", "--bucket"],
+         ["--max-replicas", "--instance-type", "--namespace"]),
+        ("k8s", ["--namespace", "--ingress-namespace", "--image", "--max-replicas"],
+         ["--instance-type", "--package", "--upload"]),
+        ("kserve", ["--namespace", "--bucket", "--image"],
+         ["--instance-type", "--max-replicas", "--ingress-namespace"]),
+    ],
+)
+def test_each_target_has_help_naming_only_its_own_flags(target, own, others):
+    result = CliRunner().invoke(main, ["deploy", target, "--help"])
+    assert result.exit_code == 0, result.output
+    flags = set(re.findall(r"--[a-z-]+", result.output))
+    assert set(own) <= flags and not set(others) & flags
+
+
+def test_uploading_a_model_folder_instead_of_a_repository_names_the_fix(tmp_path, digits_model):
+    result = CliRunner().invoke(main, [
+        "deploy", "aws", "--out", str(tmp_path / "aws"), "--bucket", BUCKET, "--upload",
+        "--models", str(digits_model), "--package", PUBLISHED,
+    ])
+    assert result.exit_code == 2
+    assert "is one model's folder" in result.output
+    assert str(digits_model.parent) in result.output

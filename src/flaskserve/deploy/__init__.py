@@ -61,6 +61,9 @@ class DeployOptions:
     image: str = f"flaskserve:{__version__}"
     #: pip requirement that installs the server (image build, EC2 user-data).
     package: str = f"flaskserve[s3,grpc]=={__version__}"
+    #: File name of the flaskserve wheel written beside the files (`package.build_wheel`),
+    #: which the instances install instead of `package`; empty: install `package`.
+    wheel: str = ""
     #: Where the models live: `--bucket` and `--prefix` make `s3://bucket/prefix`.
     bucket: str | None = None
     prefix: str = "models/"
