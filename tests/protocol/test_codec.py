@@ -119,3 +119,9 @@ def test_fp16_outputs_travel_as_json_numbers() -> None:
         0.5,
         1.5,
     ]
+
+
+def test_text_in_numeric_data_is_named_in_plain_words_not_as_a_numpy_repr():
+    with pytest.raises(InvalidInput) as caught:
+        decode_json_data("x", [2], "FP32", ["a", "b"])
+    assert str(caught.value) == "input 'x': FP32 data must be numbers, found text 'a'"

@@ -181,7 +181,10 @@ def _describe(parsed: np.ndarray) -> str:
         return "non-integer numbers"
     for value in parsed.ravel():
         if not isinstance(value, int | float) or isinstance(value, bool):
-            return f"{type(value).__name__} value {value!r}"[:80]
+            # numpy's scalars print as np.str_('a'): name the Python value the client sent.
+            plain = value.item() if isinstance(value, np.generic) else value
+            kind = "text" if isinstance(plain, str) else f"{type(plain).__name__} value"
+            return f"{kind} {plain!r}"[:80]
     return f"values of type {parsed.dtype}"
 
 
