@@ -25,6 +25,7 @@ from flaskserve.ports import PortInUse, check_port_free
 from flaskserve.service import browser
 from flaskserve.service.commands import check_service, keys, usage
 from flaskserve.settings import Settings
+from flaskserve.startup import banner, model_names, repository_problem
 from flaskserve.storage import StorageError, is_remote, open_mirror
 
 log = logging.getLogger("flaskserve")
@@ -148,12 +149,14 @@ def serve(
         log.warning("%s", warning)
     if not settings.debug:
         _check_port(settings)
-    if app_ref is None:
-        _check_repository(settings)
+    served = _check_repository(settings) if app_ref is None else None
+    if served is not None and (problem := repository_problem(served)):
+        log.warning("%s", problem)
     check_service(settings)
     if not settings.debug and settings.state_dir is None:
         settings = settings.with_overrides(state_dir=_shared_state_dir())
     factory = _app_factory(settings, app_ref)
+    click.echo(banner(settings, None if app_ref else model_names(served) if served else []))
     if settings.debug:
         from flaskserve.serving import serve_debug
 
@@ -260,16 +263,17 @@ def _check_port(settings: Settings) -> None:
         ) from None
 
 
-def _check_repository(settings: Settings) -> None:
+def _check_repository(settings: Settings) -> Path | None:
     """Fail before forking workers when the folder is missing; build the defaults once.
 
     An `s3://` repository (or a folder whose models keep versions in S3) is synced here, once,
-    so the workers read the local cache.
+    so the workers read the local cache. Returns the local folder the models are read from
+    (for S3, the mirror in the cache).
     """
     if settings.repository is None:
         from flaskserve.models.defaults import default_repository
 
-        default_repository(Path(settings.cache_dir))
+        return default_repository(Path(settings.cache_dir))
     elif is_remote(settings.repository) or Path(settings.repository).is_dir():
         try:
             mirror = open_mirror(settings.repository, Path(settings.cache_dir))
@@ -277,6 +281,10 @@ def _check_repository(settings: Settings) -> None:
                 mirror.sync_all()
         except StorageError as exc:
             raise click.ClickException(str(exc)) from None
+        if is_remote(settings.repository):
+            root = getattr(mirror, "root", None)
+            return root if isinstance(root, Path) else None
+        return Path(settings.repository)
     else:
         raise click.BadParameter(f"{settings.repository} is not a folder", param_hint="REPOSITORY")
 

@@ -89,11 +89,14 @@ def _log_config(log_format: str) -> dict[str, Any]:
 
 
 class IntendedThreads(logging.Filter):
-    """Drops Granian's warning that its threads outnumber the cores: all but `--threads` of
-    them wait (`WAITING_THREADS`), so the warning would greet every start for nothing."""
+    """Drops Granian's lines that are noise to our users: the warning that its threads
+    outnumber the cores (all but `--threads` of them wait, `WAITING_THREADS`), and that
+    websockets are not supported on WSGI (flaskserve serves no websocket)."""
+
+    NOISE = ("Configuration allows spawning up to", "Websockets are not supported")
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Configuration allows spawning up to")
+        return not str(record.msg).startswith(self.NOISE)
 
 
 def serve_granian(app_factory: Callable[[], Flask], settings: Settings) -> None:

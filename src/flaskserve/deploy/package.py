@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import flaskserve
+from flaskserve import startup
 from flaskserve.version import __version__
 
 #: Where in the model prefix the wheel goes: a dot folder, which the S3 repository skips.
@@ -121,14 +122,7 @@ def repository_problem(folder: Path) -> str | None:
     """Why `folder` is not a model repository to upload, or None when it is one."""
     if not folder.is_dir():
         return f"{folder} is not a folder"
-    if (folder / "model.toml").is_file():
-        return (
-            f"{folder} is one model's folder (it holds model.toml), not a repository: pass the "
-            f"folder that contains it, {folder.resolve().parent}"
-        )
-    if not any((child / "model.toml").is_file() for child in folder.iterdir()):
-        return f"{folder} holds no model (no <model>/model.toml): nothing would be served"
-    return None
+    return startup.repository_problem(folder)
 
 
 def upload(
