@@ -622,3 +622,30 @@ def test_uploading_a_model_folder_instead_of_a_repository_names_the_fix(tmp_path
     assert result.exit_code == 2
     assert "is one model's folder" in result.output
     assert str(digits_model.parent) in result.output
+
+
+def test_an_installed_flaskserve_packs_its_own_files_into_the_wheel(generated, tmp_path):
+    """Outside a checkout, the wheel is packed from the installed package: the same files and
+    metadata as the wheel pip built from the checkout."""
+    import zipfile
+
+    site = tmp_path / "site"
+    with zipfile.ZipFile(generated / "aws" / WHEEL) as built:
+        built.extractall(site)
+        expected = sorted(n for n in built.namelist() if not n.endswith("/RECORD"))
+    out = tmp_path / "out"
+    code = ("import sys; from pathlib import Path; from flaskserve.deploy import package; "
+            "assert package.checkout() is None; print(package.build_wheel(Path(sys.argv[1])))")
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    packed = subprocess.run([sys.executable, "-c", code, str(out)], env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert packed.returncode == 0, packed.stderr
+    with zipfile.ZipFile(packed.stdout.strip()) as wheel:
+        names = wheel.namelist()
+        metadata = wheel.read("flaskserve-0.1.0.dist-info/METADATA").decode()
+    assert sorted(n for n in names if not n.endswith("/RECORD")) == [
+        n for n in expected if "dist-info" not in n or n.rsplit("/", 1)[1] in (
+            "METADATA", "WHEEL", "entry_points.txt")
+    ]
+    assert "flaskserve/deploy/templates/aws/flaskserve.yaml" in names
+    assert "Requires-Dist: granian" in metadata and "Provides-Extra: grpc" in metadata
