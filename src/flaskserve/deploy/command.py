@@ -115,7 +115,7 @@ def deploy_aws(upload: bool, models: Path | None, **values: Any) -> None:
         raise click.UsageError("--upload needs --bucket")
     if models is not None and (problem := repository_problem(models)):
         raise click.BadParameter(problem, param_hint="--models")
-    options, _, wheel = _generate("aws", values)
+    options, _, wheel = _generate("aws", values, uploading=upload)
     if not upload:
         if wheel is not None:
             click.echo(f"upload the wheel (or run again with --upload): aws s3 cp {wheel} "
@@ -144,7 +144,7 @@ def deploy_kserve(**values: Any) -> None:
 
 
 def _generate(
-    target: str, values: dict[str, Any]
+    target: str, values: dict[str, Any], uploading: bool = False
 ) -> tuple[DeployOptions, Path, Path | None]:
     """Write `target`'s files (and the wheel, for docker and aws without --package)."""
     out: Path = values.pop("out") or Path("deploy") / target
@@ -164,7 +164,7 @@ def _generate(
         click.echo(f"wrote {path}")
     click.echo("next, " + _NEXT_STEPS[target].format(
         out=out, image=options.image, name=options.name, namespace=options.namespace,
-        keys=_KEYS, uploaded="" if wheel is None else "upload the wheel (below), ",
+        keys=_KEYS, uploaded="" if wheel is None or uploading else "upload the wheel (below), ",
     ))
     return options, out, wheel
 
