@@ -156,7 +156,11 @@ def serve(
     if not settings.debug and settings.state_dir is None:
         settings = settings.with_overrides(state_dir=_shared_state_dir())
     factory = _app_factory(settings, app_ref)
-    click.echo(banner(settings, None if app_ref else model_names(served) if served else []))
+    greeting = banner(settings, None if app_ref else model_names(served) if served else [])
+    if settings.log_format == "json":
+        log.info("%s", greeting)  # every line of the output stays one JSON object
+    else:
+        click.echo(greeting)
     if settings.debug:
         from flaskserve.serving import serve_debug
 
