@@ -9,6 +9,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import pytest
 from threadpoolctl import threadpool_limits
 
 from flaskserve.models import defaults
@@ -17,6 +18,7 @@ from flaskserve.settings import Settings
 from flaskserve.startup import banner, repository_problem
 
 
+@pytest.mark.slow  # trains the digits model
 def test_building_the_default_models_says_what_it_does(tmp_path, capsys):
     with threadpool_limits(1):
         defaults._build(tmp_path / "defaults", with_nlp=False)
