@@ -18,6 +18,7 @@ import pytest
 from playwright.sync_api import expect
 
 from flaskserve.models import minilm
+from flaskserve.service.keys import add_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -214,3 +215,37 @@ def test_a_page_on_another_origin_cannot_run_a_model(start_server, playground_re
         attacker.shutdown()
         attacker.server_close()
         thread.join(timeout=5)
+
+
+def test_playground_uses_a_key_under_auth_and_never_shows_it(start_server, playground_repo,
+                                                            page, tmp_path, screenshots) -> None:
+    keys = tmp_path / "keys.toml"
+    key = add_key(keys, "alice", models=("digits",))
+    server = start_server([str(playground_repo), "--workers", "1", "--auth", str(keys)])
+    page.goto(server.url + "/models/digits")
+    for name in ("curl", "requests", "tritonclient"):
+        assert "FLASKSERVE_API_KEY" in page.inner_text(f"#code-{name}"), name
+    assert '-H "Authorization: Bearer $FLASKSERVE_API_KEY"' in page.inner_text("#code-curl")
+
+    page.click("#sample")  # no key yet: the server refuses, the page says what to do
+    expect(page.locator("#key-status")).to_contain_text("needs an API key")
+    page.fill("#api-key", key)
+    page.click("#key-form button[type=submit]")
+    page.click("#sample")
+    expect(page.locator("#label")).to_have_text("7")
+    server.wait_for_log('"POST /v2/models/digits/infer HTTP/1.1" 200')
+    page.screenshot(path=str(screenshots / "digits-key.png"), full_page=True)
+
+    assert page.evaluate("sessionStorage.getItem('flaskserve.apiKey')") == key
+    assert page.evaluate("localStorage.length") == 0
+    assert key not in page.url and key not in page.content()  # the field's value is no attribute
+    page.reload()  # the tab keeps the key: the next request is sent with it
+    page.click("#sample")
+    expect(page.locator("#label")).to_have_text("7")
+
+    page.goto(server.url + "/docs")  # and /docs in the same tab is authorized with it
+    expect(page.locator("button.authorize.locked")).to_be_visible()
+
+    page.goto(server.url + "/models/digits")
+    page.click("#forget-key")
+    assert page.evaluate("sessionStorage.getItem('flaskserve.apiKey')") is None

@@ -107,13 +107,14 @@ def create_blueprint(dataplane: DataPlane, settings: Settings | None = None) -> 
             "ready": entry.default is not None,
             "widget": asdict(widget),
             "example": example_request(inputs),
+            "auth": hide,
         }
         return render_template(
             "model.html",
             model=summary,
             widget=widget,
             page_data=page_data,
-            snippets=snippets(server_url, name, inputs, outputs),
+            snippets=snippets(server_url, name, inputs, outputs, auth=hide),
             version=__version__,
         )
 
