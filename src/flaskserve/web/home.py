@@ -118,6 +118,12 @@ def create_blueprint(dataplane: DataPlane, settings: Settings | None = None) -> 
             version=__version__,
         )
 
+    @bp.get("/dashboard")
+    def dashboard() -> str:
+        """The live dashboard; its charts poll `/dashboard/data` (service.dashboard)."""
+        page_data = {"auth": hide, "data": "/dashboard/data", "interval_ms": 2000}
+        return render_template("dashboard.html", page_data=page_data, version=__version__)
+
     @bp.get("/home/<name>")
     def greet(name: str) -> Response:
         return Response(f"hello,{name}", mimetype="text/plain")

@@ -282,7 +282,33 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "Operations", "This OpenAPI document", {"200": answer("OpenAPI 3.1.", {"type": "object"})}
     ),
     "docs.docs_page": operation(
-        "Operations", "Interactive API docs", {"200": text("HTML page.", "text/html")}
+        "Operations", "Interactive API docs (Swagger UI)", {"200": text("HTML page.", "text/html")}
+    ),
+    "home.dashboard": operation(
+        "Operations",
+        "Live dashboard of traffic and usage (an HTML page that polls /dashboard/data)",
+        {"200": text("HTML page.", "text/html")},
+    ),
+    "dashboard.data": operation(
+        "Operations",
+        "The dashboard's data: each model's counters summed over the workers, and usage per "
+        "key and minute (with --auth: an admin key sees every key, others only their own)",
+        {
+            "200": answer(
+                "Cumulative counters (the page turns two polls into rates) and usage.",
+                {
+                    "type": "object",
+                    "required": ["time", "latency_bounds", "models", "usage"],
+                    "properties": {
+                        "time": {"type": "integer", "description": "Server time, ms."},
+                        "latency_bounds": {"type": "array", "items": {"type": "number"}},
+                        "models": {"type": "object", "additionalProperties": {"type": "object"}},
+                        "viewer": {"type": ["object", "null"]},
+                        "usage": {"type": "object"},
+                    },
+                },
+            )
+        },
     ),
 }
 
