@@ -93,8 +93,8 @@
       minute: "2-digit", second: t % 60 ? "2-digit" : undefined }));
   }
 
-  // `series`: [{label, values, dash}]; a dashed series takes the colour of the one before it
-  // (p99 after p50, queued after in flight), so each model keeps one colour.
+  // `series`: [{label, values, dash}]: each its own colour; dashed ones are the second line of
+  // a model (p99 after p50, queued after in flight).
   function draw(id, times, series) {
     const figure = document.getElementById(id);
     const data = [times, ...series.map((s) => s.values)];
@@ -107,20 +107,15 @@
       return;
     }
     if (plots[id]) plots[id].plot.destroy();
-    let colour = -1;
     const options = {
       width: Math.max(holder.clientWidth, 240),
       height: 200,
-      series: [{}, ...series.map((s) => {
-        if (!s.dash) colour += 1;
-        return {
-          label: s.label,
-          stroke: COLOURS[Math.max(colour, 0) % COLOURS.length],
-          width: 2,
-          dash: s.dash ? [6, 4] : undefined,
-          points: { show: times.length < 3 },
-        };
-      })],
+      series: [{}, ...series.map((s, i) => ({
+        label: s.label,
+        stroke: COLOURS[i % COLOURS.length],
+        width: 2,
+        dash: s.dash ? [6, 4] : undefined,
+      }))],
       axes: [{ space: 90, values: clock }, { size: 56 }],
       scales: { y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] } },
       legend: { live: false },
