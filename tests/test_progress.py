@@ -56,3 +56,14 @@ def test_steps_are_lines_in_a_log_and_a_bar_on_a_terminal() -> None:
 
 def test_sizes_read_like_people_write_them() -> None:
     assert [size(n) for n in (512, 3500, 12 * 1024 * 1024)] == ["512 B", "3.4 KiB", "12.0 MiB"]
+
+
+def test_a_failed_download_says_where_it_stopped() -> None:
+    out = io.StringIO()
+    try:
+        with Transfer(4096, "s3://bucket/m/", stream=out) as bar:
+            bar.update(1024)
+            raise OSError("connection reset")
+    except OSError:
+        pass
+    assert out.getvalue().splitlines()[-1] == "s3://bucket/m/: stopped after 1.0 KiB of 4.0 KiB"

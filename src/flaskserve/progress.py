@@ -87,20 +87,23 @@ class Transfer:
                 f"({100 * self.done // self.total}%, {size(rate)}/s)"
             )
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.total <= 0:
             return
         if self._bar is not None:
             self._bar.close()
             return
         seconds = time.monotonic() - self._started
-        self._line(f"{self.description}: {size(self.done)} in {seconds:.1f} s")
+        if failed:
+            self._line(f"{self.description}: stopped after {size(self.done)} of {size(self.total)}")
+        else:
+            self._line(f"{self.description}: {size(self.done)} in {seconds:.1f} s")
 
     def __enter__(self) -> Transfer:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(failed=kind is not None)
 
 
 class Steps:
@@ -131,14 +134,16 @@ class Steps:
         self.stream.write(f"{self.description}: [{self.count}/{self.total}] {text}\n")
         self.stream.flush()
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """End the bar: full when the task is done, where it stopped when it failed."""
         if self._bar is not None:
-            self._bar.update(self.total - self._bar.pos, "done")
+            if not failed:
+                self._bar.update(self.total - self._bar.pos, "done")
             self._bar.__exit__(None, None, None)
             self._bar = None
 
     def __enter__(self) -> Steps:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.close(failed=kind is not None)
