@@ -147,6 +147,10 @@ def test_under_auth_routes_that_need_a_key_say_so(playground_repo, tmp_path) -> 
                          ("/v2/models/{name}/infer", "post")):
         assert "security" not in paths[path][method], path
         assert "401" in paths[path][method]["responses"], path
+    # and the document of a server without keys (built after) documents no 401 there
+    plain = create_app(Settings(repository=str(playground_repo))).test_client()
+    again = plain.get("/openapi.json").get_json()["paths"]
+    assert "401" not in again["/metrics"]["get"]["responses"]
 
 
 def test_routes_an_application_adds_are_documented_too() -> None:

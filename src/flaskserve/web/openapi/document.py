@@ -91,8 +91,9 @@ def _secure(found: dict[str, Any], access: Access | None, endpoint: str, path: s
         return
     if access(endpoint, path) == _OPEN:
         found["security"] = []
-    else:
-        found["responses"].setdefault("401", UNAUTHORIZED)
+    elif "401" not in found["responses"]:
+        # A new dict: `found` is a shallow copy whose responses are shared with OPERATIONS.
+        found["responses"] = {**found["responses"], "401": UNAUTHORIZED}
 
 
 def _guarded(responses: dict[str, Any], checks_body: bool) -> dict[str, Any]:
