@@ -81,6 +81,24 @@ def test_examples_match_their_own_schemas(document) -> None:
         assert not errors, f"example of {path} breaks its schema: {errors[0].message}"
 
 
+def test_response_examples_match_their_own_schemas(document) -> None:
+    registry = Registry().with_resource("urn:doc", Resource.opaque(document))
+    checked = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                media = response.get("content", {}).get("application/json", {})
+                if "example" not in media:
+                    continue
+                ref = media["schema"].get("$ref", "").replace("#", "urn:doc#")
+                validator = OAS31Validator({"$ref": ref} if ref else media["schema"],
+                                           registry=registry)
+                errors = list(validator.iter_errors(media["example"]))
+                assert not errors, f"{method} {path} {status}: {errors[0].message}"
+                checked += 1
+    assert checked > 20
+
+
 def test_every_example_is_answered_200_by_a_real_server(start_server, playground_repo) -> None:
     server = start_server([str(playground_repo), "--workers", "1"])
     document = requests.get(f"{server.url}/openapi.json", timeout=10).json()

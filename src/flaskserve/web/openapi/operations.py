@@ -65,8 +65,8 @@ _CONTROL_OFF = answer(
 )
 
 _MODEL_READY = {
-    "200": answer("Ready.", ref("ModelReady")),
-    "503": answer("Not ready.", ref("ModelReady")),
+    "200": answer("Ready.", ref("ModelReady"), {"name": "digits", "ready": True}),
+    "503": answer("Not ready.", ref("ModelReady"), {"name": "digits", "ready": False}),
     "404": ERRORS["404"],
 }
 
@@ -130,13 +130,13 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "Server metadata",
         {"200": answer("Name, version, extensions.", ref("ServerMetadata"))},
     ),
-    "v2.live": operation("V2", "Liveness", {"200": answer("Alive.", ref("Live"))}),
+    "v2.live": operation("V2", "Liveness", {"200": answer("Alive.", ref("Live"), {"live": True})}),
     "v2.ready": operation(
         "V2",
         "Readiness of the whole server",
         {
-            "200": answer("Every model is ready.", ref("Ready")),
-            "503": answer("Some model is not ready.", ref("Ready")),
+            "200": answer("Every model is ready.", ref("Ready"), {"ready": True}),
+            "503": answer("Some model is not ready.", ref("Ready"), {"ready": False}),
         },
     ),
     "v2.model_metadata": operation(
