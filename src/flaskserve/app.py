@@ -26,7 +26,7 @@ from flaskserve.protocol.v2 import json_response
 from flaskserve.runtimes.context import RuntimeOptions
 from flaskserve.runtimes.registry import loader
 from flaskserve.runtimes.threads import served
-from flaskserve.service import browser
+from flaskserve.service import auth, browser
 from flaskserve.service.steps import steps
 from flaskserve.settings import Settings
 from flaskserve.storage import open_mirror
@@ -111,7 +111,8 @@ def create_app(
     app.register_blueprint(openai.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))
     app.register_blueprint(home.create_blueprint(dataplane, settings))
-    app.register_blueprint(openapi.create_blueprint(dataplane))
+    access = auth.access_of if settings.auth else None
+    app.register_blueprint(openapi.create_blueprint(dataplane, access))
     app.register_blueprint(metrics_endpoint.create_blueprint(dataplane))
     hooks = HookChain()  # ours run as one Flask hook of each kind: see protocol.hook_chain
     request_hooks.install(app, dataplane, hooks)

@@ -392,10 +392,15 @@ def convert() -> None:
 @click.option("--opset", type=int, default=None, help="ONNX opset [skl2onnx's newest].")
 def convert_sklearn_to_onnx(model_dir: Path, sample: Path | None, opset: int | None) -> None:
     """Write MODEL_DIR's highest scikit-learn version as ONNX in a new version folder."""
-    from flaskserve.convert import ConversionError, sklearn_to_onnx
+    from flaskserve.convert import STEPS, ConversionError, sklearn_to_onnx
+    from flaskserve.progress import Steps
 
     try:
-        click.echo(sklearn_to_onnx(model_dir, sample=sample, opset=opset).summary())
+        # Progress on stderr (a bar on a terminal, lines otherwise); the summary on stdout.
+        with Steps(STEPS, "convert") as steps:
+            conversion = sklearn_to_onnx(model_dir, sample=sample, opset=opset,
+                                         progress=steps.step)
+        click.echo(conversion.summary())
     except ConversionError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -79,10 +80,20 @@ class Conversion:
         return "\n".join(lines)
 
 
+#: The steps `sklearn_to_onnx` reports to its `progress` hook.
+STEPS = 5
+
+
 def sklearn_to_onnx(
-    model_dir: Path, sample: Path | None = None, opset: int | None = None
+    model_dir: Path,
+    sample: Path | None = None,
+    opset: int | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Conversion:
-    """Convert, check and keep the new version; raise `ConversionError` (keeping nothing) if not."""
+    """Convert, check and keep the new version; raise `ConversionError` (keeping nothing) if not.
+    `progress` hears each of the `STEPS` steps as it begins (`flaskserve.progress.Steps.step`):
+    converting a large forest or checking many rows takes a while."""
+    step = progress or (lambda text: None)
     try:
         config = read_model_config(model_dir)
     except ModelLoadError as exc:
@@ -91,6 +102,7 @@ def sklearn_to_onnx(
     source = _highest_sklearn_version(model_dir, config, versions)
     sk_config = replace(config, runtime="sklearn")
     source_dir = model_dir / str(source)
+    step(f"loading version {source} (scikit-learn)")
     try:
         reference = sklearn_runtime.load(sk_config, str(source), source_dir)
         estimator = sklearn_runtime.load_estimator(
@@ -98,16 +110,19 @@ def sklearn_to_onnx(
         )
     except ModelLoadError as exc:
         raise ConversionError(f"version {source} does not load: {exc}") from None
+    step("converting with skl2onnx")
     onnx_model = _convert(estimator, reference, config, opset)
     version = versions[-1] + 1
     rows, sample_text = _sample(sample, reference.inputs[0])
     staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=model_dir))
     try:
         (staging / ONNX_FILE).write_bytes(onnx_model.SerializeToString())
+        step(f"loading version {version} (ONNX Runtime)")
         try:
             candidate = load_model(replace(config, runtime=None), str(version), staging)
         except ModelLoadError as exc:
             raise ConversionError(f"the converted model does not load: {exc}") from None
+        step(f"comparing both versions on {len(rows)} rows")
         agreements = _compare(reference, candidate, rows)
         conversion = Conversion(model_dir, source, version, len(rows), sample_text, agreements)
         if not all(agreement.ok for agreement in agreements):
@@ -115,6 +130,7 @@ def sklearn_to_onnx(
                 "the ONNX version disagrees with the scikit-learn one, so it was not kept:\n"
                 + conversion.summary()
             )
+        step(f"keeping version {version}")
         os.rename(staging, model_dir / str(version))
     finally:
         shutil.rmtree(staging, ignore_errors=True)

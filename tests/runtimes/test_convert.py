@@ -29,6 +29,12 @@ def test_convert_writes_a_checked_onnx_version_that_the_server_then_serves(
 ) -> None:
     result = CliRunner().invoke(main, ["convert", "sklearn-to-onnx", str(digits_dir)])
     assert result.exit_code == 0, result.output
+    # Progress on stderr, as plain lines (the runner's stream is not a terminal).
+    assert result.stderr.splitlines() == [
+        "convert: [1/5] loading version 1 (scikit-learn)",
+        "convert: [2/5] converting with skl2onnx",
+        "convert: [3/5] loading version 2 (ONNX Runtime)",
+        "convert: [4/5] comparing both versions on 256 rows", "convert: [5/5] keeping version 2"]
     assert "converted digits version 1 (scikit-learn) to version 2" in result.output
     assert "label: 100.00% equal" in result.output
     assert "probabilities: max abs difference" in result.output

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 import requests
 
 from flaskserve.core.model import TensorSpec
+from flaskserve.service.keys import add_key
 from flaskserve.web.examples import example_instances, example_request, widget_for
 
 DIGITS_IN = [TensorSpec("input", "FP32", [-1, 64])]
@@ -55,9 +57,9 @@ def test_examples_fill_variable_dimensions_with_valid_values() -> None:
     }
 
 
-def run_snippet(code: str) -> str:
+def run_snippet(code: str, env: dict[str, str] | None = None) -> str:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, env=env)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -85,3 +87,22 @@ def test_snippets_on_the_model_pages_run_against_the_server(start_server,
                                   text=True, timeout=30)
             assert done.returncode == 0, done.stderr
             assert json.loads(done.stdout)["model_name"] == model
+
+
+def test_snippets_under_auth_read_the_key_from_the_environment(start_server, playground_repo,
+                                                               tmp_path) -> None:
+    keys = tmp_path / "keys.toml"
+    key = add_key(keys, "alice")
+    server = start_server([str(playground_repo), "--workers", "1", "--auth", str(keys)])
+    page = requests.get(f"{server.url}/models/digits", timeout=10).text
+    assert key not in page
+    env = {**os.environ, "FLASKSERVE_API_KEY": key}
+    for kind in ("requests", "tritonclient"):
+        code = snippet(page, kind)
+        assert "FLASKSERVE_API_KEY" in code
+        assert run_snippet(code, env).splitlines()[0].endswith("[7]")
+    curl = snippet(page, "curl")
+    assert '"Authorization: Bearer $FLASKSERVE_API_KEY"' in curl
+    done = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=30,
+                          env=env)
+    assert json.loads(done.stdout)["model_name"] == "digits", done.stdout

@@ -81,6 +81,24 @@ def test_examples_match_their_own_schemas(document) -> None:
         assert not errors, f"example of {path} breaks its schema: {errors[0].message}"
 
 
+def test_response_examples_match_their_own_schemas(document) -> None:
+    registry = Registry().with_resource("urn:doc", Resource.opaque(document))
+    checked = 0
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation["responses"].items():
+                media = response.get("content", {}).get("application/json", {})
+                if "example" not in media:
+                    continue
+                ref = media["schema"].get("$ref", "").replace("#", "urn:doc#")
+                validator = OAS31Validator({"$ref": ref} if ref else media["schema"],
+                                           registry=registry)
+                errors = list(validator.iter_errors(media["example"]))
+                assert not errors, f"{method} {path} {status}: {errors[0].message}"
+                checked += 1
+    assert checked > 20
+
+
 def test_every_example_is_answered_200_by_a_real_server(start_server, playground_repo) -> None:
     server = start_server([str(playground_repo), "--workers", "1"])
     document = requests.get(f"{server.url}/openapi.json", timeout=10).json()
@@ -104,11 +122,53 @@ def test_sagemaker_example_is_given_when_one_model_is_served(digits_repo) -> Non
     assert response.get_json()["outputs"][0]["data"] == [7]
 
 
-def test_docs_page_is_served_with_local_assets_only(app) -> None:
+def test_docs_page_is_swagger_ui_served_with_local_assets_only(app) -> None:
     client = app.test_client()
     page = client.get("/docs").get_data(as_text=True)
-    assert "/assets/docs.js" in page and "http://" not in page and "https://" not in page
-    assert client.get("/assets/docs.js").status_code == 200
+    assert "http://" not in page and "https://" not in page
+    for asset in ("/assets/vendor/swagger-ui/swagger-ui-bundle.js",
+                  "/assets/vendor/swagger-ui/swagger-ui.css", "/assets/docs.js"):
+        assert asset in page
+        assert client.get(asset).status_code == 200, asset
+    assert "SwaggerUIBundle" in client.get("/assets/docs.js").get_data(as_text=True)
+
+
+def test_key_schemes_parameter_and_response_examples_are_documented(document) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert schemes["apiKey"] == {**schemes["apiKey"], "in": "header", "name": "X-API-Key"}
+    assert "security" not in document  # no --auth: no route needs a key
+    parameters = document["paths"]["/v2/models/{name}/versions/{version}/infer"]["post"]
+    examples = {p["name"]: p.get("example") for p in parameters["parameters"]}
+    assert examples == {"name": "digits", "version": "1", "Inference-Header-Content-Length": None}
+    infer = document["paths"]["/v2/models/digits/infer"]["post"]["responses"]
+    ok = infer["200"]["content"]["application/json"]["example"]
+    assert ok["model_name"] == "digits" and [o["name"] for o in ok["outputs"]] == [
+        "label", "probabilities"]
+    assert "error" in infer["400"]["content"]["application/json"]["example"]
+    tags = [tag["name"] for tag in document["tags"]]
+    assert tags[:3] == ["Model digits", "Model letters", "Model tabular"] and "V2" in tags
+
+
+def test_under_auth_routes_that_need_a_key_say_so(playground_repo, tmp_path) -> None:
+    keys = tmp_path / "keys.toml"
+    keys.write_text("")
+    settings = Settings(repository=str(playground_repo), auth=str(keys))
+    document = create_app(settings).test_client().get("/openapi.json").get_json()
+    validate(document)
+    assert document["security"] == [{"bearer": []}, {"apiKey": []}]
+    paths = document["paths"]
+    for path, method in (("/v2/health/live", "get"), ("/docs", "get"), ("/", "get"),
+                         ("/openapi.json", "get")):
+        assert paths[path][method]["security"] == [], path
+    for path, method in (("/v2/models/digits/infer", "post"), ("/metrics", "get"),
+                         ("/v2/models/{name}/infer", "post")):
+        assert "security" not in paths[path][method], path
+        assert "401" in paths[path][method]["responses"], path
+    # and the document of a server without keys (built after) documents no 401 there
+    plain = create_app(Settings(repository=str(playground_repo))).test_client()
+    again = plain.get("/openapi.json").get_json()["paths"]
+    assert "401" not in again["/metrics"]["get"]["responses"]
 
 
 def test_routes_an_application_adds_are_documented_too() -> None:

@@ -6,7 +6,9 @@ With `--auth keys.toml` every route needs a valid key except these, which stay o
   `/v2/health/ready`, `/v2/models/<m>[/versions/<v>]/ready`, `/v1/models/<m>`, `/ping`;
 - `GET /v2` (server name, version and extensions: what a client library probes first);
 - the human front doors, like a public API reference: the playground (`/`, `/models/<m>`,
-  `/assets/...`), `/docs`, `/openapi.json` and `/home/<name>`. They show which models exist and
+  `/assets/...`), `/docs`, `/openapi.json`, `/home/<name>` and the dashboard page `/dashboard`
+  (its data, `/dashboard/data`, needs a key: admin keys see everything, others their own
+  usage and their models only; see `service.dashboard`). They show which models exist and
   their signatures, no data and no usage; the playground's calls to a model need a key like any
   other call. Where model names themselves are confidential, keep these pages off the public
   listener (a reverse proxy rule), since a browser cannot send a bearer key on navigation.
@@ -47,6 +49,7 @@ OPEN_ENDPOINTS = frozenset(
         "home.model_page",
         "home.static",
         "home.greet",
+        "home.dashboard",
         "static",
     }
 )

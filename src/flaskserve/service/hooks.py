@@ -39,7 +39,7 @@ from flaskserve.core.errors import (
 from flaskserve.protocol.hook_chain import HookChain
 from flaskserve.protocol.http_context import CONTEXT_KEY, http_context
 from flaskserve.protocol.v2 import json_response
-from flaskserve.service import auth, metering, prometheus, received
+from flaskserve.service import auth, dashboard, metering, prometheus, received
 from flaskserve.service.admission import Admission
 from flaskserve.service.keys import KeyStore
 from flaskserve.service.limits import LocalBuckets, SharedBuckets, open_buckets
@@ -90,6 +90,8 @@ def install(
     if service.meter is not None or service.keys is not None:
         app.wsgi_app = received.count_input(app.wsgi_app)  # type: ignore[method-assign,assignment]
     app.register_blueprint(_usage_blueprint(service))
+    app.register_blueprint(dashboard.create_blueprint(dataplane.repository, service.keys,
+                                                      service.meter))
     target: Flask | HookChain = hooks if hooks is not None else app
     target.before_request(_gate(dataplane, service))
     target.teardown_request(lambda _: service.admission.leave(request.environ))

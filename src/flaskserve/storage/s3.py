@@ -32,7 +32,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -49,10 +48,10 @@ from botocore.exceptions import (
     EndpointConnectionError,
     NoCredentialsError,
 )
-from tqdm import tqdm
 
 from flaskserve.core.config import CONFIG_FILE
 from flaskserve.core.repository import NAME_MAX, UNAVAILABLE_NOTE, is_folder_name
+from flaskserve.progress import Transfer
 from flaskserve.storage import StorageError
 from flaskserve.storage.verify import md5_hex, multipart_etag, parse_etag, uniform_part_sizes
 
@@ -234,7 +233,8 @@ class S3Mirror:
                 else:
                     todo.append(obj)
             total = sum(o.size for o in todo)
-            with _progress(total, self.location.uri(f"{self.location.prefix}{name}/")) as bar:
+            # A bar on a terminal, plain lines in a log (flaskserve.progress), on stderr.
+            with Transfer(total, self.location.uri(f"{self.location.prefix}{name}/")) as bar:
                 for obj in todo:
                     self._download(obj, staging / obj.rel, bar)
             manifest = {o.rel: [o.etag, o.size] for o in objects}
@@ -299,7 +299,7 @@ class S3Mirror:
             raise self._error(exc) from None
         return objects
 
-    def _download(self, obj: S3Object, dest: Path, bar: tqdm) -> None:
+    def _download(self, obj: S3Object, dest: Path, bar: Transfer) -> None:
         try:
             # Large objects arrive as parallel ranged GETs. One overwritten meanwhile (or mixed
             # across its ranges) fails the ETag check below rather than being served.
@@ -491,11 +491,3 @@ def _link_or_copy(source: Path, dest: Path) -> None:
         os.link(source, dest)
     except OSError:
         shutil.copy2(source, dest)
-
-
-def _progress(total: int, description: str) -> tqdm:
-    """A byte progress bar on stderr (nothing when there is nothing to download)."""
-    return tqdm(
-        total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024,
-        file=sys.stderr, disable=total == 0, mininterval=0.5, dynamic_ncols=True,
-    )

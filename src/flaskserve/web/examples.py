@@ -127,3 +127,20 @@ def _rows(flat: list[Any], shape: list[int]) -> list[Any]:
         return list(flat)
     step = len(flat) // shape[0] if shape[0] else 0
     return [_rows(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
+
+
+def example_response(name: str, version: str, outputs: list[TensorSpec]) -> dict[str, Any]:
+    """A V2 response of the shape the model answers (its values are placeholders)."""
+    return {
+        "model_name": name,
+        "model_version": version,
+        "outputs": [
+            {
+                "name": spec.name,
+                "shape": example_shape(spec),
+                "datatype": spec.datatype,
+                "data": example_data(spec),
+            }
+            for spec in outputs
+        ],
+    }

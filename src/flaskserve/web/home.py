@@ -107,15 +107,22 @@ def create_blueprint(dataplane: DataPlane, settings: Settings | None = None) -> 
             "ready": entry.default is not None,
             "widget": asdict(widget),
             "example": example_request(inputs),
+            "auth": hide,
         }
         return render_template(
             "model.html",
             model=summary,
             widget=widget,
             page_data=page_data,
-            snippets=snippets(server_url, name, inputs, outputs),
+            snippets=snippets(server_url, name, inputs, outputs, auth=hide),
             version=__version__,
         )
+
+    @bp.get("/dashboard")
+    def dashboard() -> str:
+        """The live dashboard; its charts poll `/dashboard/data` (service.dashboard)."""
+        page_data = {"auth": hide, "data": "/dashboard/data", "interval_ms": 2000}
+        return render_template("dashboard.html", page_data=page_data, version=__version__)
 
     @bp.get("/home/<name>")
     def greet(name: str) -> Response:

@@ -5,6 +5,9 @@ Each snippet sends the model's example request (`examples.example_request`) to t
 what a visitor copies from the playground runs as it is. The server's address comes from the
 settings (`--public-url`, else the bound address), never from the request's Host header: a page
 must not print whatever name a request claims (DNS rebinding, cache poisoning).
+
+Under `--auth` each snippet sends the key from the environment variable `FLASKSERVE_API_KEY`
+(`KEY_VARIABLE`): a page never prints a key, even the one its visitor typed in.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from urllib.parse import urlsplit
 from flaskserve.core.model import TensorSpec
 from flaskserve.protocol.openai import is_embedding_model
 from flaskserve.web.examples import example_request
+
+#: Where the snippets read the API key from (servers run with `--auth`).
+KEY_VARIABLE = "FLASKSERVE_API_KEY"
+_PY_KEY = f'"Bearer " + os.environ["{KEY_VARIABLE}"]'
 
 _NUMPY_DTYPE = {
     "BOOL": "np.bool_",
@@ -54,37 +61,55 @@ def infer_path(name: str) -> str:
 
 
 def snippets(
-    base_url: str, name: str, inputs: list[TensorSpec], outputs: list[TensorSpec]
+    base_url: str,
+    name: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    auth: bool = False,
 ) -> dict[str, str]:
-    """{"curl": ..., "requests": ..., "tritonclient": ...} for model `name` at `base_url`."""
+    """{"curl": ..., "requests": ..., "tritonclient": ...} for model `name` at `base_url`;
+    `auth`: the server needs an API key, which they read from `$FLASKSERVE_API_KEY`."""
     base_url = base_url.rstrip("/")
     request = example_request(inputs)
     found = {
-        "curl": curl(base_url, name, request),
-        "requests": python_requests(base_url, name, request),
-        "tritonclient": tritonclient(base_url, name, inputs, outputs, request),
+        "curl": curl(base_url, name, request, auth),
+        "requests": python_requests(base_url, name, request, auth),
+        "tritonclient": tritonclient(base_url, name, inputs, outputs, request, auth),
     }
     if is_embedding_model(inputs, outputs):
-        found["openai"] = openai_embeddings(base_url, name, request["inputs"][0]["data"])
+        texts = request["inputs"][0]["data"]
+        found["openai"] = openai_embeddings(base_url, name, texts, auth)
     return found
 
 
-def curl(base_url: str, name: str, request: dict[str, Any]) -> str:
+def curl(base_url: str, name: str, request: dict[str, Any], auth: bool = False) -> str:
     body = json.dumps(request, separators=(",", ":"))
+    key = f'  -H "Authorization: Bearer ${KEY_VARIABLE}" \\\n' if auth else ""
     return (
         f"curl -s {shlex.quote(base_url + infer_path(name))} \\\n"
+        f"{key}"
         "  -H 'Content-Type: application/json' \\\n"
         f"  -d {shlex.quote(body)}"
     )
 
 
-def python_requests(base_url: str, name: str, request: dict[str, Any]) -> str:
+def python_requests(
+    base_url: str, name: str, request: dict[str, Any], auth: bool = False
+) -> str:
+    url = base_url + infer_path(name)
+    if auth:
+        head = ["import os", "", "import requests", ""]
+        head.append(f"headers = {{\"Authorization\": {_PY_KEY}}}")
+        call = f"requests.post({url!r}, json=request, headers=headers, timeout=30)"
+    else:
+        head = ["import requests"]
+        call = f"requests.post({url!r}, json=request, timeout=30)"
     return "\n".join(
         [
-            "import requests",
+            *head,
             "",
             f"request = {_python_literal(request)}",
-            f"response = requests.post({base_url + infer_path(name)!r}, json=request, timeout=30)",
+            f"response = {call}",
             "response.raise_for_status()",
             'for output in response.json()["outputs"]:',
             '    print(output["name"], output["shape"], output["data"][:10])',
@@ -98,11 +123,13 @@ def tritonclient(
     inputs: list[TensorSpec],
     outputs: list[TensorSpec],
     request: dict[str, Any],
+    auth: bool = False,
 ) -> str:
     parts = urlsplit(base_url)
     url = (parts.netloc + parts.path.rstrip("/")) or base_url
     tls = ", ssl=True" if parts.scheme == "https" else ""
     lines = [
+        *(["import os", ""] if auth else []),
         "import numpy as np",
         "import tritonclient.http as httpclient",
         "",
@@ -120,19 +147,25 @@ def tritonclient(
             "tensor.set_data_from_numpy(array)",
             "inputs.append(tensor)",
         ]
-    lines.append(f"result = client.infer({name!r}, inputs)")
+    headers = f', headers={{"Authorization": {_PY_KEY}}}' if auth else ""
+    lines.append(f"result = client.infer({name!r}, inputs{headers})")
     lines += [f"print({spec.name!r}, result.as_numpy({spec.name!r}))" for spec in outputs]
     return "\n".join(lines)
 
 
-def openai_embeddings(base_url: str, name: str, texts: list[str]) -> str:
+def openai_embeddings(base_url: str, name: str, texts: list[str], auth: bool = False) -> str:
     """The official `openai` client on `POST /v1/embeddings`, for embedding models."""
+    if auth:
+        head = ["import os", "", "from openai import OpenAI", ""]
+        key = f'os.environ["{KEY_VARIABLE}"]'
+    else:
+        head = ["from openai import OpenAI", "",
+                "# api_key: your key when the server runs with --auth; any text otherwise."]
+        key = "'unused'"
     return "\n".join(
         [
-            "from openai import OpenAI",
-            "",
-            "# api_key: your key when the server runs with --auth; any text otherwise.",
-            f"client = OpenAI(base_url={base_url + '/v1'!r}, api_key='unused')",
+            *head,
+            f"client = OpenAI(base_url={base_url + '/v1'!r}, api_key={key})",
             f"response = client.embeddings.create(model={name!r}, input={texts!r})",
             "for item in response.data:",
             "    print(item.index, len(item.embedding), item.embedding[:4])",

@@ -65,8 +65,8 @@ _CONTROL_OFF = answer(
 )
 
 _MODEL_READY = {
-    "200": answer("Ready.", ref("ModelReady")),
-    "503": answer("Not ready.", ref("ModelReady")),
+    "200": answer("Ready.", ref("ModelReady"), {"name": "digits", "ready": True}),
+    "503": answer("Not ready.", ref("ModelReady"), {"name": "digits", "ready": False}),
     "404": ERRORS["404"],
 }
 
@@ -130,13 +130,13 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "Server metadata",
         {"200": answer("Name, version, extensions.", ref("ServerMetadata"))},
     ),
-    "v2.live": operation("V2", "Liveness", {"200": answer("Alive.", ref("Live"))}),
+    "v2.live": operation("V2", "Liveness", {"200": answer("Alive.", ref("Live"), {"live": True})}),
     "v2.ready": operation(
         "V2",
         "Readiness of the whole server",
         {
-            "200": answer("Every model is ready.", ref("Ready")),
-            "503": answer("Some model is not ready.", ref("Ready")),
+            "200": answer("Every model is ready.", ref("Ready"), {"ready": True}),
+            "503": answer("Some model is not ready.", ref("Ready"), {"ready": False}),
         },
     ),
     "v2.model_metadata": operation(
@@ -282,7 +282,33 @@ OPERATIONS: dict[str, dict[str, Any]] = {
         "Operations", "This OpenAPI document", {"200": answer("OpenAPI 3.1.", {"type": "object"})}
     ),
     "docs.docs_page": operation(
-        "Operations", "Interactive API docs", {"200": text("HTML page.", "text/html")}
+        "Operations", "Interactive API docs (Swagger UI)", {"200": text("HTML page.", "text/html")}
+    ),
+    "home.dashboard": operation(
+        "Operations",
+        "Live dashboard of traffic and usage (an HTML page that polls /dashboard/data)",
+        {"200": text("HTML page.", "text/html")},
+    ),
+    "dashboard.data": operation(
+        "Operations",
+        "The dashboard's data: each model's counters summed over the workers, and usage per "
+        "key and minute (with --auth: an admin key sees every key, others only their own)",
+        {
+            "200": answer(
+                "Cumulative counters (the page turns two polls into rates) and usage.",
+                {
+                    "type": "object",
+                    "required": ["time", "latency_bounds", "models", "usage"],
+                    "properties": {
+                        "time": {"type": "integer", "description": "Server time, ms."},
+                        "latency_bounds": {"type": "array", "items": {"type": "number"}},
+                        "models": {"type": "object", "additionalProperties": {"type": "object"}},
+                        "viewer": {"type": ["object", "null"]},
+                        "usage": {"type": "object"},
+                    },
+                },
+            )
+        },
     ),
 }
 

@@ -21,10 +21,15 @@ def json_content(schema: dict[str, Any], examples: dict[str, Any] | None = None)
     return {"application/json": media}
 
 
-def answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+def answer(
+    description: str, schema: dict[str, Any] | None = None, example: Any = None
+) -> dict[str, Any]:
+    """A response; `example` is a body Swagger UI shows next to the schema."""
     response: dict[str, Any] = {"description": description}
     if schema is not None:
         response["content"] = json_content(schema)
+        if example is not None:
+            response["content"]["application/json"]["example"] = example
     return response
 
 
@@ -38,10 +43,45 @@ def operation(tag: str, summary: str, responses: dict[str, Any], **extra: Any) -
 
 ERROR = ref("Error")
 ERRORS = {
-    "400": answer("The request is malformed or does not fit the model's signature.", ERROR),
-    "404": answer("Unknown model or version.", ERROR),
-    "503": answer("The model is not ready (failed to load, or unloaded).", ERROR),
+    "400": answer(
+        "The request is malformed or does not fit the model's signature.",
+        ERROR,
+        {"error": "input 'input': shape [1, 64] needs 64 values but 'data' has 1"},
+    ),
+    "404": answer(
+        "Unknown model or version.",
+        ERROR,
+        {"error": "unknown model 'digit'; served models: digits"},
+    ),
+    "503": answer(
+        "The model is not ready (failed to load, or unloaded).",
+        ERROR,
+        {"error": "model 'digits' is not ready: unloaded"},
+    ),
 }
+
+#: The API key schemes (`--auth`): Swagger UI's "Authorize" fills either header.
+SECURITY_SCHEMES = {
+    "bearer": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "An API key as `Authorization: Bearer <key>` (servers run with --auth; "
+        "`flaskserve keys add NAME` makes one).",
+    },
+    "apiKey": {
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
+        "description": "The same API key in the `X-API-Key` header.",
+    },
+}
+#: What a route that needs a key answers without a valid one.
+UNAUTHORIZED = answer(
+    "No API key, or an unknown one (with --auth); WWW-Authenticate says which scheme.",
+    ERROR,
+    {"error": "this server needs an API key: send 'Authorization: Bearer <key>' or "
+     "'X-API-Key: <key>'"},
+)
 
 OPENAI_ERROR = ref("OpenAIError")
 #: The OpenAI routes answer every refusal in OpenAI's error shape, the service gate's included.

@@ -1,5 +1,9 @@
-// Shared by the playground and the docs page.
+// Shared by the playground, the docs page and the dashboard.
 "use strict";
+
+// The API key a person typed in (servers run with --auth): kept in this tab's sessionStorage
+// only, never in a URL or in localStorage, and sent as `Authorization: Bearer`.
+const KEY_ITEM = "flaskserve.apiKey";
 
 window.flaskserve = {
   // JSON with arrays of plain values on one line, so a 64-pixel tensor stays readable.
@@ -19,5 +23,18 @@ window.flaskserve = {
       return "{\n" + lines.join(",\n") + "\n" + indent + "}";
     }
     return JSON.stringify(value);
+  },
+
+  apiKey: {
+    get: () => sessionStorage.getItem(KEY_ITEM) || "",
+    set: (key) => {
+      if (key) sessionStorage.setItem(KEY_ITEM, key);
+      else sessionStorage.removeItem(KEY_ITEM);
+    },
+    // `headers` plus the key's Authorization header, when a key was given.
+    headers: (headers) => {
+      const key = sessionStorage.getItem(KEY_ITEM);
+      return key ? Object.assign({}, headers, { Authorization: "Bearer " + key }) : headers;
+    },
   },
 };

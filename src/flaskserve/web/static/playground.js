@@ -13,7 +13,8 @@
     try {
       response = await fetch(page.infer, {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
+        headers: window.flaskserve.apiKey.headers(
+          { "Content-Type": "application/json", Accept: "application/json" }),
         body: JSON.stringify(request),
       });
     } catch (error) {
@@ -26,7 +27,42 @@
     } catch (error) {
       body = { error: text };
     }
+    if (response.status === 401 && page.auth) {
+      keyStatus.textContent = window.flaskserve.apiKey.get()
+        ? "The server refused this key (" + (body.error || "401") + ")."
+        : "This server needs an API key: enter one above.";
+      document.getElementById("api-key").focus();
+    }
     return { ok: response.ok, status: response.status, body: body, ms: performance.now() - started };
+  }
+
+  // -- the API key (servers run with --auth) ----------------------------------------------------
+  // Kept in this tab's sessionStorage only (common.js), sent as `Authorization: Bearer`; the
+  // snippets below read it from $FLASKSERVE_API_KEY and never show it.
+
+  const keyStatus = document.getElementById("key-status");
+
+  function setupKey() {
+    const form = document.getElementById("key-form");
+    const field = document.getElementById("api-key");
+    const store = window.flaskserve.apiKey;
+    const show = () => {
+      keyStatus.textContent = store.get()
+        ? "A key is set for this tab; requests send it as Authorization: Bearer."
+        : "No key yet: requests will be refused (401).";
+    };
+    field.value = store.get();
+    show();
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      store.set(field.value.trim());
+      show();
+    });
+    document.getElementById("forget-key").addEventListener("click", () => {
+      store.set("");
+      field.value = "";
+      show();
+    });
   }
 
   function output(body, name) {
@@ -386,6 +422,7 @@
     });
   }
 
+  if (page.auth) setupKey();
   setupJson();
   setupCopy();
   if (page.widget.kind === "digits") setupDigits();
