@@ -28,7 +28,7 @@ from run import Running, Target, digits_row, model_metadata, v2_body, wrk  # noq
 CONCURRENCY = (1, 32)
 
 
-def target(name: str, src: Path) -> Target:
+def target(name: str, src: str) -> Target:
     return Target(
         name,
         f"flaskserve from {src}",
@@ -44,8 +44,11 @@ def main() -> None:
     parser.add_argument("--baseline-src", type=Path, required=True)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=PYTHONPATH",
+                        help="one more server, e.g. with another package on its path")
     args = parser.parse_args()
-    trees = {"baseline": args.baseline_src.resolve(), "this tree": HERE.parent / "src"}
+    trees = {"baseline": str(args.baseline_src.resolve()), "this tree": str(HERE.parent / "src")}
+    trees.update(variant.split("=", 1) for variant in args.variant)
     results: dict[tuple[str, int], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         log_dir = Path(tmp)

@@ -16,6 +16,7 @@ does the request wait for one of the pool's `--threads` + `engine.SPARE_THREADS`
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import resource
@@ -46,7 +47,7 @@ TEXT_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(messa
 
 def granian_options(settings: Settings) -> dict[str, Any]:
     """The keyword arguments of `granian.Granian` that serve `settings`."""
-    from granian.constants import HTTPModes, Interfaces
+    from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
@@ -54,6 +55,8 @@ def granian_options(settings: Settings) -> dict[str, Any]:
         "address": settings.host,
         "port": settings.port,
         "interface": Interfaces.RSGI,
+        # uvloop where it is installed (a dependency), else asyncio's (docs/benchmarks.md).
+        "loop": Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.asyncio,
         "http": HTTPModes.http1,
         "websockets": False,
         "workers": settings.worker_count,
