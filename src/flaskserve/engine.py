@@ -11,7 +11,10 @@ is closed. Only a request whose body has arrived is handed to the pool, whose `-
 
 A body is never read past `--max-request-bytes`: a declared length over it is not read at all
 (the app refuses it from its Content-Length, 413 in its front door's shape), a chunked body
-stops at one byte past the limit (enough for the app to tell it is too large).
+stops at one byte past the limit (enough for the app to tell it is too large). Nor is it read
+when the app says it will refuse the request without it (`admits_body`: with API keys, a
+request that presents no valid key gets its 401 at once, so a client without a key cannot
+make a worker buffer a body).
 
 A response with a Content-Length (every non-streamed Flask response) is joined and sent by the
 thread that made it. Any other response is streamed chunk by chunk as the app yields it, each
@@ -88,8 +91,10 @@ class WsgiOverRsgi:
         max_body_bytes: int,
         body_timeout_s: float,
         on_loop: Callable[[asyncio.AbstractEventLoop], None] | None = None,
+        admits_body: Callable[[dict[str, Any]], bool] | None = None,
     ) -> None:
         self.app = app
+        self._admits_body = admits_body
         self.threads = threads + SPARE_THREADS
         self.max_body_bytes = max_body_bytes
         self.body_timeout_s = body_timeout_s
@@ -129,6 +134,8 @@ class WsgiOverRsgi:
             length = _length(length_text) if not chunked else None
             if length is not None and length > self.max_body_bytes:
                 pass  # not read: the app refuses it from its Content-Length
+            elif self._admits_body is not None and not self._admits_body(environ):
+                pass  # not read: the app refuses it before reading a body
             else:
                 read = await self._read_body(proto, length, started, environ)
                 if read is None:

@@ -31,7 +31,7 @@ from werkzeug.serving import WSGIRequestHandler
 from flaskserve.engine import WsgiOverRsgi
 from flaskserve.observability import metrics
 from flaskserve.observability.logs import access_json, escape, escape_quoted
-from flaskserve.service import reload, worker
+from flaskserve.service import hooks, reload, worker
 from flaskserve.settings import Settings
 
 if TYPE_CHECKING:
@@ -148,6 +148,7 @@ def _worker_loader(
             settings.max_request_bytes,
             settings.body_timeout_ms / 1000,
             on_loop=worker.engine_listening,
+            admits_body=lambda environ: hooks.admits_body(live.current.app, environ),
         )
 
     return load
