@@ -23,9 +23,19 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import Running, Target, digits_row, model_metadata, v2_body, wrk  # noqa: E402
+from run import (  # noqa: E402
+    Running,
+    Target,
+    cpu_jiffies,
+    digits_row,
+    model_metadata,
+    process_tree,
+    v2_body,
+    wrk,
+)
 
 CONCURRENCY = (1, 32)
+TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def target(name: str, src: str) -> Target:
@@ -70,27 +80,36 @@ def main() -> None:
                 for conc in CONCURRENCY:
                     for name, server in order:
                         url = f"http://127.0.0.1:{server.target.port}/v2/models/digits/infer"
+                        pids = process_tree(server.process.pid)
+                        before = cpu_jiffies(pids)
                         summary = wrk(url, conc, args.duration, body)
+                        jiffies = cpu_jiffies(pids) - before
                         summary["rps"] = summary["requests"] / (summary["duration_us"] / 1e6)
+                        # The server's CPU per request (all its processes): what the machine's
+                        # other load changes least.
+                        summary["cpu_us"] = jiffies * 1e6 / TICKS / max(1, summary["requests"])
                         results.setdefault((name, conc), []).append(summary)
                         print(f"round {round_no + 1} {name:9} c={conc:<3} "
                               f"{summary['rps']:8.0f} req/s p50 {summary['p50_us'] / 1000:6.2f}"
-                              f" ms p99 {summary['p99_us'] / 1000:6.2f} ms errors "
+                              f" ms p99 {summary['p99_us'] / 1000:6.2f} ms cpu "
+                              f"{summary['cpu_us']:5.0f} us errors "
                               f"{summary['err_status'] + summary['err_read']}", flush=True)
                         time.sleep(1)
         finally:
             for server in running.values():
                 server.stop()
     print()
-    print("| tree | c | req/s | p50 ms | p99 ms | p99/p50 |")
-    print("|---|---|---|---|---|---|")
+    print("| tree | c | req/s | p50 ms | p99 ms | p99/p50 | server CPU per request |")
+    print("|---|---|---|---|---|---|---|")
     for conc in CONCURRENCY:
         for name in trees:
             runs = results[(name, conc)]
             rps = statistics.median(r["rps"] for r in runs)
             p50 = statistics.median(r["p50_us"] for r in runs) / 1000
             p99 = statistics.median(r["p99_us"] for r in runs) / 1000
-            print(f"| {name} | {conc} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {p99 / p50:.1f} |")
+            cpu = statistics.median(r["cpu_us"] for r in runs)
+            print(f"| {name} | {conc} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {p99 / p50:.1f} | "
+                  f"{cpu:.0f} us |")
     print(f"\n{args.rounds} interleaved rounds of {args.duration:g} s, medians; "
           f"{os.cpu_count()} cores.")
 
