@@ -302,8 +302,9 @@ def _next(chunks: Iterator[bytes]) -> Any:
 
 
 def _length(text: str | None) -> int | None:
-    """A Content-Length as a number (the engine accepted only digits), None without one."""
-    return int(text) if text else None
+    """A Content-Length as a number, None without one (or a malformed one, which the engine
+    refuses before the app sees it)."""
+    return int(text) if text and text.isdigit() else None
 
 
 class _Start:

@@ -25,7 +25,7 @@ import os
 import select
 import signal
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flaskserve.observability import metrics
 from flaskserve.service import metering
@@ -44,6 +44,8 @@ POLL_S = 0.2
 _early_stops: list[int] = []
 #: The write end of the watcher's pipe (`listen`).
 _pipe: list[int] = []
+#: The engine's event loop, once it has its signal handlers (`engine_listening`).
+_loop: list[Any] = []
 
 
 def listen() -> int:
@@ -64,11 +66,12 @@ def _hold(signum: int, frame: object) -> None:
     _early_stops.append(signum)
 
 
-def engine_listening(loop: object) -> None:
+def engine_listening(loop: Any) -> None:
     """In the main thread, once the engine's event loop has its signal handlers: pass every
     stop and SIGHUP to the watcher's pipe too. The loop learns of each signal from its own
     wakeup fd and runs the engine's handler: this replaces only the Python-level handler,
-    which asyncio leaves doing nothing."""
+    which asyncio and uvloop leave doing nothing."""
+    _loop[:] = [loop]
     for signum in (*STOP_SIGNALS, signal.SIGHUP):
         signal.signal(signum, _relay)
 
@@ -76,11 +79,19 @@ def engine_listening(loop: object) -> None:
 def _relay(signum: int, frame: object) -> None:
     with contextlib.suppress(OSError):  # a full pipe: the watcher has numbers to read
         os.write(_pipe[0], bytes([signum]))
+    if signum in STOP_SIGNALS and not _engine_running():
+        # uvloop listens for signals only while it runs: hold the stop until it does.
+        _early_stops.append(signum)
+
+
+def _engine_running() -> bool:
+    return bool(_loop) and bool(_loop[0].is_running())
 
 
 def _pass_on_early_stop() -> None:
     """Send a stop held during start-up again, once the engine's handlers replaced `_hold`."""
-    if _early_stops and all(signal.getsignal(s) is _relay for s in STOP_SIGNALS):
+    ready = all(signal.getsignal(s) is _relay for s in STOP_SIGNALS) and _engine_running()
+    if _early_stops and ready:
         signum = _early_stops[0]
         _early_stops.clear()
         os.kill(os.getpid(), signum)
