@@ -95,9 +95,8 @@ def _log_config(log_format: str) -> dict[str, Any]:
 
 
 class IntendedThreads(logging.Filter):
-    """Drops Granian's warning that its threads outnumber the cores: the app's threads
-    (`engine.Pool`) are not the engine's, but a configuration that names more would greet
-    every start with it for nothing."""
+    """Drops Granian's warning that its threads outnumber the cores: all but `--threads` of
+    them wait (`WAITING_THREADS`), so the warning would greet every start for nothing."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("Configuration allows spawning up to")
