@@ -94,6 +94,12 @@ def main() -> None:
     help="Comma-separated Host names answered besides loopback ones [none].",
 )
 @click.option("--public-url", default=None, help="URL clients use, shown in snippets [relative].")
+@click.option(
+    "--body-timeout-ms",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Time a client has to send a request's body before 408 and a disconnect [10000].",
+)
 def serve(
     repository: str | None,
     host: str | None,
@@ -117,6 +123,7 @@ def serve(
     cors_origins: str | None,
     allowed_hosts: str | None,
     public_url: str | None,
+    body_timeout_ms: int | None,
 ) -> None:
     """Serve REPOSITORY (a folder of models), or the embedded default models when omitted."""
     settings = Settings.from_env(
@@ -141,6 +148,7 @@ def serve(
         cors_origins=cors_origins,
         allowed_hosts=allowed_hosts,
         public_url=public_url,
+        body_timeout_ms=body_timeout_ms,
     )
     settings = sagemaker_overrides(settings, os.environ, explicit_port=port is not None)
     _configure_logging(settings)
@@ -234,10 +242,13 @@ def _configure_logging(settings: Settings) -> None:
             f"{settings.log_format!r} is not a log format; use text or json",
             param_hint="--log-format / FLASKSERVE_LOG_FORMAT",
         )
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    from flaskserve.observability.logs import TextFormatter
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        TextFormatter("[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s")
     )
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
 
 
 def _check_port(settings: Settings) -> None:

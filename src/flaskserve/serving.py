@@ -1,24 +1,25 @@
 """Running the app: Granian for production, Flask's reloading dev server with `--debug`.
 
-Granian (a Rust HTTP server, WSGI interface) forks its workers before the app is built, so each
-worker loads its own model instances (no runtime thread pool crosses a fork): `serve_granian`
-hands it a target loader, run in each worker after the fork, that builds the app, starts the
-worker's gRPC server (gRPC's threads do not survive a fork) and its exit watcher
+Granian (a Rust HTTP server; RSGI interface, `engine`) forks its workers before the app is
+built, so each worker loads its own model instances (no runtime thread pool crosses a fork):
+`serve_granian` hands it a target loader, run in each worker after the fork, that builds the
+app, starts the worker's gRPC server (gRPC's threads do not survive a fork) and its exit watcher
 (`service.worker`). Anything that must happen once, such as building the default models,
 happens in the master before Granian starts. Only Granian's public `Server` options are used.
 
 Connections: Granian reads headers in Rust and closes a connection whose headers are not all
-there within `--header-timeout-ms`, without holding a Python thread. A request's body is read
-by the thread running it, so each worker runs `WAITING_THREADS` threads more than `--threads`:
-requests reading a slow body, waiting for an admission slot (`service.admission`), or asking
-for health or metrics do not take the threads inference runs on.
+there within `--header-timeout-ms`, without holding a Python thread. The body is read on the
+worker's event loop within `--body-timeout-ms` (`engine`), also without a thread; only then
+does the request wait for one of the pool's `--threads` + `engine.SPARE_THREADS` threads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -27,34 +28,39 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 from werkzeug.serving import WSGIRequestHandler
 
+from flaskserve.engine import WsgiOverRsgi
 from flaskserve.observability import metrics
-from flaskserve.observability.logs import access_json
-from flaskserve.service import reload, worker
+from flaskserve.observability.logs import access_json, escape, escape_quoted
+from flaskserve.service import hooks, reload, worker
 from flaskserve.settings import Settings
 
 if TYPE_CHECKING:
     from flaskserve.protocol.grpc.server import GrpcServer
 
 log = logging.getLogger("flaskserve")
-#: Engine threads per worker beyond `--threads`: threads that wait (for a slot, bounded by
-#: `--max-queue-ms`; for a slow client's body) or answer cheap routes (health, metrics).
-WAITING_THREADS = 128
+#: Requests a worker's engine takes on at once (most of them may be waiting for their body, on
+#: the event loop, each costing a coroutine); more wait in the listen backlog. Granian's default
+#: (1024 divided among the workers) let a few hundred stalled bodies fill a worker.
+CONNECTIONS_PER_WORKER = 8192
 TEXT_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
 def granian_options(settings: Settings) -> dict[str, Any]:
     """The keyword arguments of `granian.Granian` that serve `settings`."""
-    from granian.constants import HTTPModes, Interfaces
+    from granian.constants import HTTPModes, Interfaces, Loops
     from granian.http import HTTP1Settings
     from granian.log import LogLevels
 
     return {
         "address": settings.host,
         "port": settings.port,
-        "interface": Interfaces.WSGI,
+        "interface": Interfaces.RSGI,
+        # uvloop where it is installed (a dependency), else asyncio's (docs/benchmarks.md).
+        "loop": Loops.uvloop if importlib.util.find_spec("uvloop") else Loops.asyncio,
         "http": HTTPModes.http1,
+        "websockets": False,
         "workers": settings.worker_count,
-        "blocking_threads": settings.threads + WAITING_THREADS,
+        "backpressure": CONNECTIONS_PER_WORKER,
         "http1_settings": HTTP1Settings(header_read_timeout=settings.header_timeout_ms),
         # A killed or crashed worker is replaced (SIGHUP reloads workers in place instead:
         # `service.reload`).
@@ -72,7 +78,7 @@ def _log_config(log_format: str) -> dict[str, Any]:
     if log_format == "json":
         formatter: dict[str, Any] = {"()": "flaskserve.observability.logs.JsonFormatter"}
     else:
-        formatter = {"()": "logging.Formatter", "fmt": TEXT_LOG_FORMAT}
+        formatter = {"()": "flaskserve.observability.logs.TextFormatter", "fmt": TEXT_LOG_FORMAT}
     return {
         "formatters": {"generic": formatter, "access": {"()": "logging.Formatter"}},
         "filters": {"intended": {"()": "flaskserve.serving.IntendedThreads"}},
@@ -99,10 +105,20 @@ class IntendedThreads(logging.Filter):
         return not str(record.msg).startswith(self.NOISE)
 
 
+def raise_open_files_limit() -> None:
+    """Let the server hold as many connections as the system allows it: the soft limit on open
+    files (often 1024, which a thousand idle sockets reach) raised to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def serve_granian(app_factory: Callable[[], Flask], settings: Settings) -> None:
     """Serve the app `app_factory` builds, in `settings.worker_count` Granian workers."""
     from granian import Granian
 
+    raise_open_files_limit()
     # Before the fork: the workers' metrics must all land in one shared folder.
     cleanup = metrics.prepare_multiprocess_dir()
     try:
@@ -116,8 +132,8 @@ def serve_granian(app_factory: Callable[[], Flask], settings: Settings) -> None:
 
 def _worker_loader(
     app_factory: Callable[[], Flask], settings: Settings
-) -> Callable[[], Callable[..., Iterable[bytes]]]:
-    def load() -> Callable[..., Iterable[bytes]]:
+) -> Callable[[], WsgiOverRsgi]:
+    def load() -> WsgiOverRsgi:
         """In a new worker, after the fork: what it serves, and what runs on SIGHUP and when it
         stops."""
         signals = worker.listen()
@@ -128,7 +144,14 @@ def _worker_loader(
             live, app_factory, lambda new: start_grpc(new, settings), settings.graceful_timeout
         )
         worker.watch(signals, reloader, settings.graceful_timeout)
-        return AccessLog(live, access_logger(), settings.log_format == "json", fast=True)
+        return WsgiOverRsgi(
+            AccessLog(live, access_logger(), settings.log_format == "json", fast=True),
+            settings.threads,
+            settings.max_request_bytes,
+            settings.body_timeout_ms / 1000,
+            on_loop=worker.engine_listening,
+            admits_body=lambda environ: hooks.admits_body(live.current.app, environ),
+        )
 
     return load
 
@@ -209,11 +232,12 @@ class AccessLog:
     def _text_line(self, environ: dict[str, Any], status: str, size: str, started: float) -> None:
         get = environ.get
         query = get("QUERY_STRING")
-        path = get("PATH_INFO", "") + (f"?{query}" if query else "")
+        path = escape_quoted(get("PATH_INFO", "") + (f"?{query}" if query else ""))
         elapsed = (time.perf_counter() - started) * 1000
         line = (
-            f'{get("REMOTE_ADDR", "-")} "{get("REQUEST_METHOD")} {path} '
-            f'{get("SERVER_PROTOCOL")}" {status} {size} {elapsed:.1f}ms'
+            f'{escape(get("REMOTE_ADDR", "-"))} "{escape_quoted(get("REQUEST_METHOD", "-"))} '
+            f'{path} {escape_quoted(get("SERVER_PROTOCOL", "-"))}" {status} {size} '
+            f"{elapsed:.1f}ms"
         )
         if not self.fast:
             self.logger.info("%s", line)

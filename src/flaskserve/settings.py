@@ -26,7 +26,7 @@ class Settings:
     #: Worker processes (Granian workers); 0 means one per CPU core.
     workers: int = 0
     #: Inference requests a worker runs at once (its admission slots, `service.admission`);
-    #: the engine runs `serving.WAITING_THREADS` more threads for requests that wait.
+    #: the app's thread pool has `engine.SPARE_THREADS` more for cheap routes.
     threads: int = 16
     #: CPU threads each model runtime (ONNX Runtime, PyTorch) uses in a worker when its
     #: model.toml does not say; 0: all cores for each ONNX Runtime session (not spinning), the
@@ -72,6 +72,9 @@ class Settings:
     #: The URL clients reach this server at (e.g. behind a load balancer), used in the code
     #: snippets of the pages; None: snippets use relative paths and the bound address.
     public_url: str | None = None
+    #: Milliseconds a client has to send a request's body, counted from its headers; 408 and
+    #: the connection closed after (read on the event loop: a slow body holds no thread).
+    body_timeout_ms: int = 10000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from flaskserve.core.errors import Overloaded
-from flaskserve.service.admission import Admission
+from flaskserve.service.admission import QUEUED_KEY, Admission
 from waiting import eventually
 
 
@@ -45,3 +46,17 @@ def test_a_request_that_cannot_get_a_slot_in_time_is_refused_and_leaks_nothing()
     gate.enter(first)
     with pytest.raises(Overloaded):
         gate.enter({})
+
+
+def test_the_wait_for_a_slot_counts_from_when_the_engine_queued_the_request() -> None:
+    gate = Admission(1, max_wait_s=60)
+    holder: dict = {}
+    gate.enter(holder)
+    # Queued for a pool thread 61 s ago: its --max-queue-ms is spent, so no wait at all.
+    with pytest.raises(Overloaded):
+        gate.enter({QUEUED_KEY: time.monotonic() - 61})
+    assert gate.waiting == 0
+    gate.leave(holder)
+    fresh: dict = {QUEUED_KEY: time.monotonic() - 61}
+    gate.enter(fresh)  # a free slot is taken however long the request queued
+    gate.leave(fresh)

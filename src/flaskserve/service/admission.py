@@ -1,15 +1,14 @@
 """Admission: at most `--threads` inference requests run at once in a worker; the rest wait a
 bounded time for a slot, then get 503 + `Retry-After: 1`.
 
-The engine gives the app no signal of how long a request queued in front of it (gunicorn's
-gthread did, through a worker class that overrode its private methods), so the queue that
-grows under overload is moved into the app, where it is bounded: the engine runs more threads
-than there are slots (`serving.WAITING_THREADS` more), and a request that cannot get a slot
-within `--max-queue-ms` is refused at once, costing microseconds, so a backlog drains quickly
+The engine adapter (`engine`) runs the app in a pool of `--threads` + a few threads, and
+notes in the environ when a request (its body read) joined that pool's queue (`QUEUED_KEY`).
+The wait for a slot counts from then: a request that cannot get a slot within `--max-queue-ms`
+of joining the queue is refused at once, costing microseconds, so a backlog drains quickly
 instead of every request in it being served late (as Triton's `max_queue_size` does).
 
-A request takes its slot after its body was read: a client that sends its body slowly waits
-on its own thread, never on a slot the other requests need.
+A request takes its slot after its body was read, which the engine does on its event loop: a
+client that sends its body slowly holds no thread and no slot.
 """
 
 from __future__ import annotations
@@ -23,6 +22,8 @@ from flaskserve.core.errors import Overloaded
 
 #: WSGI environ key set while a request holds a slot.
 SLOT_KEY = "flaskserve.admission.slot"
+#: WSGI environ key: `time.monotonic()` when the engine queued the request for a thread.
+QUEUED_KEY = "flaskserve.admission.queued"
 
 
 class Admission:
@@ -58,8 +59,9 @@ class Admission:
             waiter = threading.Lock()
             waiter.acquire()
             self._waiters.append(waiter)
-        started = time.monotonic()
-        if not waiter.acquire(timeout=self.max_wait_s or -1):
+        started = environ.get(QUEUED_KEY) or time.monotonic()
+        timeout = max(0.0, started + self.max_wait_s - time.monotonic()) if self.max_wait_s else -1
+        if not waiter.acquire(timeout=timeout):
             with self._lock:
                 try:
                     self._waiters.remove(waiter)

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -97,6 +98,18 @@ def install(
     target.teardown_request(lambda _: service.admission.leave(request.environ))
     target.after_request(_metering(dataplane, service))
     return service
+
+
+def admits_body(app: Flask, environ: dict[str, Any]) -> bool:
+    """Whether `app` may read the body of the request of `environ`: not when it has API keys and
+    the request presents no valid one, since it is then refused (401) before its body is read
+    (every route that reads a body needs a key). The engine asks before it reads the body
+    (`engine`), so a client without a key cannot make a worker buffer one."""
+    service: Service | None = app.extensions.get("flaskserve.service")
+    if service is None or service.keys is None:
+        return True
+    presented = auth.key_from(environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_X_API_KEY"))
+    return presented is not None and service.keys.authenticate(presented) is not None
 
 
 def _gate(dataplane: DataPlane, service: Service) -> Callable[[], None]:

@@ -210,16 +210,6 @@ class Reloader:
         return True
 
 
-def ignore_sighup() -> None:
-    """In a worker: SIGHUP no longer ends the process; it only wakes `signal.set_wakeup_fd`,
-    whose reader (`service.worker`) asks for the reload."""
-    signal.signal(signal.SIGHUP, _noted)
-
-
-def _noted(signum: int, frame: Any) -> None:
-    """The number reaches the wakeup fd; nothing else to do here."""
-
-
 def forward_to_workers() -> None:
     """In the master, after the engine installed its signal handlers: SIGHUP reloads each
     worker in place instead of replacing the worker processes."""

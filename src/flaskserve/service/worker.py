@@ -3,9 +3,12 @@
 once its last request is answered.
 
 The engine (Granian) owns the worker's signal handlers and tells the app nothing of a stop, so
-a watcher thread learns of it the way the interpreter does: `signal.set_wakeup_fd` receives the
-number of every signal delivered to the process, whatever handler the engine installed, and
-the watcher reads it in its own thread (the engine's main thread only waits). On SIGHUP the
+a watcher thread learns of it from a pipe: Python signal handlers write each signal's number
+there (`_relay`). They run in the main thread, which runs Python while the app is built and
+then runs the engine's event loop; the loop learns of a signal from its own wakeup fd and
+runs the engine's handler for it, whatever the Python-level handler is, so `engine_listening`
+can put `_relay` there once the engine has set its handlers. The watcher reads the pipe in
+its own thread. On SIGHUP the
 watcher asks the reloader for a reload. On SIGTERM or SIGINT the current gRPC server stops
 taking calls at once, at the moment the engine stops taking HTTP requests. When the engine
 has answered its last request, its serve call returns and the main thread ends; the watcher
@@ -22,10 +25,10 @@ import os
 import select
 import signal
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flaskserve.observability import metrics
-from flaskserve.service import metering, reload
+from flaskserve.service import metering
 
 if TYPE_CHECKING:
     from flaskserve.service.reload import Reloader
@@ -39,19 +42,23 @@ POLL_S = 0.2
 
 #: Stop signals received while the app was built, before the engine had its own handlers.
 _early_stops: list[int] = []
+#: The write end of the watcher's pipe (`listen`).
+_pipe: list[int] = []
+#: The engine's event loop, once it has its signal handlers (`engine_listening`).
+_loop: list[Any] = []
 
 
 def listen() -> int:
-    """From the worker's main thread, first thing: route every signal's number to a pipe (read
-    by `watch`) and make SIGHUP harmless. Signals received while the app is built wait there;
-    a stop signal is also held, for the watcher to send again once the engine listens for it
-    (until then it would be lost, and the master would wait its whole graceful timeout)."""
+    """From the worker's main thread, first thing: route SIGHUP's number to a pipe (read by
+    `watch`) instead of ending the process, and hold a stop signal received while the app is
+    built, for the watcher to send again once the engine listens for it (until then it would
+    be lost, and the master would wait its whole graceful timeout)."""
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    _pipe[:] = [write_fd]
     for signum in STOP_SIGNALS:
         signal.signal(signum, _hold)
-    reload.ignore_sighup()
+    signal.signal(signal.SIGHUP, _relay)
     return read_fd
 
 
@@ -59,9 +66,32 @@ def _hold(signum: int, frame: object) -> None:
     _early_stops.append(signum)
 
 
+def engine_listening(loop: Any) -> None:
+    """In the main thread, once the engine's event loop has its signal handlers: pass every
+    stop and SIGHUP to the watcher's pipe too. The loop learns of each signal from its own
+    wakeup fd and runs the engine's handler: this replaces only the Python-level handler,
+    which asyncio and uvloop leave doing nothing."""
+    _loop[:] = [loop]
+    for signum in (*STOP_SIGNALS, signal.SIGHUP):
+        signal.signal(signum, _relay)
+
+
+def _relay(signum: int, frame: object) -> None:
+    with contextlib.suppress(OSError):  # a full pipe: the watcher has numbers to read
+        os.write(_pipe[0], bytes([signum]))
+    if signum in STOP_SIGNALS and not _engine_running():
+        # uvloop listens for signals only while it runs: hold the stop until it does.
+        _early_stops.append(signum)
+
+
+def _engine_running() -> bool:
+    return bool(_loop) and bool(_loop[0].is_running())
+
+
 def _pass_on_early_stop() -> None:
     """Send a stop held during start-up again, once the engine's handlers replaced `_hold`."""
-    if _early_stops and all(signal.getsignal(s) is not _hold for s in STOP_SIGNALS):
+    ready = all(signal.getsignal(s) is _relay for s in STOP_SIGNALS) and _engine_running()
+    if _early_stops and ready:
         signum = _early_stops[0]
         _early_stops.clear()
         os.kill(os.getpid(), signum)
