@@ -25,6 +25,7 @@ closed (WSGI `close()`), as it is after every response.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import logging
 import queue
@@ -238,10 +239,15 @@ class WsgiOverRsgi:
         done: asyncio.Future[Any] = loop.create_future()
         environ[QUEUED_KEY] = time.monotonic()
         app = self.app
+        # One context for the request's whole life: a streamed body's chunks are made by
+        # whichever pool thread is free, and Flask's `stream_with_context` pushes its request
+        # context in one chunk and pops it in another (a context variable must be reset in the
+        # context it was set in).
+        context = contextvars.copy_context()
 
         def job() -> None:
             try:
-                result = _call(app, environ, proto)
+                result = context.run(_call, app, environ, proto)
             except BaseException as exc:
                 loop.call_soon_threadsafe(_settle, done, None, exc)
             else:
@@ -251,17 +257,22 @@ class WsgiOverRsgi:
         self._pool.submit(job)
         streamed = await done
         if streamed is not None:
-            await self._stream(proto, *streamed)
+            await self._stream(proto, context, *streamed)
 
     async def _stream(
-        self, proto: Any, status: int, headers: list[tuple[str, str]], body: Iterable[bytes]
+        self,
+        proto: Any,
+        context: contextvars.Context,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: Iterable[bytes],
     ) -> None:
-        """Send `body` chunk by chunk as the app yields it; close it at the end, or as soon as
-        the client is gone."""
+        """Send `body` chunk by chunk as the app yields it, each chunk made in the request's
+        `context`; close it at the end, or as soon as the client is gone."""
         transport = proto.response_stream(status, headers)
         chunks: Iterator[bytes] = iter(body)
         try:
-            while (chunk := await self._in_pool(_next, chunks)) is not _STREAM_END:
+            while (chunk := await self._in_pool(context.run, _next, chunks)) is not _STREAM_END:
                 if chunk:
                     await transport.send_bytes(chunk)
         except Exception:  # the client went away (or the app failed mid-stream)
@@ -269,7 +280,7 @@ class WsgiOverRsgi:
         finally:
             close = getattr(body, "close", None)
             if close is not None:
-                await self._in_pool(close)
+                await self._in_pool(context.run, close)
 
     def _in_pool(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         loop = self._loop or asyncio.get_running_loop()

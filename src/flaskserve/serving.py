@@ -96,8 +96,8 @@ def _log_config(log_format: str) -> dict[str, Any]:
 
 class IntendedThreads(logging.Filter):
     """Drops Granian's lines that are noise to our users: the warning that its threads
-    outnumber the cores (all but `--threads` of them wait, `WAITING_THREADS`), and that
-    websockets are not supported on WSGI (flaskserve serves no websocket)."""
+    outnumber the cores (the app's threads are ours, `engine.Pool`, sized by `--threads`), and
+    that websockets are not supported (flaskserve serves no websocket)."""
 
     NOISE = ("Configuration allows spawning up to", "Websockets are not supported")
 

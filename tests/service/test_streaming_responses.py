@@ -1,6 +1,7 @@
 """A streamed response (a Flask response whose body is a generator, as server-sent events are)
 passes through the engine adapter chunk by chunk, and a client that goes away closes the
-app's iterator (WSGI `close()`)."""
+app's iterator (WSGI `close()`). The chunks of one response share the request's context
+(Flask's `stream_with_context`), though the engine's threads take turns making them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ STREAMING_APP = """\
 import time
 from pathlib import Path
 
-from flask import Response
+from flask import Response, request, stream_with_context
 
 from flaskserve import ModelServer
 
@@ -32,11 +33,13 @@ def events(name):
                 time.sleep(0.01)
                 yield ": waiting\\n\\n"
             (marks / f"{name}.last").touch()
-            yield "data: last\\n\\n"
+            # The request context, pushed by stream_with_context in the first chunk, is still
+            # there in the last one, whichever engine thread makes it.
+            yield f"data: last {request.path}\\n\\n"
         finally:
             (marks / f"{name}.closed").touch()
 
-    return Response(generate(), mimetype="text/event-stream")
+    return Response(stream_with_context(generate()), mimetype="text/event-stream")
 """
 
 
@@ -62,7 +65,7 @@ def test_a_streamed_response_reaches_the_client_chunk_by_chunk_and_is_closed(
         assert b"200 OK" in first and b"text/event-stream" in first
         assert not (marks / "one.last").exists(), "the first chunk came before the last one"
         (marks / "one.go").touch()
-        _read_until(client, b"data: last")
+        _read_until(client, b"data: last /events/one")
     eventually(lambda: (marks / "one.closed").exists(), message="the iterator is closed")
 
 
