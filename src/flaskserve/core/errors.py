@@ -40,6 +40,13 @@ class InvalidInput(FlaskServeError):
     status_code = 400
 
 
+class RequestTooLarge(FlaskServeError):
+    """The request asks for more rows or elements than one request may carry; the message says
+    the limit, what was sent and how to raise it."""
+
+    status_code = 413
+
+
 class NotFound(FlaskServeError):
     """The thing asked for does not exist here (or is switched off)."""
 
