@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -87,35 +88,36 @@ def _admit_csv(dataplane: DataPlane, name: str, text: str) -> None:
             'CSV rows cannot name them: send {"instances": [{...}, ...]}'
         )
     rows, columns = 0, 0
-    reader = csv.reader(io.StringIO(text))
-    try:
-        for row in reader:
-            if row:
-                columns = columns or len(row)
-                rows += 1
-    except csv.Error as exc:  # a NUL byte, a field past the parser's size limit, ...
-        raise InvalidInput(f"CSV line {reader.line_num} cannot be read: {exc}") from None
+    for line, row in _csv_lines(text):
+        if not rows:  # the first row is read as the rest will be: numbers
+            _numbers(row, line)
+            columns = len(row)
+        rows += 1
     if rows:  # the shape V1 reads from these rows, so both refuse alike
         spec = model.inputs[0]
         dataplane.check(model, [declare(spec.name, spec.datatype, [rows, columns])], None)
 
 
 def _csv_rows(text: str) -> list[list[Any]]:
-    rows: list[list[Any]] = []
+    return [_numbers(row, line) for line, row in _csv_lines(text)]
+
+
+def _csv_lines(text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of each non-empty CSV row."""
     reader = csv.reader(io.StringIO(text))
     try:
         for row in reader:
-            if not row:
-                continue
-            try:
-                rows.append([_number(cell) for cell in row])
-            except ValueError:
-                raise InvalidInput(
-                    f"CSV line {reader.line_num} holds a value that is not a number"
-                ) from None
+            if row:
+                yield reader.line_num, row
     except csv.Error as exc:  # a NUL byte, a field past the parser's size limit, ...
         raise InvalidInput(f"CSV line {reader.line_num} cannot be read: {exc}") from None
-    return rows
+
+
+def _numbers(row: list[str], line: int) -> list[int | float]:
+    try:
+        return [_number(cell) for cell in row]
+    except ValueError:
+        raise InvalidInput(f"CSV line {line} holds a value that is not a number") from None
 
 
 def _number(cell: str) -> int | float:

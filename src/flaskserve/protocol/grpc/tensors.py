@@ -74,6 +74,10 @@ def declare_inputs(request: Any) -> list[DeclaredTensor]:
                 f"input {name!r} has typed contents and raw_input_contents is used; "
                 "send every input one way"
             )
+        if not raw and tensor.datatype == "FP16":
+            raise InvalidInput(
+                f"input {name!r}: FP16 has no typed contents field; send it in raw_input_contents"
+            )
         declared.append(declare(name, tensor.datatype, tensor.shape))
     return declared
 
@@ -101,11 +105,7 @@ def decode_request(request: Any, declared: Sequence[DeclaredTensor]) -> DecodedR
 
 
 def _decode_contents(name: str, shape: list[int], datatype: str, contents: Any) -> np.ndarray:
-    field = CONTENTS_FIELD.get(datatype)
-    if field is None:
-        raise InvalidInput(
-            f"input {name!r}: {datatype} has no typed contents field; send it in raw_input_contents"
-        )
+    field = CONTENTS_FIELD[datatype]  # every datatype but FP16, which `declare_inputs` refuses
     values = getattr(contents, field)
     count = element_count(shape)
     if len(values) != count:
