@@ -104,8 +104,8 @@ def breakdown(app: Any, environ: dict[str, Any], body: bytes, count: int) -> dic
     dataplane = app.extensions["flaskserve"]
     model = dataplane.repository.get("digits", None)
 
-    def admit(tensors: Any, outputs: Any) -> None:
-        dataplane.admit("digits", None, tensors, outputs)
+    def admit(tensors: Any, outputs: Any) -> Any:
+        return dataplane.admit("digits", None, tensors, outputs)
 
     parsed = parse_infer_request(body, None, admit)
     outputs = run_model(model, parsed.inputs, NoObserver())

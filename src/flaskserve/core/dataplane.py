@@ -82,10 +82,13 @@ class DataPlane:
         datatypes: Mapping[str, str],
         outputs: Sequence[str] | None = None,
         context: InferenceContext | None = None,
+        admitted: Model | None = None,
     ) -> tuple[Model, Arrays]:
-        """Run `inputs` through the model; `outputs` (names the client asked for) are checked
-        before any compute is spent. Every step sees the request before the model runs and
-        after it ended, failed or not; waiting stops at `context.deadline`."""
+        """Run `inputs` through the model; they and `outputs` (names the client asked for) are
+        checked before any compute is spent, unless `admit` let them in for this very model
+        (`admitted`: the arrays were decoded to the shapes it checked). Every step sees the
+        request before the model runs and after it ended, failed or not; waiting stops at
+        `context.deadline`."""
         if context is None:
             context = InferenceContext("python")
         for step in self.steps:
@@ -93,11 +96,12 @@ class DataPlane:
         started = time.perf_counter()
         model: Model | None = None
         try:
+            request = (name, version, inputs, datatypes, outputs, admitted)
             if context.deadline is None:
-                model, result = self._lookup_and_run(name, version, inputs, datatypes, outputs)
+                model, result = self._lookup_and_run(*request)
             else:
                 with deadlines.until(context.deadline):
-                    model, result = self._lookup_and_run(name, version, inputs, datatypes, outputs)
+                    model, result = self._lookup_and_run(*request)
             return model, result
         finally:
             seconds = time.perf_counter() - started
@@ -111,17 +115,18 @@ class DataPlane:
         inputs: Mapping[str, np.ndarray],
         datatypes: Mapping[str, str],
         outputs: Sequence[str] | None,
+        admitted: Model | None,
     ) -> tuple[Model, Arrays]:
         model = self.repository.get(name, version)
         try:
-            return model, self._run(model, inputs, datatypes, outputs)
+            return model, self._run(model, inputs, datatypes, outputs, model is admitted)
         except ModelNotReady:
             # A version swap unloaded `model` between the lookup and the predict: run once more
             # on what is served now, so a swap fails no request. Truly unloaded: raise again.
             current = self.repository.get(name, version)
             if current is model:
                 raise
-            return current, self._run(current, inputs, datatypes, outputs)
+            return current, self._run(current, inputs, datatypes, outputs, current is admitted)
 
     def _run(
         self,
@@ -129,8 +134,10 @@ class DataPlane:
         inputs: Mapping[str, np.ndarray],
         datatypes: Mapping[str, str],
         outputs: Sequence[str] | None,
+        checked: bool,
     ) -> Arrays:
-        self.check(model, declared_arrays(inputs, datatypes), outputs)
+        if not checked:
+            self.check(model, declared_arrays(inputs, datatypes), outputs)
         if model.max_batch_size > 0:
             batcher = self._batchers.get(id(model)) or self._start_batcher(model)
             return batcher.submit(dict(inputs))

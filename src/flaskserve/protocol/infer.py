@@ -31,8 +31,9 @@ from flaskserve.protocol.codec import (
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-#: Checks the declared inputs and the requested output names before anything is decoded.
-Admit = Callable[[Sequence[DeclaredTensor], Sequence[str] | None], object]
+#: Checks the declared inputs and the requested output names before anything is decoded, and
+#: answers the model it admitted them for.
+Admit = Callable[[Sequence[DeclaredTensor], Sequence[str] | None], Model]
 
 
 @dataclass
@@ -49,6 +50,8 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None
     binary_output: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: The model `admit` checked the request against (None: not checked).
+    admitted: Model | None = None
 
 
 @dataclass(slots=True)
@@ -91,7 +94,7 @@ def parse_infer_request(
         parameters=request_parameters,
     )
     if admit is not None:
-        admit([tensor.declared for tensor in tensors], output_names(parsed))
+        parsed.admitted = admit([tensor.declared for tensor in tensors], output_names(parsed))
     parsed.inputs = {tensor.declared.name: tensor.decode() for tensor in tensors}
     return parsed
 

@@ -206,7 +206,7 @@ def create_embeddings(dataplane: DataPlane, body: Any) -> dict[str, Any]:
     array = np.empty(len(texts), dtype=object)
     array[:] = [text.encode("utf-8", "surrogatepass") for text in texts]
     model, outputs = dataplane.infer(
-        name, None, {spec.name: array}, {spec.name: "BYTES"}, None, http_context()
+        name, None, {spec.name: array}, {spec.name: "BYTES"}, None, http_context(), model
     )
     vectors = np.ascontiguousarray(outputs[model.outputs[0].name], dtype="<f4")
     _check_dimensions(dimensions, vectors.shape[1])

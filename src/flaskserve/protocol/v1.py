@@ -58,7 +58,7 @@ def predict_instances(dataplane: DataPlane, name: str, instances: Any) -> dict[s
     model = dataplane.repository.get(name)
     inputs = instances_to_arrays(dataplane, model, instances)
     datatypes = {spec.name: spec.datatype for spec in model.inputs}
-    model, outputs = dataplane.infer(name, None, inputs, datatypes, None, http_context())
+    model, outputs = dataplane.infer(name, None, inputs, datatypes, None, http_context(), model)
     return {"predictions": predictions(model, outputs)}
 
 

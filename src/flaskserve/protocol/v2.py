@@ -42,7 +42,13 @@ def infer_response(dataplane: DataPlane, name: str, version: str | None) -> Resp
         lambda tensors, outputs: dataplane.admit(name, version, tensors, outputs),
     )
     model, outputs = dataplane.infer(
-        name, version, parsed.inputs, parsed.datatypes, output_names(parsed), http_context()
+        name,
+        version,
+        parsed.inputs,
+        parsed.datatypes,
+        output_names(parsed),
+        http_context(),
+        parsed.admitted,
     )
     body, json_length = encode_infer_response(model, outputs, parsed)
     if json_length is None:

@@ -187,7 +187,7 @@ class InferenceServicer:
     def ModelInfer(self, request: Any, context: InferenceContext) -> Any:
         declared = declare_inputs(request)
         name, version = request.model_name, request.model_version or None
-        self.dataplane.admit(name, version, declared, requested_outputs(request))
+        admitted = self.dataplane.admit(name, version, declared, requested_outputs(request))
         decoded = decode_request(request, declared)
         model, outputs = self.dataplane.infer(
             name,
@@ -196,6 +196,7 @@ class InferenceServicer:
             decoded.datatypes,
             decoded.outputs,
             context,
+            admitted,
         )
         return encode_response(model, outputs, decoded.outputs, request.id)
 
