@@ -46,20 +46,20 @@ def test_zero_sized_and_64_dimension_shapes_are_declared() -> None:
     assert declare("x", "FP32", []).rows == 1
 
 
-def test_rows_over_the_limit_are_413_saying_the_limit_what_was_sent_and_how_to_raise_it() -> None:
+def test_rows_over_the_limit_are_400_saying_the_limit_what_was_sent_and_how_to_raise_it() -> None:
     model = echo([-1, 2])
     limits = RequestLimits(max_rows=8)
     check_request(model, [declare("x", "FP32", [8, 2])], None, limits, 8)
     with pytest.raises(RequestTooLarge) as caught:
         check_request(model, [declare("x", "FP32", [9, 2])], None, limits, 8)
     message = str(caught.value)
-    assert caught.value.status_code == 413
+    assert caught.value.status_code == 400
     assert "has 9 rows" in message and "at most 8" in message
     assert "max_request_rows" in message and "--max-batch-rows" in message
     check_request(model, [declare("x", "FP32", [10**6, 2])], None, limits, 0)  # 0: no limit
 
 
-def test_elements_beyond_what_the_body_could_carry_are_413() -> None:
+def test_elements_beyond_what_the_body_could_carry_are_refused() -> None:
     model = echo([-1, -1])
     limits = RequestLimits(max_rows=0, max_elements=1000)
     check_request(model, [declare("x", "FP32", [1, 1000])], None, limits, 0)

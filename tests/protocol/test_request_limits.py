@@ -2,9 +2,9 @@
 
 A request is admitted on what it declares (V2 and gRPC `shape`, the binary header,
 `len(instances)`, the CSV line count, `len(input)`) before its payload is decoded, by one check
-all front doors share. So 200,000 short strings are refused with 413 (gRPC RESOURCE_EXHAUSTED)
-whichever door they come through, the worker's memory barely moves, and the same hostile input
-gets the same kind of refusal everywhere, each in its own wire format.
+all front doors share. So 200,000 short strings are refused with 400 (gRPC INVALID_ARGUMENT),
+naming the limit, whichever door they come through, the worker's memory barely moves, and the
+same hostile input gets the same kind of refusal everywhere, each in its own wire format.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def openai_error(status: int, body: Any) -> tuple[int, str]:
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}, body
     assert isinstance(error["message"], str) and error["message"]
-    assert error["type"] == ("invalid_request_error" if status in (400, 404, 413) else
+    assert error["type"] == ("invalid_request_error" if status in (400, 404) else
                              {401: "authentication_error", 403: "permission_error"}[status])
     return status, error["message"]
 
@@ -163,7 +163,6 @@ GRPC_AS_HTTP = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
 }
 
 
@@ -239,7 +238,7 @@ DOORS: dict[str, Door] = {
 #: OpenAI, which has no shapes, says its words about the odd shape below)
 HOSTILE = [
     ("odd-shape", "letters", ODD, "key", 400, "64"),
-    ("huge-count", "letters", HUGE, "key", 413, f"{MANY} rows"),
+    ("huge-count", "letters", HUGE, "key", 400, f"has {MANY} rows"),
     ("wrong-datatype", "letters", WRONG_TYPE, "key", 400, ""),
     ("unknown-model", "nope", FINE, "key", 404, "nope"),
     ("no-key", "letters", FINE, None, 401, "key"),
@@ -311,7 +310,7 @@ def test_200000_short_strings_are_refused_before_decoding_and_the_worker_stays_s
     before = rss_kib(worker)
     status, message = many_strings(served, door)
     grown_mib = (rss_kib(worker) - before) / 1024
-    assert status == 413, message
+    assert status == 400, message
     assert f"has {MANY} rows" in message and f"at most {LIMIT}" in message
     assert "--max-batch-rows" in message and "max_request_rows" in message
     assert grown_mib < 100, f"the worker grew by {grown_mib:.0f} MiB"
@@ -331,7 +330,7 @@ def test_a_request_at_the_row_limit_is_served_and_one_row_more_is_not(served) ->
     assert status == 200, body
     assert len(body["data"]) == LIMIT
     status, body = embeddings(served, "letters", LIMIT + 1)
-    assert status == 413
+    assert status == 400
     assert body["error"]["param"] == "input"
     assert f"has {LIMIT + 1} rows" in body["error"]["message"]
 
@@ -341,7 +340,7 @@ def test_a_model_toml_that_raises_the_limit_lets_a_larger_request_through(served
     assert status == 200, body
     assert len(body["data"]) == 10_000
     status, body = embeddings(served, "letters_wide", 10_001)
-    assert status == 413 and "at most 10000" in body["error"]["message"]
+    assert status == 400 and "at most 10000" in body["error"]["message"]
 
 
 # -- shapes no array can take, over gRPC ----------------------------------------------------------

@@ -145,6 +145,6 @@ def test_app_refuses_batches_over_the_row_limit() -> None:
     client = server.app.test_client()
     body = {"inputs": [{"name": "x", "shape": [4], "datatype": "FP32", "data": [1.0] * 4}]}
     response = client.post("/v2/models/echo/infer", json=body)
-    assert response.status_code == 413 and "at most 3" in response.get_json()["error"]
+    assert response.status_code == 400 and "at most 3" in response.get_json()["error"]
     body["inputs"][0].update(shape=[3], data=[1.0] * 3)
     assert client.post("/v2/models/echo/infer", json=body).status_code == 200

@@ -90,7 +90,7 @@ def test_chunked_body_over_the_size_limit_gets_413(service) -> None:
     assert "65536 bytes" in response.json()["error"]
 
 
-def test_more_rows_than_allowed_gets_413(service) -> None:
+def test_more_rows_than_allowed_gets_400(service) -> None:
     server, keys, _ = service
     response = requests.post(
         f"{server.url}/v2/models/digits/infer",
@@ -98,7 +98,7 @@ def test_more_rows_than_allowed_gets_413(service) -> None:
         headers=bearer(keys["bob"]),
         timeout=10,
     )
-    assert response.status_code == 413
+    assert response.status_code == 400
     assert "has 33 rows" in response.json()["error"]
     assert "at most 32" in response.json()["error"]
 

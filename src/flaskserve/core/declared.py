@@ -30,10 +30,10 @@ from flaskserve.core.signature import check_output_names, check_signature
 #: item size must fit a signed 64-bit size (it checks this even for an empty array).
 MAX_DIMS = 64
 _MAX_BYTES = 2**63 - 1
-#: Rows (first dimension) one request may carry by default. OpenAI caps an embeddings `input`
-#: at 2,048 items; twice that leaves room for every client batch we know of (a 2,000-sentence
-#: embedding request, Triton clients' batches of a few hundred) while a worker's memory for one
-#: request stays bounded by the model's batch size times a few thousand rows, not by the client.
+#: Rows (first dimension) one request may carry by default (`--max-batch-rows`). OpenAI caps an
+#: embeddings `input` at 2,048 items; twice that leaves room for every client batch we know of (a
+#: 2,000-sentence embedding request, Triton clients' batches of a few hundred), while a model is
+#: handed thousands of rows at most, not the 200,000 that 2 MB of JSON can declare.
 DEFAULT_MAX_ROWS = 4096
 HOW_TO_RAISE = (
     "send the rows in several requests, or raise the limit with `max_request_rows` in the "
@@ -43,7 +43,8 @@ HOW_TO_RAISE = (
 
 class DeclaredTensor(NamedTuple):
     """One input as the request declares it; `declare` makes one only for a shape an array can
-    take. (A tuple: made twice per request, it must cost next to nothing.)"""
+    take. (A tuple: one is made for every input of every request, so it must cost next to
+    nothing.)"""
 
     name: str
     datatype: str
