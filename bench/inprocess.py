@@ -103,12 +103,16 @@ def breakdown(app: Any, environ: dict[str, Any], body: bytes, count: int) -> dic
 
     dataplane = app.extensions["flaskserve"]
     model = dataplane.repository.get("digits", None)
-    parsed = parse_infer_request(body, None, model)
+
+    def admit(tensors: Any, outputs: Any) -> Any:
+        return dataplane.admit("digits", None, tensors, outputs)
+
+    parsed = parse_infer_request(body, None, admit)
     outputs = run_model(model, parsed.inputs, NoObserver())
     parts: dict[str, float] = {}
     parts["whole app"] = run(app, environ, body, count) * 1e6
     parts["parse (orjson + checks + numpy)"] = per_call(
-        lambda: parse_infer_request(body, None, model), count
+        lambda: parse_infer_request(body, None, admit), count
     )
     parts["model (predict + conform)"] = per_call(
         lambda: run_model(model, parsed.inputs, NoObserver()), count

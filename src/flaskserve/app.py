@@ -27,7 +27,7 @@ from flaskserve.runtimes.context import RuntimeOptions
 from flaskserve.runtimes.registry import loader
 from flaskserve.runtimes.threads import served
 from flaskserve.service import auth, browser
-from flaskserve.service.steps import steps
+from flaskserve.service.steps import request_limits, steps
 from flaskserve.settings import Settings
 from flaskserve.storage import open_mirror
 from flaskserve.web import home, openapi
@@ -98,7 +98,7 @@ def create_app(
     install_metrics()
     app = Flask("flaskserve")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    dataplane = DataPlane(repository, steps(settings))
+    dataplane = DataPlane(repository, steps(settings), request_limits(settings))
     app.extensions["flaskserve"] = dataplane
     control = RepositoryControl(
         repository, state_dir, baseline, enabled=model_control_enabled(settings)

@@ -63,7 +63,7 @@ def main() -> None:
 )
 @click.option("--auth", default=None, help="API keys file (flaskserve keys add) [no keys].")
 @click.option("--usage-db", default=None, help="Usage database [usage.sqlite3 beside --auth].")
-@click.option("--max-batch-rows", type=int, default=None, help="Rows per request [no limit].")
+@click.option("--max-batch-rows", type=int, default=None, help="Rows per request, 0: none [4096].")
 @click.option(
     "--request-timeout-ms", type=int, default=None, help="Wait budget, 504 after [none]."
 )

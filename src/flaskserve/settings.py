@@ -53,8 +53,9 @@ class Settings:
     auth: str | None = None
     #: SQLite file usage is metered into; default with `auth`: usage.sqlite3 beside the keys.
     usage_db: str | None = None
-    #: Most rows (first dimension) one request may send per input (400 beyond); 0: no limit.
-    max_batch_rows: int = 0
+    #: Most rows (first dimension) one request may send per input (413 beyond, checked before
+    #: the payload is decoded); a model's `max_request_rows` replaces it; 0: no limit.
+    max_batch_rows: int = 4096
     #: Milliseconds a request may wait (for a thread, for its batch) before 504; 0: no limit.
     request_timeout_ms: int = 0
     #: An inference request that waited longer than this for one of its worker's `threads`

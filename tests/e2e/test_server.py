@@ -245,7 +245,7 @@ BAD_REQUESTS = [
         "/v2/models/digits/infer",
         {"inputs": [{**GOOD, "shape": [10**15, 64]}]},
         400,
-        "needs 64000000000000000 values",
+        "has 1000000000000000 rows but model 'digits' takes at most 4096",
     ),
     (
         "unknown requested output",

@@ -241,7 +241,7 @@ def test_typed_contents_of_every_datatype_that_has_a_field_come_back_raw(served)
             got = decode_raw(datatype, list(output.shape), raw)
             assert got.tolist() == expected(datatype, arrays[datatype]).tolist(), datatype
 
-        out_of_range = typed_request("typed", {"INT8": np.array([[1, 300]])})
+        out_of_range = typed_request("typed", {**arrays, "INT8": np.array([[1, 300]])})
         with pytest.raises(grpc.RpcError) as caught:
             stub.ModelInfer(out_of_range, timeout=30)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -99,6 +99,7 @@ def test_more_rows_than_allowed_gets_400(service) -> None:
         timeout=10,
     )
     assert response.status_code == 400
+    assert "has 33 rows" in response.json()["error"]
     assert "at most 32" in response.json()["error"]
 
 

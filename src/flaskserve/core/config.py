@@ -77,6 +77,8 @@ class ModelConfig:
     version_policy: VersionPolicy = field(default_factory=VersionPolicy)
     max_batch_size: int = 0
     max_delay_ms: float = 0.0
+    #: Rows one request may carry for this model; None: the server's `--max-batch-rows`.
+    max_request_rows: int | None = None
     path: Path | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -85,7 +87,9 @@ class ModelConfig:
         return self.options.get(key, default)
 
 
-_KNOWN_KEYS = {"name", "runtime", "inputs", "outputs", "version_policy", "batching"}
+_KNOWN_KEYS = {
+    "name", "runtime", "inputs", "outputs", "version_policy", "batching", "max_request_rows",
+}
 
 
 def read_model_config(model_dir: Path) -> ModelConfig:
@@ -118,6 +122,9 @@ def config_from_mapping(
         raise ModelLoadError("batching.max_batch_size must be an integer >= 0")
     if not isinstance(max_delay_ms, int | float) or max_delay_ms < 0:
         raise ModelLoadError("batching.max_delay_ms must be a number >= 0")
+    max_request_rows = table.get("max_request_rows")
+    if max_request_rows is not None and (type(max_request_rows) is not int or max_request_rows < 0):
+        raise ModelLoadError("max_request_rows must be an integer >= 0 (0: no limit)")
     policy = table.get("version_policy", {})
     if not isinstance(policy, dict):
         raise ModelLoadError("[version_policy] must be a table")
@@ -129,6 +136,7 @@ def config_from_mapping(
         version_policy=VersionPolicy.from_mapping(policy),
         max_batch_size=max_batch_size,
         max_delay_ms=float(max_delay_ms),
+        max_request_rows=max_request_rows,
         path=path,
         options={k: v for k, v in table.items() if k not in _KNOWN_KEYS},
     )

@@ -1,11 +1,13 @@
 """The protocol-neutral data plane: every front door (V2, V1, SageMaker) ends up here.
 
-Routes decode their wire format into arrays and call `infer` with the request's
-`InferenceContext`; this module runs the cross-cutting steps it was built with (limits, the
-deadline, usage: see `Step`), finds the model, checks the request against its signature, runs it
-and conforms the outputs. `infer` is the whole sequence; nothing wraps or replaces it. A failure
-inside a model raises `ModelFailed`, which carries the exception for the front door to log with
-the request id; the client hears only its type.
+Routes read their wire format into `DeclaredTensor`s and call `admit`, which finds the model and
+checks what the request declares against its signature and the `RequestLimits` (rows, elements)
+before any payload is decoded; then they decode and call `infer` with the request's
+`InferenceContext`. `infer` runs the cross-cutting steps it was built with (the deadline, usage:
+see `Step`), holds the decoded arrays to the same `check_request` (for callers that hand it
+arrays directly), runs the model and conforms the outputs. `infer` is the whole sequence; nothing
+wraps or replaces it. A failure inside a model raises `ModelFailed`, which carries the exception
+for the front door to log with the request id; the client hears only its type.
 
 Models whose `max_batch_size` > 0 run through one `Batcher` per model version, created on the
 version's first request and closed when the repository says it unloaded that version.
@@ -24,10 +26,10 @@ import numpy as np
 from flaskserve.core import deadlines
 from flaskserve.core.batching import Batcher, run_model
 from flaskserve.core.context import InferenceContext, Step
+from flaskserve.core.declared import DeclaredTensor, RequestLimits, check_request, declared_arrays
 from flaskserve.core.errors import ModelNotReady
 from flaskserve.core.model import Arrays, Model
 from flaskserve.core.repository import ModelEntry, ModelRepository
-from flaskserve.core.signature import check_inputs, check_output_names
 from flaskserve.version import __version__
 
 log = logging.getLogger("flaskserve.dataplane")
@@ -37,14 +39,40 @@ EXTENSIONS = ["model_repository", "binary_tensor_data", "statistics"]
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, steps: Iterable[Step] = ()) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        steps: Iterable[Step] = (),
+        limits: RequestLimits | None = None,
+    ) -> None:
         self.repository = repository
+        self.limits = limits if limits is not None else RequestLimits()
         #: Run in this order before every inference, and after it.
         self.steps: tuple[Step, ...] = tuple(steps)
         #: id(model) -> its batcher; the batcher holds the model, so the id stays unique.
         self._batchers: dict[int, Batcher] = {}
         self._batchers_lock = threading.Lock()
         repository.on_unload.append(self._stop_batcher)
+
+    def admit(
+        self,
+        name: str,
+        version: str | None,
+        tensors: Iterable[DeclaredTensor],
+        outputs: Sequence[str] | None = None,
+    ) -> Model:
+        """The model a request is for, once what it declares fits the model's signature and the
+        limits: what every front door calls before it decodes a payload."""
+        model = self.repository.get(name, version)
+        self.check(model, tensors, outputs)
+        return model
+
+    def check(
+        self, model: Model, tensors: Iterable[DeclaredTensor], outputs: Sequence[str] | None
+    ) -> None:
+        """`check_request` with the row limit of `model` (its model.toml's, or the server's)."""
+        max_rows = self.limits.rows_for(self.repository.entry(model.name).config)
+        check_request(model, tensors, outputs, self.limits, max_rows)
 
     def infer(
         self,
@@ -54,10 +82,13 @@ class DataPlane:
         datatypes: Mapping[str, str],
         outputs: Sequence[str] | None = None,
         context: InferenceContext | None = None,
+        admitted: Model | None = None,
     ) -> tuple[Model, Arrays]:
-        """Run `inputs` through the model; `outputs` (names the client asked for) are checked
-        before any compute is spent. Every step sees the request before the model runs and
-        after it ended, failed or not; waiting stops at `context.deadline`."""
+        """Run `inputs` through the model; they and `outputs` (names the client asked for) are
+        checked before any compute is spent, unless `admit` let them in for this very model
+        (`admitted`: the arrays were decoded to the shapes it checked). Every step sees the
+        request before the model runs and after it ended, failed or not; waiting stops at
+        `context.deadline`."""
         if context is None:
             context = InferenceContext("python")
         for step in self.steps:
@@ -65,11 +96,12 @@ class DataPlane:
         started = time.perf_counter()
         model: Model | None = None
         try:
+            request = (name, version, inputs, datatypes, outputs, admitted)
             if context.deadline is None:
-                model, result = self._lookup_and_run(name, version, inputs, datatypes, outputs)
+                model, result = self._lookup_and_run(*request)
             else:
                 with deadlines.until(context.deadline):
-                    model, result = self._lookup_and_run(name, version, inputs, datatypes, outputs)
+                    model, result = self._lookup_and_run(*request)
             return model, result
         finally:
             seconds = time.perf_counter() - started
@@ -83,17 +115,18 @@ class DataPlane:
         inputs: Mapping[str, np.ndarray],
         datatypes: Mapping[str, str],
         outputs: Sequence[str] | None,
+        admitted: Model | None,
     ) -> tuple[Model, Arrays]:
         model = self.repository.get(name, version)
         try:
-            return model, self._run(model, inputs, datatypes, outputs)
+            return model, self._run(model, inputs, datatypes, outputs, model is admitted)
         except ModelNotReady:
             # A version swap unloaded `model` between the lookup and the predict: run once more
             # on what is served now, so a swap fails no request. Truly unloaded: raise again.
             current = self.repository.get(name, version)
             if current is model:
                 raise
-            return current, self._run(current, inputs, datatypes, outputs)
+            return current, self._run(current, inputs, datatypes, outputs, current is admitted)
 
     def _run(
         self,
@@ -101,10 +134,10 @@ class DataPlane:
         inputs: Mapping[str, np.ndarray],
         datatypes: Mapping[str, str],
         outputs: Sequence[str] | None,
+        checked: bool,
     ) -> Arrays:
-        check_inputs(model, inputs, datatypes)
-        if outputs:
-            check_output_names(model, outputs)
+        if not checked:
+            self.check(model, declared_arrays(inputs, datatypes), outputs)
         if model.max_batch_size > 0:
             batcher = self._batchers.get(id(model)) or self._start_batcher(model)
             return batcher.submit(dict(inputs))

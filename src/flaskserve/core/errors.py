@@ -40,6 +40,12 @@ class InvalidInput(FlaskServeError):
     status_code = 400
 
 
+class RequestTooLarge(InvalidInput):
+    """The request declares more rows or elements than one request may carry; the message says
+    the limit, what was sent and how to raise it. A 400, as OpenAI answers more inputs than it
+    takes and Triton a batch over its limit (gRPC: INVALID_ARGUMENT)."""
+
+
 class NotFound(FlaskServeError):
     """The thing asked for does not exist here (or is switched off)."""
 

@@ -1,10 +1,10 @@
 """Checks that a request fits a model's signature, and that a model's answer fits it too.
 
 Requests are checked before any model code runs, so a wrong name, datatype or shape is a 400 that
-names the model's expectation instead of an exception from deep inside a library. The protocols
-check the shapes a request declares (`check_signature`) before they decode its tensors, and the
-data plane checks the decoded arrays (`check_inputs`) for every caller. Outputs are cast
-to their declared datatype, so a runtime returning float64 still answers the FP32 it promised.
+names the model's expectation instead of an exception from deep inside a library. The shapes a
+request declares are checked (`check_signature`, called by `core.declared.check_request`) before
+its tensors are decoded. Outputs are cast to their declared datatype, so a runtime returning
+float64 still answers the FP32 it promised.
 """
 
 from __future__ import annotations
@@ -22,23 +22,13 @@ def _shape_text(shape: Sequence[int]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def check_inputs(
-    model: Model, inputs: Mapping[str, np.ndarray], datatypes: Mapping[str, str]
-) -> None:
-    """Raise `InvalidInput` unless `inputs` are exactly the model's inputs, in datatype and shape.
-
-    `datatypes` holds the datatype each input was declared with on the wire, which is what the
-    client needs to hear about (BYTES and numeric arrays are otherwise told apart by dtype).
-    """
-    check_signature(model, {name: array.shape for name, array in inputs.items()}, datatypes)
-
-
 def check_signature(
     model: Model, shapes: Mapping[str, Sequence[int]], datatypes: Mapping[str, str]
 ) -> None:
-    """`check_inputs` on declared shapes, before any tensor is decoded: a request that cannot fit
-    the model is refused without the cost of building its arrays (an 8 MiB BYTES tensor sent to
-    an FP32 model is a dictionary lookup, not 1.7 million bytes objects)."""
+    """Raise `InvalidInput` unless the declared inputs are exactly the model's, in datatype and
+    shape; checked before any tensor is decoded, so a request that cannot fit the model costs no
+    arrays (an 8 MiB BYTES tensor sent to an FP32 model is a dictionary lookup, not 1.7 million
+    bytes objects). `datatypes` holds what the client declared on the wire."""
     specs = model.input_by_name
     for name in shapes:
         if name not in specs:

@@ -8,6 +8,7 @@ declared shape before any array is made, and arrays are views of the request bod
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -19,8 +20,10 @@ _LENGTH = struct.Struct("<I")
 
 
 def decode_binary_tensor(
-    name: str, shape: list[int], datatype: str, chunk: memoryview
+    name: str, shape: Sequence[int], datatype: str, chunk: memoryview
 ) -> np.ndarray:
+    """The array of `shape` in `chunk`; the shape is one `core.declared.declare` accepted."""
+    shape = list(shape)
     count = element_count(shape)
     if datatype == "BYTES":
         return _decode_bytes(name, shape, count, chunk)

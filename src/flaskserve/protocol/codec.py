@@ -1,27 +1,25 @@
 """JSON tensors <-> numpy arrays, checked on the way in so bad requests fail fast and clearly.
 
 A request tensor declares its shape and datatype and carries its data flat or nested. Everything a
-client can get wrong is caught here with a message naming the tensor and what to fix: the declared
-size is compared with the data before anything is allocated, so a request claiming a shape of
-[10**12] costs nothing, and a shape no numpy array can take (more than 64 dimensions, or more
-elements than memory can address even when one dimension is 0) is refused by name.
+client can get wrong is caught here with a message naming the tensor and what to fix: the header
+becomes a `DeclaredTensor` (which refuses a shape no numpy array can take), and the declared size
+is compared with the data before anything is allocated, so a request claiming a shape of
+[10**12] costs nothing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import orjson
 
+from flaskserve.core.declared import DeclaredTensor, declare
 from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import DATATYPES, datatype_of
 
 _INT_DATATYPES = {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
-#: numpy's limits: at most 64 dimensions, and the product of the non-zero dimensions times the
-#: item size must fit a signed 64-bit size (it checks this even for an empty array).
-MAX_DIMS = 64
-_MAX_BYTES = 2**63 - 1
 
 
 def loads(body: bytes) -> Any:
@@ -39,47 +37,32 @@ def dumps(obj: Any) -> bytes:
 
 
 def parse_shape(name: str, shape: Any) -> list[int]:
-    if not isinstance(shape, list) or not all(type(dim) is int and dim >= 0 for dim in shape):
+    """A JSON shape as a list of integers (their range is `declare`'s to check)."""
+    if not isinstance(shape, list) or not all(type(dim) is int for dim in shape):
         raise InvalidInput(
             f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}"
         )
     return shape
 
 
-def check_shape_limits(name: str, shape: list[int], datatype: str) -> None:
-    """Refuse a shape numpy cannot build, before anything is built from it."""
-    if len(shape) > MAX_DIMS:
-        raise InvalidInput(
-            f"input {name!r} has {len(shape)} dimensions; an array has at most {MAX_DIMS}"
-        )
-    size = DATATYPES[datatype].itemsize
-    for dim in shape:
-        if dim:
-            size *= dim
-            if size > _MAX_BYTES:
-                raise InvalidInput(
-                    f"input {name!r}: shape {shape} is larger than any array can be"
-                )
-
-
 def parse_datatype(name: str, datatype: Any) -> str:
-    if not isinstance(datatype, str) or datatype not in DATATYPES:
+    if not isinstance(datatype, str):
         raise InvalidInput(
             f"input {name!r}: unknown datatype {datatype!r}; use one of {', '.join(DATATYPES)}"
         )
-    return str(datatype)
+    return datatype
 
 
-def element_count(shape: list[int]) -> int:
+def element_count(shape: Sequence[int]) -> int:
     count = 1
     for dim in shape:
         count *= dim
     return count
 
 
-def tensor_header(entry: Any, index: int) -> tuple[str, list[int], str]:
-    """Check the name, shape and datatype of one request tensor (JSON or binary), and that an
-    array of that shape and datatype can exist at all."""
+def tensor_header(entry: Any, index: int) -> DeclaredTensor:
+    """The name, shape and datatype of one request tensor (JSON or binary), once an array of
+    that shape and datatype can exist at all."""
     if not isinstance(entry, dict):
         raise InvalidInput(f"inputs[{index}] must be an object with name, shape, datatype and data")
     name = entry.get("name")
@@ -90,13 +73,14 @@ def tensor_header(entry: Any, index: int) -> tuple[str, list[int], str]:
     if "datatype" not in entry:
         raise InvalidInput(f"input {name!r} has no 'datatype'")
     shape = parse_shape(name, entry["shape"])
-    datatype = parse_datatype(name, entry["datatype"])
-    check_shape_limits(name, shape, datatype)
-    return name, shape, datatype
+    return declare(name, parse_datatype(name, entry["datatype"]), shape)
 
 
-def decode_json_data(name: str, shape: list[int], datatype: str, data: Any) -> np.ndarray:
+def decode_json_data(
+    name: str, shape: Sequence[int], datatype: str, data: Any
+) -> np.ndarray:
     """Turn the `data` of a JSON tensor into an array of `shape` and `datatype`."""
+    shape = list(shape)
     count = element_count(shape)
     if not isinstance(data, list):
         if count == 1 and not isinstance(data, dict):

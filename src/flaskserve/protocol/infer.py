@@ -4,21 +4,23 @@
 arrays; `encode_infer_response` does the reverse, returning binary tensors where the client asked
 for them (`binary_data` on an output, or `binary_data_output` on the request).
 
-Parsing reads every tensor's header first (name, shape, datatype, where its data lies) and, given
-the model, checks them against its signature before a single tensor is decoded: a request that
-cannot fit the model costs its JSON header, not its data.
+Parsing reads every tensor's header first (name, shape, datatype, where its data lies) and hands
+the declared tensors to `admit` (the data plane's: the model's signature and the request limits)
+before a single tensor is decoded: a request that cannot fit the model, or asks for more rows
+than it may, costs its JSON header, not its data.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from flaskserve.core.declared import DeclaredTensor
 from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import Arrays, Model, datatype_of
-from flaskserve.core.signature import check_output_names, check_signature
 from flaskserve.protocol.binary import decode_binary_tensor, encode_binary_tensor
 from flaskserve.protocol.codec import (
     decode_json_data,
@@ -29,6 +31,9 @@ from flaskserve.protocol.codec import (
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+#: Checks the declared inputs and the requested output names before anything is decoded, and
+#: answers the model it admitted them for.
+Admit = Callable[[Sequence[DeclaredTensor], Sequence[str] | None], Model]
 
 
 @dataclass
@@ -45,29 +50,30 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None
     binary_output: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: The model `admit` checked the request against (None: not checked).
+    admitted: Model | None = None
 
 
 @dataclass(slots=True)
 class _WireTensor:
     """One request tensor before decoding: its data is JSON values or a slice of the body."""
 
-    name: str
-    shape: list[int]
-    datatype: str
+    declared: DeclaredTensor
     data: Any = None
     chunk: memoryview | None = None
 
     def decode(self) -> np.ndarray:
+        name, shape, datatype = self.declared.name, self.declared.shape, self.declared.datatype
         if self.chunk is not None:
-            return decode_binary_tensor(self.name, self.shape, self.datatype, self.chunk)
-        return decode_json_data(self.name, self.shape, self.datatype, self.data)
+            return decode_binary_tensor(name, shape, datatype, self.chunk)
+        return decode_json_data(name, shape, datatype, self.data)
 
 
 def parse_infer_request(
-    body: bytes, header_length: str | None = None, model: Model | None = None
+    body: bytes, header_length: str | None = None, admit: Admit | None = None
 ) -> InferRequest:
-    """The request in `body`; with `model`, its inputs and requested outputs are checked against
-    the model's signature before any tensor is decoded."""
+    """The request in `body`; with `admit`, its declared inputs and requested outputs are
+    checked (signature, limits) before any tensor is decoded."""
     if header_length is not None:
         json_length = _json_length(header_length, len(body))
         request = loads(body[:json_length])
@@ -81,18 +87,15 @@ def parse_infer_request(
     request_parameters = _parameters(request, "the request")
     parsed = InferRequest(
         inputs={},
-        datatypes={tensor.name: tensor.datatype for tensor in tensors},
+        datatypes={t.declared.name: t.declared.datatype for t in tensors},
         id=_request_id(request.get("id")),
         outputs=_requested_outputs(request.get("outputs")),
         binary_output=request_parameters.get("binary_data_output") is True,
         parameters=request_parameters,
     )
-    if model is not None:
-        check_signature(model, {t.name: t.shape for t in tensors}, parsed.datatypes)
-        names = output_names(parsed)
-        if names:
-            check_output_names(model, names)
-    parsed.inputs = {tensor.name: tensor.decode() for tensor in tensors}
+    if admit is not None:
+        parsed.admitted = admit([tensor.declared for tensor in tensors], output_names(parsed))
+    parsed.inputs = {tensor.declared.name: tensor.decode() for tensor in tensors}
     return parsed
 
 
@@ -105,7 +108,8 @@ def _wire_tensors(request: dict[str, Any], binary: memoryview) -> list[_WireTens
     seen: set[str] = set()
     offset = 0
     for index, entry in enumerate(raw_inputs):
-        name, shape, datatype = tensor_header(entry, index)
+        declared = tensor_header(entry, index)
+        name = declared.name
         if name in seen:
             raise InvalidInput(f"input {name!r} appears twice in 'inputs'")
         seen.add(name)
@@ -121,12 +125,10 @@ def _wire_tensors(request: dict[str, Any], binary: memoryview) -> list[_WireTens
                     f"({len(binary) - offset} binary bytes remain); check "
                     f"{HEADER_LENGTH} and the sizes"
                 )
-            tensors.append(
-                _WireTensor(name, shape, datatype, chunk=binary[offset : offset + size])
-            )
+            tensors.append(_WireTensor(declared, chunk=binary[offset : offset + size]))
             offset += size
         elif "data" in entry:
-            tensors.append(_WireTensor(name, shape, datatype, data=entry["data"]))
+            tensors.append(_WireTensor(declared, data=entry["data"]))
         else:
             raise InvalidInput(f"input {name!r} has neither 'data' nor binary_data_size")
     if offset != len(binary):

@@ -26,7 +26,8 @@ from flask import Blueprint, Request, Response, request
 from werkzeug.exceptions import HTTPException
 
 from flaskserve.core.dataplane import DataPlane
-from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelNotFound
+from flaskserve.core.declared import declare
+from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelNotFound, RequestTooLarge
 from flaskserve.core.model import Model, TensorSpec
 from flaskserve.protocol.codec import dumps, loads
 from flaskserve.protocol.http_context import http_context
@@ -198,10 +199,14 @@ def create_embeddings(dataplane: DataPlane, body: Any) -> dict[str, Any]:
     dimensions = body.get("dimensions")
     _check_dimensions(dimensions, model.outputs[0].shape[1])
     spec = model.inputs[0]
+    try:  # before a text is encoded or tokenised
+        dataplane.check(model, [declare(spec.name, "BYTES", [len(texts)])], None)
+    except RequestTooLarge as exc:
+        raise OpenAIError(exc.message, exc.status_code, "input") from None
     array = np.empty(len(texts), dtype=object)
     array[:] = [text.encode("utf-8", "surrogatepass") for text in texts]
     model, outputs = dataplane.infer(
-        name, None, {spec.name: array}, {spec.name: "BYTES"}, None, http_context()
+        name, None, {spec.name: array}, {spec.name: "BYTES"}, None, http_context(), model
     )
     vectors = np.ascontiguousarray(outputs[model.outputs[0].name], dtype="<f4")
     _check_dimensions(dimensions, vectors.shape[1])

@@ -2,18 +2,21 @@
 
 The body of an invocation may be a V2 inference request (`{"inputs": [...]}`), a V1 request
 (`{"instances": [...]}`) or CSV rows of numbers (`text/csv`). It goes to the only model served, or
-to the one named by `X-Amzn-SageMaker-Target-Model` (SageMaker's multi-model header).
+to the one named by `X-Amzn-SageMaker-Target-Model` (SageMaker's multi-model header). CSV rows
+are counted and admitted by the data plane (signature, row limit) before any cell is converted.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, request
 
 from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.declared import declare
 from flaskserve.core.errors import InvalidInput
 from flaskserve.protocol.codec import loads
 from flaskserve.protocol.infer import HEADER_LENGTH
@@ -39,7 +42,9 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
         name = _target_model(dataplane)
         body = request.get_data()
         if request.mimetype == "text/csv":
-            return json_response(predict_instances(dataplane, name, _csv_rows(body)))
+            text = _csv_text(body)
+            _admit_csv(dataplane, name, text)
+            return json_response(predict_instances(dataplane, name, _csv_rows(text)))
         if request.headers.get(HEADER_LENGTH) is None:
             payload = loads(body)
             if isinstance(payload, dict) and "instances" in payload:
@@ -66,26 +71,53 @@ def _target_model(dataplane: DataPlane) -> str:
     return names[0]
 
 
-def _csv_rows(body: bytes) -> list[list[Any]]:
+def _csv_text(body: bytes) -> str:
     try:
-        text = body.decode("utf-8")
+        return body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput("text/csv bodies must be UTF-8") from None
-    rows: list[list[Any]] = []
+
+
+def _admit_csv(dataplane: DataPlane, name: str, text: str) -> None:
+    """Count the rows (and the first row's cells) without converting a cell, and let the data
+    plane admit that shape: 200,000 lines cost a scan, not 200,000 lists of numbers."""
+    model = dataplane.repository.get(name)
+    if len(model.inputs) != 1:
+        raise InvalidInput(
+            f"model {name!r} has several inputs ({', '.join(s.name for s in model.inputs)}); "
+            'CSV rows cannot name them: send {"instances": [{...}, ...]}'
+        )
+    rows, columns = 0, 0
+    for line, row in _csv_lines(text):
+        if not rows:  # the first row is read as the rest will be: numbers
+            _numbers(row, line)
+            columns = len(row)
+        rows += 1
+    if rows:  # the shape V1 reads from these rows, so both refuse alike
+        spec = model.inputs[0]
+        dataplane.check(model, [declare(spec.name, spec.datatype, [rows, columns])], None)
+
+
+def _csv_rows(text: str) -> list[list[Any]]:
+    return [_numbers(row, line) for line, row in _csv_lines(text)]
+
+
+def _csv_lines(text: str) -> Iterator[tuple[int, list[str]]]:
+    """(line number, cells) of each non-empty CSV row."""
     reader = csv.reader(io.StringIO(text))
     try:
         for row in reader:
-            if not row:
-                continue
-            try:
-                rows.append([_number(cell) for cell in row])
-            except ValueError:
-                raise InvalidInput(
-                    f"CSV line {reader.line_num} holds a value that is not a number"
-                ) from None
+            if row:
+                yield reader.line_num, row
     except csv.Error as exc:  # a NUL byte, a field past the parser's size limit, ...
         raise InvalidInput(f"CSV line {reader.line_num} cannot be read: {exc}") from None
-    return rows
+
+
+def _numbers(row: list[str], line: int) -> list[int | float]:
+    try:
+        return [_number(cell) for cell in row]
+    except ValueError:
+        raise InvalidInput(f"CSV line {line} holds a value that is not a number") from None
 
 
 def _number(cell: str) -> int | float:

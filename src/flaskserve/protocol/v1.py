@@ -17,10 +17,10 @@ import numpy as np
 from flask import Blueprint, Response, request
 
 from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.declared import MAX_DIMS, DeclaredTensor, declare
 from flaskserve.core.errors import InvalidInput, ModelNotReady
 from flaskserve.core.model import Arrays, Model
-from flaskserve.core.signature import check_signature
-from flaskserve.protocol.codec import MAX_DIMS, check_shape_limits, decode_json_data, loads
+from flaskserve.protocol.codec import decode_json_data, loads
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.openai import model_object
 from flaskserve.protocol.v2 import json_response
@@ -56,25 +56,25 @@ def predict_instances(dataplane: DataPlane, name: str, instances: Any) -> dict[s
     if not isinstance(instances, list) or not instances:
         raise InvalidInput("'instances' must be a non-empty list, one entry per prediction")
     model = dataplane.repository.get(name)
-    inputs = instances_to_arrays(model, instances)
+    inputs = instances_to_arrays(dataplane, model, instances)
     datatypes = {spec.name: spec.datatype for spec in model.inputs}
-    model, outputs = dataplane.infer(name, None, inputs, datatypes, None, http_context())
+    model, outputs = dataplane.infer(name, None, inputs, datatypes, None, http_context(), model)
     return {"predictions": predictions(model, outputs)}
 
 
-def instances_to_arrays(model: Model, instances: list[Any]) -> Arrays:
-    """One array per input; the shapes the nesting implies are checked against the model's
-    signature before any array is built."""
+def instances_to_arrays(dataplane: DataPlane, model: Model, instances: list[Any]) -> Arrays:
+    """One array per input; the shapes the nesting implies (`len(instances)` rows) are admitted
+    by the data plane (signature, limits) before any array is built."""
     if len(model.inputs) == 1:
         columns = {model.inputs[0].name: instances}
     else:
         columns = _columns(model, instances)
     datatypes = {spec.name: spec.datatype for spec in model.inputs}
-    shapes = {name: _shape(name, datatypes[name], values) for name, values in columns.items()}
-    check_signature(model, shapes, datatypes)
+    declared = [_declared(name, datatypes[name], values) for name, values in columns.items()]
+    dataplane.check(model, declared, None)
     return {
-        name: decode_json_data(name, shapes[name], datatypes[name], values)
-        for name, values in columns.items()
+        tensor.name: decode_json_data(tensor.name, tensor.shape, tensor.datatype, columns[name])
+        for name, tensor in zip(columns, declared, strict=True)
     }
 
 
@@ -99,7 +99,7 @@ def _columns(model: Model, instances: list[Any]) -> dict[str, list[Any]]:
     return columns
 
 
-def _shape(name: str, datatype: str, values: list[Any]) -> list[int]:
+def _declared(name: str, datatype: str, values: list[Any]) -> DeclaredTensor:
     """The shape the nesting of `values` implies, read along the first element of each level."""
     shape = []
     probe: Any = values
@@ -111,8 +111,7 @@ def _shape(name: str, datatype: str, values: list[Any]) -> list[int]:
                 f"array has at most {MAX_DIMS} dimensions"
             )
         probe = probe[0] if probe else None
-    check_shape_limits(name, shape, datatype)
-    return shape
+    return declare(name, datatype, shape)
 
 
 def predictions(model: Model, outputs: Arrays) -> Any:

@@ -33,12 +33,22 @@ def json_response(payload: Any, status: int = 200) -> Response:
 def infer_response(dataplane: DataPlane, name: str, version: str | None) -> Response:
     """Decode the current request as a V2 inference request, run it, encode the answer.
 
-    The model is looked up first, so its signature is checked before any tensor is decoded.
+    What the request declares is admitted by the data plane (the model's signature, the row
+    and element limits) before any tensor is decoded.
     """
-    model = dataplane.repository.get(name, version)
-    parsed = parse_infer_request(request.get_data(), request.headers.get(HEADER_LENGTH), model)
+    parsed = parse_infer_request(
+        request.get_data(),
+        request.headers.get(HEADER_LENGTH),
+        lambda tensors, outputs: dataplane.admit(name, version, tensors, outputs),
+    )
     model, outputs = dataplane.infer(
-        name, version, parsed.inputs, parsed.datatypes, output_names(parsed), http_context()
+        name,
+        version,
+        parsed.inputs,
+        parsed.datatypes,
+        output_names(parsed),
+        http_context(),
+        parsed.admitted,
     )
     body, json_length = encode_infer_response(model, outputs, parsed)
     if json_length is None:

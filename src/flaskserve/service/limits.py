@@ -1,4 +1,4 @@
-"""Per-key rate limits (token buckets) and the per-request limits on batch rows.
+"""Per-key rate limits (token buckets), and the rows of a request that usage is counted in.
 
 A key with `rate = r` and `burst = b` may send b requests at once and r per second after that;
 the request that finds its bucket empty gets 429 with `Retry-After` (whole seconds, rounded up).
@@ -25,8 +25,6 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
-
-from flaskserve.core.errors import InvalidInput
 
 BUCKETS_FILE = "rate-buckets.bin"
 #: One slot: first 16 bytes of sha256(key id), tokens left, monotonic time of the last update.
@@ -125,18 +123,7 @@ def open_buckets(state_dir: str | None) -> LocalBuckets | SharedBuckets:
 
 def batch_rows(inputs: Mapping[str, np.ndarray]) -> int:
     """Inference items of one request: the first dimension of its first input (1 for a
-    scalar); this is what usage is metered in and what `max_batch_rows` bounds."""
+    scalar); this is what usage is metered in (`core.declared` bounds it before decoding)."""
     for array in inputs.values():
         return int(array.shape[0]) if array.ndim else 1
     return 0
-
-
-def check_batch_rows(model: str, inputs: Mapping[str, np.ndarray], limit: int) -> None:
-    """400 when any input has more rows (first dimension) than `limit` allows."""
-    for name, array in inputs.items():
-        rows = int(array.shape[0]) if array.ndim else 1
-        if rows > limit:
-            raise InvalidInput(
-                f"input {name!r} has {rows} rows but this server takes at most {limit} per "
-                f"request for model {model!r}; split the batch into several requests"
-            )

@@ -1,8 +1,10 @@
-"""The data plane steps of the service layer: the batch-row limit, the deadline, usage.
+"""What the service layer gives the data plane: its request limits, and the steps it runs
+around every inference (the deadline, usage).
 
-`DataPlane` runs them around every inference, whichever protocol brought it (HTTP or gRPC), so
-each limit has one implementation. `steps(settings)` is the list `create_app` builds the data
-plane with; its order is the order they run in.
+`DataPlane` applies them whichever protocol brought the request (HTTP or gRPC), so each limit has
+one implementation. The row and element limits are checked on what a request declares, before
+its payload is decoded (`core.declared`); `request_limits(settings)` sets them. `steps(settings)`
+is the list `create_app` builds the data plane with; its order is the order they run in.
 """
 
 from __future__ import annotations
@@ -14,21 +16,16 @@ import numpy as np
 
 from flaskserve.core import deadlines
 from flaskserve.core.context import BaseStep, InferenceContext, Step
+from flaskserve.core.declared import RequestLimits
 from flaskserve.core.model import Model
-from flaskserve.service.limits import batch_rows, check_batch_rows
+from flaskserve.service.limits import batch_rows
 from flaskserve.settings import Settings
 
 
-class BatchRowLimit(BaseStep):
-    """400 for a request with more rows than `--max-batch-rows`, before any work."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-
-    def before(
-        self, context: InferenceContext, name: str, inputs: Mapping[str, np.ndarray]
-    ) -> None:
-        check_batch_rows(name, inputs, self.limit)
+def request_limits(settings: Settings) -> RequestLimits:
+    """`--max-batch-rows` rows per request (a model's `max_request_rows` replaces it), and no
+    more elements per input than `--max-request-bytes` has bytes."""
+    return RequestLimits(settings.max_batch_rows, settings.max_request_bytes)
 
 
 class Deadline(BaseStep):
@@ -68,8 +65,6 @@ class Usage(BaseStep):
 def steps(settings: Settings) -> list[Step]:
     """The steps `settings` ask for, in the order they run: refusals first, then usage."""
     chosen: list[Step] = []
-    if settings.max_batch_rows:
-        chosen.append(BatchRowLimit(settings.max_batch_rows))
     if settings.request_timeout_ms:
         chosen.append(Deadline(settings.request_timeout_ms / 1000.0))
     chosen.append(Usage())

@@ -2,10 +2,11 @@
 
 Each RPC decodes its message, calls the `DataPlane` (or the repository control) exactly as the
 HTTP routes do, with an `InferenceContext` made from the call (its `x-request-id` metadata, its
-deadline), and encodes the answer. The batch-row limit, the deadline and usage are the data
-plane's own steps, shared with HTTP; what else the service layer adds (keys, rate limits,
-metering, metrics) comes in through `Hooks`, called once per RPC, so this module knows nothing
-of keys or meters.
+deadline), and encodes the answer. An inference's declared inputs are admitted by the data plane
+(signature, row and element limits) before its payload is decoded, with the same code as HTTP's;
+the deadline and usage are the data plane's own steps, shared with HTTP too. What else the
+service layer adds (keys, rate limits, metering, metrics) comes in through `Hooks`, called once
+per RPC, so this module knows nothing of keys or meters.
 
 Failures follow the HTTP discipline, mapped to gRPC status codes: a `FlaskServeError` becomes the
 code of its HTTP status with its message as the details (a model's own exception is logged with
@@ -28,7 +29,12 @@ from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelFailed
 from flaskserve.protocol.grpc import messages
-from flaskserve.protocol.grpc.tensors import decode_request, encode_response
+from flaskserve.protocol.grpc.tensors import (
+    declare_inputs,
+    decode_request,
+    encode_response,
+    requested_outputs,
+)
 
 log = logging.getLogger("flaskserve.grpc")
 
@@ -179,14 +185,18 @@ class InferenceServicer:
         return response
 
     def ModelInfer(self, request: Any, context: InferenceContext) -> Any:
-        decoded = decode_request(request)
+        declared = declare_inputs(request)
+        name, version = request.model_name, request.model_version or None
+        admitted = self.dataplane.admit(name, version, declared, requested_outputs(request))
+        decoded = decode_request(request, declared)
         model, outputs = self.dataplane.infer(
-            request.model_name,
-            request.model_version or None,
+            name,
+            version,
             decoded.inputs,
             decoded.datatypes,
             decoded.outputs,
             context,
+            admitted,
         )
         return encode_response(model, outputs, decoded.outputs, request.id)
 

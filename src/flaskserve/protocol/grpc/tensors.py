@@ -1,6 +1,9 @@
 """gRPC tensors <-> numpy arrays: `raw_input_contents` or typed `contents` in, raw bytes out.
 
-Raw tensors use the same layout as the binary tensor data extension over HTTP (little-endian,
+A request is read in two steps, as over HTTP: `declare_inputs` reads each input's name, datatype
+and shape into a `DeclaredTensor` (refusing a shape no array can take), which the data plane
+admits (signature, row and element limits) before `decode_request` touches the payload. Raw
+tensors use the same layout as the binary tensor data extension over HTTP (little-endian,
 row major; BYTES elements as a 4-byte length and the bytes), so they decode with the same code
 and the same checks. Typed contents are checked against the declared shape before an array is
 made, and narrow integer types against their range, since the protocol carries INT8/16 in
@@ -15,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from flaskserve.core.declared import DeclaredTensor, declare
 from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import DATATYPES, Arrays, Model, datatype_of
 from flaskserve.protocol.binary import decode_binary_tensor, encode_binary_tensor
-from flaskserve.protocol.codec import element_count, parse_datatype
+from flaskserve.protocol.codec import element_count
 from flaskserve.protocol.grpc import messages
 
 #: The `InferTensorContents` field each datatype's typed values travel in (FP16 has none).
@@ -46,8 +50,8 @@ class DecodedRequest:
     outputs: list[str] | None
 
 
-def decode_request(request: Any) -> DecodedRequest:
-    """The arrays of a `ModelInferRequest`, and the output names it asks for (None: all)."""
+def declare_inputs(request: Any) -> list[DeclaredTensor]:
+    """Each input of a `ModelInferRequest` as it declares itself; nothing is decoded."""
     if not request.inputs:
         raise InvalidInput("the inference request needs at least one entry in 'inputs'")
     raw = request.raw_input_contents
@@ -56,43 +60,52 @@ def decode_request(request: Any) -> DecodedRequest:
             f"raw_input_contents has {len(raw)} entries but the request has "
             f"{len(request.inputs)} inputs; send one per input, in order"
         )
-    inputs: dict[str, np.ndarray] = {}
-    datatypes: dict[str, str] = {}
+    declared: list[DeclaredTensor] = []
+    seen: set[str] = set()
     for index, tensor in enumerate(request.inputs):
         name = tensor.name
         if not name:
             raise InvalidInput(f"inputs[{index}] has no name")
-        if name in inputs:
+        if name in seen:
             raise InvalidInput(f"input {name!r} appears twice in 'inputs'")
-        datatype = parse_datatype(name, tensor.datatype)
-        shape = _shape(name, tensor.shape)
+        seen.add(name)
+        if raw and tensor.HasField("contents"):
+            raise InvalidInput(
+                f"input {name!r} has typed contents and raw_input_contents is used; "
+                "send every input one way"
+            )
+        if not raw and tensor.datatype == "FP16":
+            raise InvalidInput(
+                f"input {name!r}: FP16 has no typed contents field; send it in raw_input_contents"
+            )
+        declared.append(declare(name, tensor.datatype, tensor.shape))
+    return declared
+
+
+def requested_outputs(request: Any) -> list[str] | None:
+    """The output names a `ModelInferRequest` asks for; None: all."""
+    return [output.name for output in request.outputs] or None
+
+
+def decode_request(request: Any, declared: Sequence[DeclaredTensor]) -> DecodedRequest:
+    """The arrays of a `ModelInferRequest` whose `declare_inputs` were admitted."""
+    raw = request.raw_input_contents
+    inputs: dict[str, np.ndarray] = {}
+    for index, (tensor, spec) in enumerate(zip(request.inputs, declared, strict=True)):
         if raw:
-            if tensor.HasField("contents"):
-                raise InvalidInput(
-                    f"input {name!r} has typed contents and raw_input_contents is used; "
-                    "send every input one way"
-                )
-            inputs[name] = decode_binary_tensor(name, shape, datatype, memoryview(raw[index]))
+            inputs[spec.name] = decode_binary_tensor(
+                spec.name, spec.shape, spec.datatype, memoryview(raw[index])
+            )
         else:
-            inputs[name] = _decode_contents(name, shape, datatype, tensor.contents)
-        datatypes[name] = datatype
-    names = [output.name for output in request.outputs]
-    return DecodedRequest(inputs, datatypes, names or None)
-
-
-def _shape(name: str, dims: Sequence[int]) -> list[int]:
-    shape = list(dims)
-    if any(dim < 0 for dim in shape):
-        raise InvalidInput(f"input {name!r}: shape must not have negative sizes, got {shape}")
-    return shape
+            inputs[spec.name] = _decode_contents(
+                spec.name, list(spec.shape), spec.datatype, tensor.contents
+            )
+    datatypes = {spec.name: spec.datatype for spec in declared}
+    return DecodedRequest(inputs, datatypes, requested_outputs(request))
 
 
 def _decode_contents(name: str, shape: list[int], datatype: str, contents: Any) -> np.ndarray:
-    field = CONTENTS_FIELD.get(datatype)
-    if field is None:
-        raise InvalidInput(
-            f"input {name!r}: {datatype} has no typed contents field; send it in raw_input_contents"
-        )
+    field = CONTENTS_FIELD[datatype]  # every datatype but FP16, which `declare_inputs` refuses
     values = getattr(contents, field)
     count = element_count(shape)
     if len(values) != count:
