@@ -13,6 +13,7 @@ skl2onnx's ZipMap probabilities) can still serve its tensor outputs.
     inter_op_threads = 1
     intra_op_spinning = false           # absent: the server's choice (runtimes/threads.py)
     graph_optimization_level = "all"    # "disable", "basic", "extended" or "all"
+    chunk_rows = 64                     # rows per session.run; absent: max_batch_size, else 64
 
 An `InferenceSession` may be run from several threads at once, so `predict` takes no lock.
 """
@@ -32,11 +33,19 @@ from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail, model_file, sniff
-from flaskserve.runtimes.options import bool_option, choice_option, device_option, int_option
+from flaskserve.runtimes.options import (
+    bool_option,
+    choice_option,
+    chunk_rows,
+    device_option,
+    int_option,
+)
 
 log = logging.getLogger("flaskserve.runtimes.onnx")
 
 PLATFORM = "onnxruntime_onnx"
+#: Rows per `session.run` when batching is off and model.toml sets no `chunk_rows`.
+DEFAULT_CHUNK_ROWS = 64
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 #: Whether idle intra-op threads spin waiting for the next parallel section (ONNX Runtime's
@@ -85,6 +94,7 @@ def load(
         max_batch_size=config.max_batch_size,
         max_delay_ms=config.max_delay_ms,
         parameters={"providers": session.get_providers()},
+        chunk_rows=chunk_rows(config, DEFAULT_CHUNK_ROWS),
     )
 
 
