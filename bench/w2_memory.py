@@ -120,7 +120,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--quiet-wait", type=float, default=5.0)
     parser.add_argument("--ready-timeout", type=float, default=300.0)
-    parser.add_argument("--skip-big", action="store_true", help="no 2,000-sentence request")
+    parser.add_argument("--big", choices=("both", "after", "none"), default="both",
+                        help="which trees answer the 2,000-sentence request")
     args = parser.parse_args()
     log_dir = Path(tempfile.mkdtemp(prefix="flaskserve-w2mem-"))
     body_dir = Path(tempfile.mkdtemp(prefix="flaskserve-w2mem-bodies-"))
@@ -131,7 +132,7 @@ def main() -> None:
             point = load_point(src, args, log_dir, body_dir, label)
             print(json.dumps(point), flush=True)
             points.append(point)
-            if not args.skip_big and index == 0:
+            if index == 0 and (args.big == "both" or (args.big == "after" and label == "after")):
                 print(json.dumps(big_request(src, args, log_dir, label)), flush=True)
     for label, _ in trees:
         mine = [p for p in points if p["label"] == label]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import skops.io
 from sklearn.neighbors import KNeighborsClassifier
 
@@ -125,3 +126,45 @@ def test_sentence_transformers_on_onnx_encodes_chunks_of_max_batch_size(
     # Padding differs with the chunk (each is padded to its longest sentence), which ONNX
     # Runtime's kernels may round differently in the last bits.
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def clear_peak(pid: int) -> None:
+    """Reset the process's peak RSS (VmHWM), so the next reading is the peak from now on."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def status_mib(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+@pytest.mark.slow
+def test_a_two_thousand_sentence_request_answers_with_bounded_memory(
+    start_server, tmp_path: Path, minilm_export: Path
+) -> None:
+    from flaskserve.models import minilm
+
+    (tmp_path / "minilm" / "1").mkdir(parents=True)
+    (tmp_path / "minilm" / "model.toml").write_text(minilm.MODEL_TOML)
+    server = start_server([str(tmp_path), "--workers", "1"], timeout=180)
+    server.wait_for_log("model minilm version 1 is ready", timeout=180)
+    (worker,) = server.worker_pids()
+    words = ["a", "user", "asks", "the", "server", "for", "the", "embeddings", "of", "many",
+             "short", "sentences", "at", "once"]
+    texts = [" ".join(words[: 4 + i % 10]) for i in range(2000)]
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2000], "data": texts}]}
+    small = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]}
+    url = f"{server.url}/v2/models/minilm/infer"
+    assert requests.post(url, json=small, timeout=60).status_code == 200
+    before = status_mib(worker, "VmRSS:")
+    clear_peak(worker)
+    answer = requests.post(url, json=body, timeout=600)
+    assert answer.status_code == 200, answer.text
+    (output,) = answer.json()["outputs"]
+    assert output["shape"] == [2000, 384]
+    # One call on all 2,000 sentences grew this worker by about 700 MiB (its activations, which
+    # ONNX Runtime's arena then keeps); chunks of max_batch_size (32) need a few tens of MiB.
+    assert status_mib(worker, "VmHWM:") - before < 150
+    assert requests.post(url, json=small, timeout=60).status_code == 200
