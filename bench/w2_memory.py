@@ -47,18 +47,19 @@ def status_kib(pid: int, key: str) -> float:
     return 0.0
 
 
-def target(name: str, src: str, workers: int) -> run.Target:
+def target(name: str, src: str, workers: int, env: dict[str, str] | None = None) -> run.Target:
     return run.Target(
         name, f"flaskserve ({src})",
         [sys.executable, "-m", "flaskserve", "serve", "--host", "127.0.0.1", "--port", "{PORT}",
          "--workers", str(workers)],
-        "/v2/models/minilm/ready", env={"PYTHONPATH": src},
+        "/v2/models/minilm/ready", env={"PYTHONPATH": src, **(env or {})},
     )
 
 
 def load_point(src: str, args: argparse.Namespace, log_dir: Path, body_dir: Path,
                label: str) -> dict[str, Any]:
-    running = run.Running(target(label, src, 2), log_dir, args.ready_timeout)
+    env = dict(item.split("=", 1) for item in args.env) if label == "after" else {}
+    running = run.Running(target(label, src, 2, env), log_dir, args.ready_timeout)
     try:
         port = running.target.port
         base = f"http://127.0.0.1:{port}/v2/models"
@@ -120,6 +121,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--quiet-wait", type=float, default=5.0)
     parser.add_argument("--ready-timeout", type=float, default=300.0)
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="an environment variable of the `after` servers")
     parser.add_argument("--big", choices=("both", "after", "none"), default="both",
                         help="which trees answer the 2,000-sentence request")
     args = parser.parse_args()
