@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +169,26 @@ def test_a_two_thousand_sentence_request_answers_with_bounded_memory(
     # ONNX Runtime's arena then keeps); chunks of max_batch_size (32) need a few tens of MiB.
     assert status_mib(worker, "VmHWM:") - before < 150
     assert requests.post(url, json=small, timeout=60).status_code == 200
+
+
+@pytest.mark.slow
+def test_onnx_runtime_gives_a_large_batchs_memory_back_after_the_run(
+    tmp_path: Path, minilm_dir: Path, minilm_export: Path
+) -> None:
+    from flaskserve.runtimes import sentence_transformers as st_runtime
+
+    config = config_from_mapping(
+        {"runtime": "sentence_transformers", "path": str(minilm_dir), "backend": "onnx",
+         "chunk_rows": 0}, "minilm", tmp_path)
+    model = st_runtime.load(config, "1", tmp_path / "1",
+                            RuntimeOptions(cache_dir=minilm_export.parent.parent))
+    pid = os.getpid()
+    sentence = " ".join(["memory"] * 120)
+    run_model(model, {"text": np.array([b"warm up"], dtype=object)})
+    before = status_mib(pid, "VmRSS:")
+    clear_peak(pid)
+    run_model(model, {"text": np.array([sentence.encode()] * 128, dtype=object)})
+    peak = status_mib(pid, "VmHWM:")
+    assert peak - before > 200  # the run's activations: the arena grew by hundreds of MiB
+    # ... and gave them back when the run ended (ONNX Runtime's default kept them all).
+    assert status_mib(pid, "VmRSS:") - before < 60
