@@ -24,8 +24,10 @@ from flaskserve.core.dataplane import DataPlane
 from flaskserve.protocol.grpc import health
 from flaskserve.protocol.grpc.servicer import Hooks, InferenceServicer, open_hooks
 
-#: Handler threads beyond `threads`: calls waiting for an admission slot, and cheap calls.
-WAITING_CALLS = 64
+#: Handler threads beyond `threads` (started as needed): calls waiting for an admission slot,
+#: and cheap calls. A burst of a few hundred short calls on one worker is served, not refused
+#: (tests/protocol/test_grpc.py sends 200 at once).
+WAITING_CALLS = 256
 
 
 class GrpcServer:
