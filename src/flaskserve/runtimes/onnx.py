@@ -14,14 +14,16 @@ skl2onnx's ZipMap probabilities) can still serve its tensor outputs.
     intra_op_spinning = false           # absent: the server's choice (runtimes/threads.py)
     graph_optimization_level = "all"    # "disable", "basic", "extended" or "all"
     chunk_rows = 64                     # rows per session.run; absent: max_batch_size, else 64
-    arena_shrinkage = true              # give the arena's free blocks back after each run
+    arena_shrinkage = true              # give the arena's free blocks back after large runs
 
-ONNX Runtime's CPU arena keeps the largest activations a session has run, for good (MiniLM's
-batches grew a worker by 80 MiB, a 2,000-sentence call by 3.6 GiB). With `arena_shrinkage`
-(the default) every run ends by freeing the arena blocks it no longer uses
+ONNX Runtime's CPU arena keeps the largest activations a session has run, for good (one
+2,000-sentence MiniLM call left a worker 3.6 GiB larger). With `arena_shrinkage`
+(the default) a large run (a feed of `SHRINK_AFTER_BYTES` or more; for sentence models,
+`sentence_onnx.SHRINK_AFTER_TOKENS` tokens) ends by freeing the arena blocks it no longer uses
 (`memory.enable_memory_arena_shrinkage`), and `runtimes/memory.py` makes glibc hand such
-large blocks back to the OS; together with chunked requests a worker's memory stays that of
-one chunk.
+large blocks back to the OS; small runs keep reusing the arena, as shrinking after each of them
+cost W2 throughput (docs/benchmarks.md). With chunked requests a worker's memory then stays
+that of one chunk.
 
 An `InferenceSession` may be run from several threads at once, so `predict` takes no lock.
 """
@@ -62,6 +64,8 @@ CPU = "CPUExecutionProvider"
 ALLOW_SPINNING = "session.intra_op.allow_spinning"
 #: Run option: free the CPU arena's unused blocks when a run ends ("cpu:0": the CPU arena).
 ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
+#: A run whose inputs hold at least this many bytes shrinks the arena when it ends.
+SHRINK_AFTER_BYTES = 1 << 20
 
 #: ONNX Runtime's type strings for tensors -> V2 datatypes.
 DATATYPE_OF_ONNX = {
@@ -167,7 +171,7 @@ def session_options(
 
 
 def run_options(config: ModelConfig) -> ort.RunOptions | None:
-    """The options of every run: the arena shrinks after each unless model.toml says
+    """The options of a large run: the arena shrinks after it unless model.toml says
     `arena_shrinkage = false` (None: ONNX Runtime's defaults)."""
     if not bool_option(config, "arena_shrinkage", True):
         return None
@@ -270,7 +274,8 @@ def _predictor(
             name: _as_strings(name, array) if name in text_inputs else array
             for name, array in arrays.items()
         }
-        results = session.run(output_names, feed, options)
+        large = options is not None and sum(a.nbytes for a in feed.values()) >= SHRINK_AFTER_BYTES
+        results = session.run(output_names, feed, options if large else None)
         return {
             name: _as_bytes(value) if name in text_outputs else _canonical(value)
             for name, value in zip(output_names, results, strict=True)

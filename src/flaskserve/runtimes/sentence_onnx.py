@@ -51,6 +51,9 @@ OUTPUT = "token_embeddings"
 KEYED_DISTRIBUTIONS = ("torch", "transformers", "sentence-transformers", "onnx")
 #: Exported embeddings must match PyTorch's at least this well (cosine similarity).
 MIN_COSINE = 0.9999
+#: A run of at least this many tokens (sentences x padded length) shrinks ONNX Runtime's arena
+#: when it ends (runtimes/onnx.py); W2's batches, 32 sentences of 16 tokens, reuse it.
+SHRINK_AFTER_TOKENS = 1024
 CHECK_SENTENCES = [
     "flaskserve exports this model once and checks it against PyTorch.",
     "Short one.",
@@ -265,7 +268,8 @@ class OnnxEncoder:
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
         feed = {name: columns[name] for name in pipeline.inputs}
-        (tokens,) = self.session.run(None, feed, self.run_options)
+        large = columns["input_ids"].size >= SHRINK_AFTER_TOKENS
+        (tokens,) = self.session.run(None, feed, self.run_options if large else None)
         embeddings = _pool(tokens, columns["attention_mask"], pipeline.pooling)
         if normalize or pipeline.normalize:
             norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
