@@ -20,6 +20,13 @@ Batching only pays under load, so it costs light traffic nothing:
   depends on the model: see docs/benchmarks.md.
 - A request with more rows than `max_batch_size` runs on its own, at once, beside the batches.
 
+A model whose runtime declares `chunk_rows` (`Model.chunk_rows`: the runtimes that take many
+rows set it to `max_batch_size`, or to their own default when batching is off) never runs more
+rows than that in one `predict`: a larger request, or one that runs alone, is predicted in
+consecutive chunks whose outputs are concatenated in order (`predict_chunked`), so a worker's
+peak memory depends on the chunk, not on the request. Between chunks the request's deadline is
+checked, so a request that timed out stops spending the CPU.
+
 A batch that fails is retried request by request, so one request the model cannot handle fails
 alone with its own error instead of failing the requests that happened to share its batch.
 Closing the batcher (the model is unloaded) fails queued requests with `ModelNotReady` and waits
@@ -53,20 +60,49 @@ def run_model(model: Model, inputs: Arrays, observer: BatchObserver | None = Non
     `FlaskServeError` (a model's own exception a `ModelFailed`, whose text is never sent).
     The call is reported to `observer` (default: the process's, `core.observers`)."""
     try:
-        started = time.perf_counter()
-        outputs = conform_outputs(model, model.predict(inputs))
-        (observer or current()).predicted(
-            model.name, model.version, _rows(inputs), time.perf_counter() - started
-        )
-        return outputs
+        return predict_chunked(model, inputs, _batch_key(inputs)[0], observer or current())
     except Exception as exc:
         raise prediction_error(model, exc) from None
 
 
-def _rows(inputs: Arrays) -> int:
-    """The first dimension of the first input (-1 when there is none): the batch size."""
-    first = next(iter(inputs.values()), None)
-    return first.shape[0] if first is not None and first.ndim else -1
+def predict_chunked(
+    model: Model, inputs: Arrays, rows: int, observer: BatchObserver
+) -> Arrays:
+    """`model.predict` on `inputs` (`rows` along the first dimension, -1 when the inputs
+    disagree on it), conformed to the signature, in chunks of at most `model.chunk_rows` rows;
+    each predict call is reported to `observer`."""
+    chunk = model.chunk_rows
+    if chunk <= 0 or rows <= chunk:
+        return _predict_once(model, inputs, rows, observer)
+    parts = []
+    for start in range(0, rows, chunk):
+        if start:
+            remaining = deadlines.remaining()
+            if remaining is not None and remaining <= 0:
+                raise deadlines.expired(f"running row {start} of {rows}")
+        piece = {name: array[start : start + chunk] for name, array in inputs.items()}
+        outputs = _predict_once(model, piece, min(chunk, rows - start), observer)
+        check_rows(model, outputs, min(chunk, rows - start), "chunk_rows")
+        parts.append(outputs)
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _predict_once(model: Model, inputs: Arrays, rows: int, observer: BatchObserver) -> Arrays:
+    started = time.perf_counter()
+    outputs = conform_outputs(model, model.predict(inputs))
+    observer.predicted(model.name, model.version, rows, time.perf_counter() - started)
+    return outputs
+
+
+def check_rows(model: Model, outputs: Arrays, rows: int, setting: str) -> None:
+    """Every output has `rows` rows, as `setting` (> 0) promises of the model."""
+    for name, array in outputs.items():
+        if array.ndim == 0 or array.shape[0] != rows:
+            got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
+            raise InferenceFailed(
+                f"model {model.name!r} returned {got} for output {name!r} given {rows} input "
+                f"rows; a model with {setting} > 0 must return one row per input row"
+            )
 
 
 def prediction_error(model: Model, exc: BaseException) -> FlaskServeError:
@@ -244,12 +280,9 @@ class Batcher:
             raise prediction_error(self.model, exc) from None
 
     def _predict(self, inputs: Arrays, rows: int) -> Arrays:
-        started = time.perf_counter()
-        outputs = conform_outputs(self.model, self.model.predict(inputs))
-        elapsed = time.perf_counter() - started
-        self.observer.predicted(self.model.name, self.model.version, rows, elapsed)
+        outputs = predict_chunked(self.model, inputs, rows, self.observer)
         if rows >= 0:
-            self._check_rows(outputs, rows)
+            check_rows(self.model, outputs, rows, "max_batch_size")
         return outputs
 
     def _take(self) -> list[_Pending]:
@@ -299,16 +332,6 @@ class Batcher:
             pending.resolve(None, exc)
         else:
             pending.resolve(outputs)
-
-    def _check_rows(self, outputs: Arrays, rows: int) -> None:
-        for name, array in outputs.items():
-            if array.ndim == 0 or array.shape[0] != rows:
-                got = "a scalar" if array.ndim == 0 else f"{array.shape[0]} rows"
-                raise InferenceFailed(
-                    f"model {self.model.name!r} returned {got} for output {name!r} given "
-                    f"{rows} input rows; a model with max_batch_size > 0 must return one row "
-                    "per input row"
-                )
 
     # -- shutdown ---------------------------------------------------------------------------
 

@@ -104,6 +104,11 @@ class Model:
     thread-safe guard themselves. `max_batch_size` > 0 says the first dimension of every input and
     output is a batch dimension that the server may concatenate requests along.
 
+    `chunk_rows` > 0, set by runtimes whose models treat rows independently, is the most rows
+    one `predict` call gets: the server runs a larger request in consecutive chunks of that many
+    rows and concatenates their outputs (`core.batching.predict_chunked`), so the memory a
+    request costs depends on the chunk, not on the request. 0: every request in one call.
+
     `count_tokens`, where a runtime holds the model's tokenizer, says how many tokens the model
     reads for a list of texts (what the OpenAI embeddings route reports as usage); runtimes
     without one leave it None. `loaded_at` (seconds since the epoch) is when it was loaded.
@@ -121,6 +126,7 @@ class Model:
     unload_fn: Callable[[], None] | None = None
     count_tokens: Callable[[list[str]], int] | None = None
     loaded_at: float = field(default_factory=time.time)
+    chunk_rows: int = 0
 
     def __post_init__(self) -> None:
         self.input_by_name = {spec.name: spec for spec in self.inputs}

@@ -13,6 +13,17 @@ skl2onnx's ZipMap probabilities) can still serve its tensor outputs.
     inter_op_threads = 1
     intra_op_spinning = false           # absent: the server's choice (runtimes/threads.py)
     graph_optimization_level = "all"    # "disable", "basic", "extended" or "all"
+    chunk_rows = 64                     # rows per session.run; absent: max_batch_size, else 64
+    arena_shrinkage = true              # give the arena's free blocks back after large runs
+
+ONNX Runtime's CPU arena keeps the largest activations a session has run, for good (one
+2,000-sentence MiniLM call left a worker 3.6 GiB larger). With `arena_shrinkage`
+(the default) a large run (a feed of `SHRINK_AFTER_BYTES` or more; for sentence models,
+`sentence_onnx.SHRINK_AFTER_TOKENS` tokens) ends by freeing the arena blocks it no longer uses
+(`memory.enable_memory_arena_shrinkage`), and `runtimes/memory.py` makes glibc hand such
+large blocks back to the OS; small runs keep reusing the arena, as shrinking after each of them
+cost W2 throughput (docs/benchmarks.md). With chunked requests a worker's memory then stays
+that of one chunk.
 
 An `InferenceSession` may be run from several threads at once, so `predict` takes no lock.
 """
@@ -32,16 +43,29 @@ from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail, model_file, sniff
-from flaskserve.runtimes.options import bool_option, choice_option, device_option, int_option
+from flaskserve.runtimes.memory import return_large_blocks
+from flaskserve.runtimes.options import (
+    bool_option,
+    choice_option,
+    chunk_rows,
+    device_option,
+    int_option,
+)
 
 log = logging.getLogger("flaskserve.runtimes.onnx")
 
 PLATFORM = "onnxruntime_onnx"
+#: Rows per `session.run` when batching is off and model.toml sets no `chunk_rows`.
+DEFAULT_CHUNK_ROWS = 64
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 #: Whether idle intra-op threads spin waiting for the next parallel section (ONNX Runtime's
 #: default) or sleep, leaving the core to another worker.
 ALLOW_SPINNING = "session.intra_op.allow_spinning"
+#: Run option: free the CPU arena's unused blocks when a run ends ("cpu:0": the CPU arena).
+ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
+#: A run whose inputs hold at least this many bytes shrinks the arena when it ends.
+SHRINK_AFTER_BYTES = 1 << 20
 
 #: ONNX Runtime's type strings for tensors -> V2 datatypes.
 DATATYPE_OF_ONNX = {
@@ -80,11 +104,12 @@ def load(
         version=version,
         inputs=inputs,
         outputs=outputs,
-        predict_fn=_predictor(session, inputs, outputs),
+        predict_fn=_predictor(session, inputs, outputs, run_options(config)),
         platform=PLATFORM,
         max_batch_size=config.max_batch_size,
         max_delay_ms=config.max_delay_ms,
         parameters={"providers": session.get_providers()},
+        chunk_rows=chunk_rows(config, DEFAULT_CHUNK_ROWS),
     )
 
 
@@ -142,6 +167,17 @@ def session_options(
         options.add_session_config_entry(ALLOW_SPINNING, "0")
     level = choice_option(config, "graph_optimization_level", tuple(OPTIMIZATION_LEVELS), "all")
     options.graph_optimization_level = OPTIMIZATION_LEVELS[level]
+    return options
+
+
+def run_options(config: ModelConfig) -> ort.RunOptions | None:
+    """The options of a large run: the arena shrinks after it unless model.toml says
+    `arena_shrinkage = false` (None: ONNX Runtime's defaults)."""
+    if not bool_option(config, "arena_shrinkage", True):
+        return None
+    return_large_blocks()
+    options = ort.RunOptions()
+    options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
     return options
 
 
@@ -224,7 +260,10 @@ def _check_declared(spec: TensorSpec, graph: TensorSpec, kind: str, file: str) -
 
 
 def _predictor(
-    session: ort.InferenceSession, inputs: list[TensorSpec], outputs: list[TensorSpec]
+    session: ort.InferenceSession,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    options: ort.RunOptions | None = None,
 ) -> Callable[[Arrays], dict[str, np.ndarray]]:
     output_names = [spec.name for spec in outputs]
     text_inputs = {spec.name for spec in inputs if spec.datatype == "BYTES"}
@@ -235,7 +274,8 @@ def _predictor(
             name: _as_strings(name, array) if name in text_inputs else array
             for name, array in arrays.items()
         }
-        results = session.run(output_names, feed)
+        large = options is not None and sum(a.nbytes for a in feed.values()) >= SHRINK_AFTER_BYTES
+        results = session.run(output_names, feed, options if large else None)
         return {
             name: _as_bytes(value) if name in text_outputs else _canonical(value)
             for name, value in zip(output_names, results, strict=True)

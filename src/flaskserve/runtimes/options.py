@@ -44,3 +44,13 @@ def bool_option(config: ModelConfig, key: str, default: bool) -> bool:
 
 def device_option(config: ModelConfig) -> str:
     return choice_option(config, "device", DEVICES, "cpu")
+
+
+def chunk_rows(config: ModelConfig, default: int) -> int:
+    """The most rows one predict call of the model gets (`Model.chunk_rows`): `chunk_rows` in
+    model.toml when set (0: never chunk), else `max_batch_size` when the model batches, else
+    the runtime's `default`. A larger request runs in chunks, so its memory is the chunk's."""
+    configured = int_option(config, "chunk_rows")
+    if configured is not None:
+        return configured
+    return config.max_batch_size or default

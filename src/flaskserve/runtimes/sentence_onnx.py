@@ -51,6 +51,9 @@ OUTPUT = "token_embeddings"
 KEYED_DISTRIBUTIONS = ("torch", "transformers", "sentence-transformers", "onnx")
 #: Exported embeddings must match PyTorch's at least this well (cosine similarity).
 MIN_COSINE = 0.9999
+#: A run of at least this many tokens (sentences x padded length) shrinks ONNX Runtime's arena
+#: when it ends (runtimes/onnx.py); W2's batches, 32 sentences of 16 tokens, reuse it.
+SHRINK_AFTER_TOKENS = 1024
 CHECK_SENTENCES = [
     "flaskserve exports this model once and checks it against PyTorch.",
     "Short one.",
@@ -232,9 +235,10 @@ def _check_against_torch(model: Any, target: Path) -> None:
 class OnnxEncoder:
     """Sentences -> embeddings with an exported transformer, its tokenizer and numpy pooling."""
 
-    def __init__(self, folder: Path, session: Any) -> None:
+    def __init__(self, folder: Path, session: Any, run_options: Any = None) -> None:
         from tokenizers import Tokenizer
 
+        self.run_options = run_options
         table = json.loads((folder / "pipeline.json").read_text(encoding="utf-8"))
         self.pipeline = Pipeline(**table)
         self.session = session
@@ -263,7 +267,9 @@ class OnnxEncoder:
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
             "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
         }
-        (tokens,) = self.session.run(None, {name: columns[name] for name in pipeline.inputs})
+        feed = {name: columns[name] for name in pipeline.inputs}
+        large = columns["input_ids"].size >= SHRINK_AFTER_TOKENS
+        (tokens,) = self.session.run(None, feed, self.run_options if large else None)
         embeddings = _pool(tokens, columns["attention_mask"], pipeline.pooling)
         if normalize or pipeline.normalize:
             norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
@@ -294,7 +300,8 @@ def onnx_encoder(
 ) -> OnnxEncoder:
     """Export (or reuse) `folder` and open it with the session options of `config`, threads
     from `runtime` where `config` does not set them."""
-    from flaskserve.runtimes.onnx import create_session
+    from flaskserve.runtimes.onnx import create_session, run_options
 
     exported = export_dir(folder, cache_dir)
-    return OnnxEncoder(exported, create_session(exported / "model.onnx", config, runtime))
+    session = create_session(exported / "model.onnx", config, runtime)
+    return OnnxEncoder(exported, session, run_options(config))

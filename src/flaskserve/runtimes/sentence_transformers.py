@@ -27,6 +27,10 @@ Two backends compute the same embeddings (cosine similarity 1.0 to 5 decimals, c
     device = "cpu"       # "cuda" or "auto", for either backend
     threads = 2          # torch backend: torch.set_num_threads
     intra_op_threads = 2 # onnx backend: ONNX Runtime's threads (and the other onnx options)
+    chunk_rows = 32      # sentences per encode; absent: max_batch_size, else 32 (0: no chunks)
+
+A request of many sentences is encoded in chunks of `chunk_rows` (`core.batching`), so the
+activations, and ONNX Runtime's arena, are sized by the chunk and not by the request.
 
 `auto` prefers ONNX because it is measured at two to three times PyTorch's throughput on the CPUs
 we serve from (docs/runtimes.md), with the same numbers; the torch backend stays for models whose
@@ -52,7 +56,13 @@ from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail
-from flaskserve.runtimes.options import bool_option, choice_option, device_option, int_option
+from flaskserve.runtimes.options import (
+    bool_option,
+    choice_option,
+    chunk_rows,
+    device_option,
+    int_option,
+)
 
 log = logging.getLogger("flaskserve.runtimes.sentence_transformers")
 
@@ -61,6 +71,9 @@ DEFAULT_INPUT = "text"
 DEFAULT_OUTPUT = "embedding"
 FLOAT_OUTPUTS = ("FP16", "FP32", "FP64")
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
+#: Sentences per encode when batching is off and model.toml sets no `chunk_rows`
+#: (`SentenceTransformer.encode`'s own default batch size).
+DEFAULT_CHUNK_ROWS = 32
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,7 @@ def load(
         max_delay_ms=config.max_delay_ms,
         parameters={"source": str(folder)},
         count_tokens=encoder.count_tokens,
+        chunk_rows=chunk_rows(config, DEFAULT_CHUNK_ROWS),
     )
 
 

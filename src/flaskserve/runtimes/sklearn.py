@@ -7,6 +7,9 @@ can run anything when loaded, so they load only with `trust_pickle = true`.
 Outputs map to estimator methods by name (`label`/`prediction` -> predict, `probabilities` ->
 predict_proba, `scores` -> decision_function); `[methods]` in `model.toml` names others. When
 `model.toml` declares no signature it is inferred from the fitted estimator.
+
+A request runs in chunks of at most `max_batch_size` rows (1024 when batching is off; the
+`chunk_rows` option sets another count, 0 none): see `core.batching.predict_chunked`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,14 @@ from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
+from flaskserve.runtimes.options import chunk_rows
 from flaskserve.runtimes.skops_import import import_skops_io
 
 SKOPS_SUFFIXES = (".skops",)
 PICKLE_SUFFIXES = (".joblib", ".pkl")
+#: Rows per predict call when batching is off and model.toml sets no `chunk_rows`: estimators
+#: such as k-nearest neighbours or kernel SVMs allocate rows x training samples per call.
+DEFAULT_CHUNK_ROWS = 1024
 
 METHOD_OF_OUTPUT = {
     "label": "predict",
@@ -71,6 +78,7 @@ def load(
         platform=f"sklearn_{type(estimator).__name__}",
         max_batch_size=config.max_batch_size,
         max_delay_ms=config.max_delay_ms,
+        chunk_rows=chunk_rows(config, DEFAULT_CHUNK_ROWS),
     )
 
 

@@ -15,6 +15,7 @@ model that cannot take zeros.
     threads = 2        # torch.set_num_threads (process-wide: the last model loaded sets it);
                        # absent: the server's share per worker (runtimes/threads.py)
     warmup = true
+    chunk_rows = 64    # rows per module call; absent: max_batch_size, else 64 (0: no chunks)
 
 Inference runs under `torch.inference_mode()` (no autograd bookkeeping); modules are only read,
 so several request threads may call them at once.
@@ -35,9 +36,11 @@ from flaskserve.core.errors import ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail, model_file, sniff, zip_names
-from flaskserve.runtimes.options import bool_option, device_option, int_option
+from flaskserve.runtimes.options import bool_option, chunk_rows, device_option, int_option
 
 PLATFORM_OF_SUFFIX = {".pt": "pytorch_torchscript", ".pt2": "pytorch_export"}
+#: Rows per module call when batching is off and model.toml sets no `chunk_rows`.
+DEFAULT_CHUNK_ROWS = 64
 
 #: Size given to -1 dimensions when calling the model once at load. Not 1: torch.export
 #: specialises dynamic dimensions of size 0 and 1, so 2 is the smallest size that proves a
@@ -68,6 +71,7 @@ def load(
         max_batch_size=config.max_batch_size,
         max_delay_ms=config.max_delay_ms,
         parameters={"device": str(device)},
+        chunk_rows=chunk_rows(config, DEFAULT_CHUNK_ROWS),
     )
 
 

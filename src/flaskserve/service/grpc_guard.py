@@ -16,6 +16,13 @@ client's own deadline, when sooner) by the data plane's steps (`service.steps`, 
 metered from the usage those steps leave in the call's `InferenceContext`, and counted in the
 request metrics with the protocol label `grpc` and, as status, the HTTP status of the same
 outcome (so one alert on 5xx covers both protocols).
+
+Overload: a ModelInfer call takes one of the worker's `--threads` admission slots, the same
+slots HTTP inference takes (`service.admission`), and waits at most `--max-queue-ms` for one;
+past that it is refused with `UNAVAILABLE` (HTTP's 503), at once, instead of joining a queue
+that only grows. The gRPC server runs more handler threads than slots for those waits and
+refuses calls beyond them with `RESOURCE_EXHAUSTED` before any thread is taken
+(`protocol.grpc.server`).
 """
 
 from __future__ import annotations
@@ -79,6 +86,8 @@ class GuardedCall:
         self.context = context
         self.started = time.perf_counter()
         self.inference = rpc == INFER_RPC
+        #: Holds the admission slot while the call has one (`Admission` keys it like a request).
+        self.slot: dict[str, object] = {}
         if self.inference:
             self.labels = self._labels()
             self.in_flight_label = self.labels[0]
@@ -89,6 +98,12 @@ class GuardedCall:
         return metrics.model_labels(self.guard.repository, self.model, self.version)
 
     def admit(self) -> None:
+        """Check the key (and its rate), then, for ModelInfer, wait for an admission slot."""
+        self._check_key()
+        if self.inference:
+            self.guard.service.admission.enter(self.slot)
+
+    def _check_key(self) -> None:
         service = self.guard.service
         rpc = self.rpc
         if service.keys is None or rpc in OPEN_RPCS:
@@ -122,6 +137,7 @@ class GuardedCall:
     def done(self, status: int, bytes_in: int, bytes_out: int) -> None:
         if not self.inference:
             return
+        self.guard.service.admission.leave(self.slot)
         served = self.context.served
         model, version = (served.name, served.version) if served is not None else self.labels
         elapsed = time.perf_counter() - self.started

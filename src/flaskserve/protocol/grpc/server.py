@@ -3,6 +3,12 @@
 Each worker runs its own gRPC server, created after the fork (gRPC's threads and
 sockets do not survive one), all bound to the same port with SO_REUSEPORT so the kernel spreads
 connections over the workers as it does for HTTP.
+
+Overload: the server runs `WAITING_CALLS` handler threads beyond `--threads`, for inference
+calls waiting (at most `--max-queue-ms`) for an admission slot (`service.grpc_guard`) and for
+cheap calls (health, metadata) meanwhile. A call beyond all of them is refused by gRPC itself
+with `RESOURCE_EXHAUSTED` before it takes a thread (`maximum_concurrent_rpcs`), so no queue
+grows behind the threads.
 """
 
 from __future__ import annotations
@@ -17,6 +23,11 @@ from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.protocol.grpc import health
 from flaskserve.protocol.grpc.servicer import Hooks, InferenceServicer, open_hooks
+
+#: Handler threads beyond `threads` (started as needed): calls waiting for an admission slot,
+#: and cheap calls. A burst of a few hundred short calls on one worker is served, not refused
+#: (tests/protocol/test_grpc.py sends 200 at once).
+WAITING_CALLS = 256
 
 
 class GrpcServer:
@@ -47,9 +58,12 @@ def start(
     statistics: StatisticsReport,
     hooks: Hooks = open_hooks,
 ) -> GrpcServer:
-    """Serve `inference.GRPCInferenceService` on host:port with `threads` handler threads."""
+    """Serve `inference.GRPCInferenceService` on host:port with `threads` + `WAITING_CALLS`
+    handler threads, refusing calls beyond them at once."""
+    handlers = threads + WAITING_CALLS
     server = grpc.server(
-        ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
+        ThreadPoolExecutor(max_workers=handlers, thread_name_prefix="grpc"),
+        maximum_concurrent_rpcs=handlers,
         options=[
             ("grpc.so_reuseport", 1),
             ("grpc.max_receive_message_length", max_message_bytes),
