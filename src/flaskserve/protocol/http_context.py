@@ -22,6 +22,8 @@ PROTOCOL_OF_ENDPOINT = {
     "v1.predict": "v1",
     "sagemaker.invocations": "sagemaker",
     "openai.embeddings": "openai",
+    "openai_generate.chat_completions": "openai",
+    "openai_generate.completions": "openai",
 }
 
 

@@ -14,6 +14,7 @@ from flaskserve.core.model import TensorSpec
 from flaskserve.version import __version__
 from flaskserve.web.examples import example_instances, example_request
 from flaskserve.web.home import signature
+from flaskserve.web.openapi.generation import GENERATION_SCHEMAS
 from flaskserve.web.openapi.operations import known_operation
 from flaskserve.web.openapi.schemas import (
     COMPONENTS,
@@ -133,7 +134,7 @@ def build_document(app: Flask, dataplane: DataPlane) -> dict[str, Any]:
         examples["sagemaker"] = {name: example_request(inputs)}
 
     paths = _route_paths(app, examples)
-    components = dict(COMPONENTS)
+    components = {**COMPONENTS, **GENERATION_SCHEMAS}
     for name, inputs, outputs in models:
         if not inputs or not outputs:
             continue

@@ -12,6 +12,7 @@ from typing import Any
 
 from flaskserve.protocol.infer import HEADER_LENGTH
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
+from flaskserve.web.openapi.generation import GENERATION_OPERATIONS
 from flaskserve.web.openapi.schemas import (
     ERROR,
     ERRORS,
@@ -284,6 +285,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
     "docs.docs_page": operation(
         "Operations", "Interactive API docs", {"200": text("HTML page.", "text/html")}
     ),
+    **GENERATION_OPERATIONS,
 }
 
 

@@ -1,0 +1,168 @@
+"""The OpenAPI entries of the text generation routes (protocol/openai_generate.py): OpenAI's chat
+and completions, whole or streamed as server-sent events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flaskserve.web.openapi.schemas import (
+    OPENAI_ERROR,
+    OPENAI_ERRORS,
+    answer,
+    browser_errors,
+    json_content,
+    operation,
+    ref,
+)
+
+_SAMPLING: dict[str, Any] = {
+    "model": {
+        "type": "string",
+        "minLength": 1,
+        "description": "A generative model (GET /v1/models lists the served models).",
+    },
+    "max_tokens": {
+        "type": "integer",
+        "minimum": 1,
+        "description": "At most this many tokens, capped by the model's `max_tokens`.",
+    },
+    "max_completion_tokens": {"type": "integer", "minimum": 1, "description": "Same."},
+    "temperature": {"type": "number", "minimum": 0, "maximum": 2, "default": 1},
+    "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 1},
+    "seed": {"type": "integer", "description": "The same seed gives the same text."},
+    "stop": {
+        "description": "End the text before the first of these strings.",
+        "oneOf": [
+            {"type": "string", "minLength": 1},
+            {"type": "array", "maxItems": 4, "items": {"type": "string", "minLength": 1}},
+        ],
+    },
+    "n": {"const": 1},
+    "stream": {
+        "type": "boolean",
+        "default": False,
+        "description": "Server-sent events: one `data: {chunk}` per piece of text as it is "
+        "made, then `data: [DONE]`.",
+    },
+    "stream_options": {
+        "type": "object",
+        "properties": {
+            "include_usage": {
+                "type": "boolean",
+                "description": "A last chunk with empty `choices` carries the usage.",
+            }
+        },
+    },
+}
+
+GENERATION_SCHEMAS: dict[str, Any] = {
+    "ChatCompletionRequest": {
+        "type": "object",
+        "required": ["model", "messages"],
+        "properties": {
+            **_SAMPLING,
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["role"],
+                    "properties": {
+                        "role": {"type": "string"},
+                        "content": {
+                            "oneOf": [
+                                {"type": "string"},
+                                {"type": "array", "items": {"type": "object"}},
+                            ],
+                            "description": "Text, or a list of text parts.",
+                        },
+                    },
+                },
+            },
+        },
+    },
+    "CompletionRequest": {
+        "type": "object",
+        "required": ["model", "prompt"],
+        "properties": {
+            **_SAMPLING,
+            "prompt": {
+                "description": "Text (one prompt per request).",
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string"}},
+                ],
+            },
+        },
+    },
+    "CompletionUsage": {
+        "type": "object",
+        "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+        "properties": {
+            "prompt_tokens": {"type": "integer", "minimum": 0},
+            "completion_tokens": {"type": "integer", "minimum": 0},
+            "total_tokens": {"type": "integer", "minimum": 0},
+        },
+    },
+    "Completion": {
+        "type": "object",
+        "required": ["id", "object", "created", "model", "choices"],
+        "properties": {
+            "id": {"type": "string"},
+            "object": {
+                "enum": ["chat.completion", "text_completion", "chat.completion.chunk"]
+            },
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "message": {"type": "object"},
+                        "delta": {"type": "object"},
+                        "text": {"type": "string"},
+                        "finish_reason": {"enum": ["stop", "length", None]},
+                    },
+                },
+            },
+            "usage": {"oneOf": [ref("CompletionUsage"), {"type": "null"}]},
+        },
+    },
+}
+
+_STREAM = {
+    "description": "The answer (JSON), or with `stream: true` server-sent events of "
+    "`Completion` chunks ending with `data: [DONE]`.",
+    "content": {
+        **json_content(ref("Completion")),
+        "text/event-stream": {"schema": {"type": "string"}},
+    },
+}
+
+
+def _generate(summary: str, request: str) -> dict[str, Any]:
+    return operation(
+        "OpenAI",
+        summary,
+        {
+            "200": _STREAM,
+            **browser_errors(OPENAI_ERROR, checks_body=True),
+            **OPENAI_ERRORS,
+            "503": answer("Overloaded: refused before the stream starts.", OPENAI_ERROR),
+        },
+        requestBody={"required": True, "content": json_content(ref(request))},
+    )
+
+
+GENERATION_OPERATIONS: dict[str, dict[str, Any]] = {
+    "openai_generate.chat_completions": _generate(
+        "Continue a chat with a generative model (OpenAI's chat completions API)",
+        "ChatCompletionRequest",
+    ),
+    "openai_generate.completions": _generate(
+        "Continue a prompt with a generative model (OpenAI's completions API)",
+        "CompletionRequest",
+    ),
+}
