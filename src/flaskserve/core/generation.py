@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from flaskserve.core import observers
 from flaskserve.core.context import InferenceContext
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InvalidInput, ModelFailed
@@ -65,8 +66,11 @@ def _accounted(
     inputs: dict[str, np.ndarray],
 ) -> Iterator[TextEvent]:
     started = time.perf_counter()
+    first: float | None = None  # monotonic time of the first token
     try:
         for event in stream:
+            if first is None and event.completion_tokens:
+                first = time.monotonic()
             context.prompt_tokens = event.prompt_tokens
             context.completion_tokens = event.completion_tokens
             yield event
@@ -78,9 +82,19 @@ def _accounted(
         close = getattr(stream, "close", None)
         if close is not None:
             close()  # a client that left: stop the generation, free its place in the batch
+        ended = time.monotonic()
         seconds = time.perf_counter() - started
         for step in dataplane.steps:
             step.after(context, model, inputs, seconds)
+        made = context.completion_tokens
+        observers.current().generated(
+            model.name,
+            model.version,
+            None if first is None else first - context.arrived,
+            None if first is None or made < 2 else (ended - first) / (made - 1),
+            context.prompt_tokens,
+            made,
+        )
 
 
 def until_stop(stream: TextStream, stop: Iterable[str]) -> Iterator[TextEvent]:

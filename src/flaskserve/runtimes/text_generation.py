@@ -130,7 +130,11 @@ class Engine:
         self.manager = lm.init_continuous_batching(
             generation_config=generation, continuous_batching_config=batching
         )
-        self.manager.start()
+        # Started from a daemon thread, so its loop thread is one too (threads inherit it): a
+        # worker that is stopping must not wait on a batch loop that never ends by itself.
+        starter = threading.Thread(target=self.manager.start, daemon=True)
+        starter.start()
+        starter.join()
         self._streams: dict[str, queue.SimpleQueue[Any]] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count()

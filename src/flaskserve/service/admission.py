@@ -9,7 +9,8 @@ within `--max-queue-ms` is refused at once, costing microseconds, so a backlog d
 instead of every request in it being served late (as Triton's `max_queue_size` does).
 
 A request takes its slot after its body was read: a client that sends its body slowly waits
-on its own thread, never on a slot the other requests need.
+on its own thread, never on a slot the other requests need. A streamed response (a generation)
+keeps its slot until the stream is closed, not only until its view returned (`defer`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from flaskserve.core.errors import Overloaded
@@ -83,3 +85,14 @@ class Admission:
                 self._waiters.popleft().release()
             else:
                 self._free += 1
+
+    def defer(self, environ: dict[str, Any]) -> Callable[[], None]:
+        """Move the slot the request of `environ` holds out of it (so the request's teardown
+        keeps it) into the returned function, which gives it back once, when called: a stream
+        holds its slot until the server closes it."""
+        held = {SLOT_KEY: environ.pop(SLOT_KEY, False)}
+
+        def release() -> None:
+            self.leave(held)
+
+        return release
