@@ -24,6 +24,8 @@ PROTOCOL_OF_ENDPOINT = {
     "openai.embeddings": "openai",
     "openai_generate.chat_completions": "openai",
     "openai_generate.completions": "openai",
+    "v2_generate.generate": "v2",
+    "v2_generate.generate_stream": "v2",
 }
 
 

@@ -59,9 +59,12 @@ GENERATE_BODY_ENDPOINTS = frozenset(
 )
 INFERENCE_ENDPOINTS = frozenset(
     {"v2.infer", "v1.predict", "sagemaker.invocations", "openai.embeddings"}
-) | GENERATE_BODY_ENDPOINTS
+) | GENERATE_BODY_ENDPOINTS | {"v2_generate.generate", "v2_generate.generate_stream"}
 #: Every route that runs a generation (token quotas apply to these).
-GENERATE_ENDPOINTS = GENERATE_BODY_ENDPOINTS
+GENERATE_ENDPOINTS = GENERATE_BODY_ENDPOINTS | {
+    "v2_generate.generate",
+    "v2_generate.generate_stream",
+}
 #: Inference routes that name their model in the JSON body's `model` field, as OpenAI's do.
 BODY_MODEL_ENDPOINTS = frozenset({"openai.embeddings"}) | GENERATE_BODY_ENDPOINTS
 MODEL_ENDPOINTS = INFERENCE_ENDPOINTS | {"v2.model_metadata", "v2.model_statistics"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from flaskserve.web.openapi.schemas import (
+    ERROR,
+    ERRORS,
     OPENAI_ERROR,
     OPENAI_ERRORS,
     answer,
@@ -156,7 +158,57 @@ def _generate(summary: str, request: str) -> dict[str, Any]:
     )
 
 
+GENERATION_SCHEMAS["GenerateRequest"] = {
+    "type": "object",
+    "required": ["text_input"],
+    "properties": {
+        "text_input": {"type": "string", "description": "The prompt."},
+        "parameters": {
+            "type": "object",
+            "description": "max_tokens, temperature, top_p, seed, stop (also accepted beside "
+            "text_input).",
+        },
+    },
+}
+GENERATION_SCHEMAS["GenerateResponse"] = {
+    "type": "object",
+    "required": ["model_name", "model_version", "text_output"],
+    "properties": {
+        "model_name": {"type": "string"},
+        "model_version": {"type": "string"},
+        "text_output": {"type": "string"},
+        "finish_reason": {"enum": ["stop", "length"], "description": "On the last answer."},
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+    },
+}
+
+
+def _v2_generate(summary: str, streamed: bool) -> dict[str, Any]:
+    media = (
+        {"text/event-stream": {"schema": {"type": "string"}}}
+        if streamed
+        else json_content(ref("GenerateResponse"))
+    )
+    return operation(
+        "V2",
+        summary,
+        {
+            "200": {"description": "Generated text.", "content": media},
+            **browser_errors(ERROR, checks_body=True),
+            **ERRORS,
+        },
+        requestBody={"required": True, "content": json_content(ref("GenerateRequest"))},
+    )
+
+
 GENERATION_OPERATIONS: dict[str, dict[str, Any]] = {
+    "v2_generate.generate": _v2_generate(
+        "Generate text (KServe/Triton generate extension)", streamed=False
+    ),
+    "v2_generate.generate_stream": _v2_generate(
+        "Stream generated text as server-sent events (generate extension)", streamed=True
+    ),
     "openai_generate.chat_completions": _generate(
         "Continue a chat with a generative model (OpenAI's chat completions API)",
         "ChatCompletionRequest",
