@@ -41,14 +41,16 @@ def default_repository(cache_dir: Path) -> Path:
 
 
 def _recipe_digest() -> str:
-    from flaskserve.models import digits, minilm
+    from flaskserve.models import digits, minilm, scribe
 
-    recipe = "\n".join([digits.MODEL_TOML, digits.RECIPE, minilm.MODEL_TOML])
+    recipe = "\n".join(
+        [digits.MODEL_TOML, digits.RECIPE, minilm.MODEL_TOML, scribe.MODEL_TOML, scribe.RECIPE]
+    )
     return hashlib.sha256(recipe.encode("utf-8")).hexdigest()[:10]
 
 
 def _build(root: Path, with_nlp: bool = False) -> None:
-    from flaskserve.models import digits, minilm
+    from flaskserve.models import digits, minilm, scribe
 
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
     try:
@@ -56,6 +58,9 @@ def _build(root: Path, with_nlp: bool = False) -> None:
         print(f"flaskserve: built the digits model, held-out accuracy {accuracy:.3f}", flush=True)
         if with_nlp:
             minilm.build(staging / "minilm")
+        if with_nlp and scribe.available():
+            scribe.build(staging / "scribe")
+            print("flaskserve: built the scribe text generator", flush=True)
         os.rename(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -30,8 +30,17 @@ def build_lm(
     context: int = 256,
     train_seconds: float = 0.0,
     seed: int = 0,
+    bigram_start: bool = False,
 ) -> dict[str, float]:
-    """Write tokenizer and model into `folder`; returns what training reached (steps, loss)."""
+    """Write tokenizer and model into `folder`; returns what training reached (steps, loss).
+
+    `bigram_start` (needs `hidden_size` >= the vocabulary) writes the texts' bigram statistics
+    straight into the weights before any training: each token's embedding is its own axis, the
+    attention and MLP outputs start at zero (so the residual stream carries the token through),
+    and the output layer holds log P(next | token). Counting takes a second where gradient
+    descent on a busy two-core machine needs many minutes to learn as much; training then starts
+    from there and adds what attention can learn.
+    """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import (
@@ -60,7 +69,7 @@ def build_lm(
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 4,
+        intermediate_size=64 if bigram_start else hidden_size * 4,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=4,
@@ -68,9 +77,11 @@ def build_lm(
         eos_token_id=eos,
         bos_token_id=eos,
         pad_token_id=eos,
-        tie_word_embeddings=True,
+        tie_word_embeddings=not bigram_start,
     )
     lm = LlamaForCausalLM(config)
+    if bigram_start:
+        _write_bigrams(lm, tokenizer, texts)
     reached = _train(lm, tokenizer, texts, context, train_seconds) if train_seconds else {}
     lm.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         eos_token_id=eos, pad_token_id=eos, bos_token_id=eos, max_new_tokens=128
@@ -79,6 +90,33 @@ def build_lm(
     lm.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return reached
+
+
+def _write_bigrams(lm: object, tokenizer: object, texts: Sequence[str]) -> None:
+    import torch
+
+    vocab = lm.config.vocab_size  # type: ignore[attr-defined]
+    hidden = lm.config.hidden_size  # type: ignore[attr-defined]
+    if hidden < vocab:
+        raise ValueError(f"bigram_start needs hidden_size >= vocab_size ({vocab})")
+    eos = tokenizer.eos_token_id  # type: ignore[attr-defined]
+    counts = torch.full((vocab, vocab), 1e-3)  # a little smoothing: rare pairs stay rare
+    for text in texts:
+        ids = [eos, *tokenizer(text)["input_ids"], eos]  # type: ignore[operator]
+        pairs = torch.tensor([ids[:-1], ids[1:]])
+        counts.index_put_((pairs[0], pairs[1]), torch.ones(pairs.shape[1]), accumulate=True)
+    log_next = torch.log(counts / counts.sum(dim=1, keepdim=True))  # [token, next]
+    with torch.no_grad():
+        embed = lm.model.embed_tokens.weight  # type: ignore[attr-defined]
+        embed.zero_()
+        embed[:, :vocab] = torch.eye(vocab)
+        for layer in lm.model.layers:  # type: ignore[attr-defined]
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        # The final RMSNorm turns a one-hot vector into sqrt(hidden) times it.
+        head = lm.lm_head.weight  # type: ignore[attr-defined]
+        head.zero_()
+        head[:, :vocab] = log_next.T / hidden**0.5
 
 
 def _train(
@@ -93,10 +131,10 @@ def _train(
         ids.extend(tokenizer(text)["input_ids"])  # type: ignore[operator]
         ids.append(eos)
     data = torch.tensor(ids)
-    window = min(128, context)
+    window = min(64, context)
     batch = 16
     model = lm  # a torch module
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)  # type: ignore[attr-defined]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)  # type: ignore[attr-defined]
     model.train()  # type: ignore[attr-defined]
     deadline = time.monotonic() + seconds
     steps, loss_value = 0, float("nan")
@@ -108,6 +146,6 @@ def _train(
         loss.backward()
         optimizer.step()
         steps += 1
-        loss_value = float(loss)
+        loss_value = float(loss.detach())
     model.eval()  # type: ignore[attr-defined]
     return {"steps": float(steps), "loss": loss_value}
