@@ -164,3 +164,58 @@ def test_sigterm_lets_a_running_stream_finish(start_server, gen_repo: Path, tmp_
         rest = b"".join(lines)
     assert b'"second"' in rest and rest.endswith(b"[DONE]")
     server.process.wait(timeout=30)
+
+
+UNLOADABLE_PY = '''\
+import time
+from pathlib import Path
+
+
+class Unloadable:
+    """Like `gated`, but its unload cuts a generation still waiting: what unloading a
+    transformers model does to the streams of its batch."""
+
+    unloaded = False
+
+    def predict(self, text_input):
+        gate = Path(text_input.strip())
+        yield "first "
+        deadline = time.monotonic() + 60
+        while not gate.exists() and not self.unloaded and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield "CUT" if self.unloaded else "second"
+
+    def unload(self):
+        self.unloaded = True
+'''
+
+
+def test_a_sighup_reload_does_not_cut_a_running_stream(start_server, tmp_path: Path) -> None:
+    root = tmp_path / "repo"
+    (root / "unloadable" / "1").mkdir(parents=True)
+    (root / "unloadable" / "1" / "unloadable.py").write_text(UNLOADABLE_PY)
+    (root / "unloadable" / "model.toml").write_text(
+        'runtime = "python"\nentrypoint = "unloadable:Unloadable"\n'
+    )
+    server = start_server([str(root), "--workers", "1", "--graceful-timeout", "30"])
+    gate = tmp_path / "open"
+    with requests.post(
+        server.url + "/v1/completions",
+        json={"model": "unloadable", "prompt": str(gate), "stream": True},
+        stream=True,
+        timeout=60,
+    ) as running:
+        lines = running.iter_lines()
+        assert b"first" in next(line for line in lines if line)
+        os.kill(server.process.pid, signal.SIGHUP)
+        server.wait_for_log("Worker reloaded")
+        # New requests run on the new app while the stream still runs on the old one.
+        fresh = requests.post(
+            server.url + "/v1/completions",
+            json={"model": "unloadable", "prompt": "/", "max_tokens": 1},
+            timeout=30,
+        )
+        assert fresh.status_code == 200
+        gate.write_text("open")
+        rest = b"".join(lines)
+    assert b'"second"' in rest and b"CUT" not in rest and rest.endswith(b"[DONE]")

@@ -44,6 +44,7 @@ from flaskserve.service import auth, metering, prometheus, received
 from flaskserve.service.admission import SLOT_KEY, Admission
 from flaskserve.service.keys import KeyStore
 from flaskserve.service.limits import LocalBuckets, SharedBuckets, open_buckets
+from flaskserve.service.reload import STREAMING_KEY
 from flaskserve.settings import Settings
 
 #: WSGI environ keys: the access log can show the key id next to the request id.
@@ -168,8 +169,10 @@ def _gate(dataplane: DataPlane, service: Service) -> Callable[[], None]:
 
 def _streams_keep_their_slot(admission: Admission) -> Callable[[Response], Response]:
     def keep(response: Response) -> Response:
-        if response.is_streamed and SLOT_KEY in request.environ:
-            response.call_on_close(admission.defer(request.environ))
+        if response.is_streamed:
+            request.environ[STREAMING_KEY] = True  # a reload lets it finish (service.reload)
+            if SLOT_KEY in request.environ:
+                response.call_on_close(admission.defer(request.environ))
         return response
 
     return keep
