@@ -40,7 +40,8 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory, tiny_lm: Path) -> Path:
 
 #: Python streaming models: `gated` yields "first ", then waits for the file its prompt names
 #: before "second" (so a test can see a token arrive before the next one exists); `endless`
-#: yields "tick " until its stream is closed, then writes the file its prompt names.
+#: yields "tick " until its stream is closed, then writes the file its prompt names; `flood`
+#: the same with 64 KiB pieces and no pause, to fill a connection nobody reads.
 STREAMERS_PY = '''\
 import time
 from pathlib import Path
@@ -64,6 +65,15 @@ class Endless:
                 time.sleep(0.02)
         finally:
             Path(text_input.strip()).write_text("closed")
+
+
+class Flood:
+    def predict(self, text_input):
+        try:
+            while True:
+                yield "x" * 65536
+        finally:
+            Path(text_input.strip()).write_text("closed")
 '''
 
 
@@ -73,7 +83,7 @@ def gen_repo(tmp_path_factory: pytest.TempPathFactory, tiny_lm: Path) -> Path:
     root = tmp_path_factory.mktemp("gen-served")
     shutil.copytree(tiny_lm, root / "tiny" / "1")
     (root / "tiny" / "model.toml").write_text(TINY_TOML, encoding="utf-8")
-    for name, cls in (("gated", "Gated"), ("endless", "Endless")):
+    for name, cls in (("gated", "Gated"), ("endless", "Endless"), ("flood", "Flood")):
         (root / name / "1").mkdir(parents=True)
         (root / name / "1" / "streamers.py").write_text(STREAMERS_PY, encoding="utf-8")
         (root / name / "model.toml").write_text(

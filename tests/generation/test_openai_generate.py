@@ -173,3 +173,27 @@ def _next_data(lines: Iterator[bytes]) -> dict:
         if line.startswith(b"data: "):
             return orjson.loads(line[6:])
     raise AssertionError("the stream ended without data")
+
+
+def test_a_client_that_reads_nothing_does_not_block_other_streams(
+    server: Server, tmp_path: Path
+) -> None:
+    marker = tmp_path / "closed"
+    body = orjson.dumps({"model": "flood", "prompt": str(marker), "stream": True})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as stalled:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        assert b"HTTP/1.1 200" in stalled.recv(64)  # the flood started; nothing more is read
+        for _ in range(3):
+            other = requests.post(
+                server.url + "/v1/completions",
+                json={"model": "gated", "prompt": "/", "stream": True},
+                timeout=30,
+            )
+            assert other.status_code == 200 and other.content.endswith(b"data: [DONE]\n\n")
+    eventually(marker.exists, timeout=60, message="the stalled stream was closed")
