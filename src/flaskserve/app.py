@@ -19,7 +19,7 @@ from flaskserve.observability import endpoint as metrics_endpoint
 from flaskserve.observability import requests as request_hooks
 from flaskserve.observability import statistics
 from flaskserve.observability.metrics import PrometheusObserver
-from flaskserve.protocol import openai, sagemaker, v1, v2
+from flaskserve.protocol import openai, openai_generate, sagemaker, v1, v2, v2_generate
 from flaskserve.protocol.hook_chain import HookChain
 from flaskserve.protocol.http_context import REQUEST_ID_KEY
 from flaskserve.protocol.v2 import json_response
@@ -109,6 +109,8 @@ def create_app(
     app.register_blueprint(v2.create_blueprint(dataplane, control, statistics_report))
     app.register_blueprint(v1.create_blueprint(dataplane))
     app.register_blueprint(openai.create_blueprint(dataplane))
+    app.register_blueprint(openai_generate.create_blueprint(dataplane))
+    app.register_blueprint(v2_generate.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))
     app.register_blueprint(home.create_blueprint(dataplane, settings))
     access = auth.access_of if settings.auth else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,14 +123,22 @@ def test_skops_trusts_the_same_types_as_when_imported_with_torch(tmp_path: Path)
 
 @needs_nlp
 def test_workers_serving_the_default_models_map_no_torch_library(
-    start_server, minilm_export: Path
+    start_server, minilm_export: Path, session_cache: Path, tmp_path: Path
 ) -> None:
-    """A real server's workers, after a request to each default model: none has mapped a file
-    of torch's package (its shared libraries are what most of its memory is)."""
+    """A real server's workers, after a request to each default model but `scribe` (the text
+    generator, which runs on torch by design): none has mapped a file of torch's package (its
+    shared libraries are what most of its memory is)."""
     spec = importlib.util.find_spec("torch")
     assert spec is not None and spec.origin is not None
     torch_dir = str(Path(spec.origin).parent)
-    server = start_server(["--workers", "2"], ready_path="/v2/health/ready", timeout=180)
+    with threadpool_limits(1):
+        defaults_root = defaults.default_repository(session_cache)
+    repo = tmp_path / "repo"
+    for name in ("digits", "minilm"):
+        shutil.copytree(defaults_root / name, repo / name)
+    server = start_server(
+        [str(repo), "--workers", "2"], ready_path="/v2/health/ready", timeout=180
+    )
     server.wait_for_log("model minilm version 1 is ready", count=2, timeout=180)
     for model, tensor in [
         ("digits", {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64}),

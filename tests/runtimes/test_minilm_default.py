@@ -21,7 +21,7 @@ def test_default_repository_serves_minilm_with_the_nlp_extra(
 ) -> None:
     root = defaults.default_repository(session_cache)
     assert root.name.endswith("-nlp")
-    assert sorted(p.name for p in root.iterdir()) == ["digits", "minilm"]
+    assert sorted(p.name for p in root.iterdir()) == ["digits", "minilm", "scribe"]
     config = read_model_config(root / "minilm")
     assert (config.max_batch_size, config.max_delay_ms) == (32, 0.0)
     model = load_model(config, "1", root / "minilm" / "1", RuntimeOptions(session_cache))

@@ -131,13 +131,15 @@ def test_usage_command_prints_a_table_and_csv(tmp_path) -> None:
     assert table.exit_code == 0, table.output
     header, row = table.output.splitlines()[1:3]
     assert header.split() == [
-        "KEY", "MODEL", "REQUESTS", "FAILED", "ITEMS", "BYTES_IN", "BYTES_OUT", "COMPUTE_MS"
+        "KEY", "MODEL", "REQUESTS", "FAILED", "ITEMS", "BYTES_IN", "BYTES_OUT", "COMPUTE_MS",
+        "PROMPT_TOKENS", "COMPLETION_TOKENS",
     ]
-    assert row.split() == ["alice", "digits", "3", "1", "9", "300", "120", "4.500"]
+    assert row.split() == ["alice", "digits", "3", "1", "9", "300", "120", "4.500", "0", "0"]
     as_csv = runner.invoke(main, ["usage", "--csv"], env={"FLASKSERVE_USAGE_DB": str(db)})
     assert as_csv.output.splitlines() == [
-        "key,model,requests,failed,items,bytes_in,bytes_out,compute_ms",
-        "alice,digits,3,1,9,300,120,4.500",
+        "key,model,requests,failed,items,bytes_in,bytes_out,compute_ms,prompt_tokens,"
+        "completion_tokens",
+        "alice,digits,3,1,9,300,120,4.500,0,0",
     ]
     missing = runner.invoke(main, ["usage", "--db", str(tmp_path / "none.sqlite3")])
     assert missing.exit_code != 0 and "no usage database" in missing.output
@@ -172,7 +174,7 @@ def test_a_journal_with_unreadable_records_is_quarantined_and_later_records_coun
     folder = metering.journal_dir(db)
     folder.mkdir(parents=True)
     bad_lines = [
-        b'[0, "alice", "digits", 1, 0, 3, 100, 40, 1500, 7, 7]',  # more columns than exist
+        b'[0, "alice", "digits", 1, 0, 3, 100, 40, 1500, 7, 7, 7]',  # more columns than exist
         b'{"not": "a record"}',
         b"\xff\xfe binary",
         b'[0, "alice", "digits", 1, 0, "three", 100, 40, 1500]',
@@ -261,3 +263,31 @@ def test_usage_command_refuses_an_empty_auth_setting() -> None:
     result = CliRunner().invoke(main, ["usage"], env={"FLASKSERVE_AUTH": ""})
     assert result.exit_code != 0
     assert "FLASKSERVE_AUTH is set but empty" in result.output
+
+
+def test_tokens_are_metered_and_old_databases_and_journals_still_fold(tmp_path) -> None:
+    import sqlite3
+
+    db = tmp_path / "usage.sqlite3"
+    old = sqlite3.connect(db)  # the table as it was before tokens were metered
+    old.execute(
+        "CREATE TABLE usage (minute INTEGER NOT NULL, key_id TEXT NOT NULL, model TEXT NOT "
+        "NULL, requests INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0, items "
+        "INTEGER NOT NULL DEFAULT 0, bytes_in INTEGER NOT NULL DEFAULT 0, bytes_out INTEGER "
+        "NOT NULL DEFAULT 0, compute_us INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (minute, "
+        "key_id, model)) WITHOUT ROWID"
+    )
+    old.execute("INSERT INTO usage VALUES (60, 'carol', 'tiny', 1, 0, 1, 10, 10, 5)")
+    old.commit()
+    old.close()
+    folder = metering.journal_dir(db)
+    folder.mkdir()
+    (folder / "old-1.fold").write_bytes(b'[60, "carol", "tiny", 1, 0, 1, 10, 10, 5]\n')
+    meter = Meter(db)
+    meter.record("carol", "tiny", False, 1, 10, 10, 5, prompt_tokens=7, completion_tokens=30)
+    meter.close()
+    rows = {(r.key_id, r.model): r for r in metering.read_usage(db)}
+    carol = rows[("carol", "tiny")]
+    assert carol.requests == 3
+    assert (carol.prompt_tokens, carol.completion_tokens) == (7, 30)
+    assert carol.as_dict()["completion_tokens"] == 30

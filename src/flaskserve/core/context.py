@@ -52,6 +52,10 @@ class InferenceContext:
     served: Model | None = None
     rows: int = 0
     compute: float = 0.0
+    #: Tokens a generation read and wrote (what a generative model bills), filled as it runs,
+    #: so a stream cut short is billed for what it sent.
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class Step(Protocol):

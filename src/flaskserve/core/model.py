@@ -8,7 +8,7 @@ everything library-specific lives in the runtime.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,44 @@ Tensor = TensorSpec
 
 Arrays = dict[str, np.ndarray]
 
+#: Why a generation ended: a stop condition (end-of-text token or a `stop` string), its
+#: `max_tokens`, or a failure inside the model.
+FINISH_REASONS = ("stop", "length", "error")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a client asks a generative model for, whatever front door it came through.
+
+    Exactly one of `prompt` (plain text) and `messages` (a chat: dicts with `role` and `content`,
+    rendered by the model's chat template) is set. `max_tokens` None means the model's limit;
+    `temperature` 0 means greedy; `stop` strings end the text before them.
+    """
+
+    prompt: str | None = None
+    messages: tuple[Mapping[str, Any], ...] | None = None
+    max_tokens: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TextEvent:
+    """One step of a generation: the text made since the previous event (possibly empty) and
+    the counts so far. The last event of a stream carries `finish_reason`."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+#: A running generation. Its consumer either reads it to the end or calls `close()` on it (a
+#: client went away): closing stops the generation and frees its place in the model's batch.
+TextStream = Iterator[TextEvent]
+
 
 @dataclass
 class Model:
@@ -112,6 +150,10 @@ class Model:
     `count_tokens`, where a runtime holds the model's tokenizer, says how many tokens the model
     reads for a list of texts (what the OpenAI embeddings route reports as usage); runtimes
     without one leave it None. `loaded_at` (seconds since the epoch) is when it was loaded.
+
+    `generate_fn`, set on a generative (streaming) model, starts a generation and returns its
+    `TextStream` (a generator, so `close()` cancels it); such a model also answers `predict`
+    with the whole text, for the request/response front doors.
     """
 
     name: str
@@ -127,6 +169,7 @@ class Model:
     count_tokens: Callable[[list[str]], int] | None = None
     loaded_at: float = field(default_factory=time.time)
     chunk_rows: int = 0
+    generate_fn: Callable[[GenerationRequest], TextStream] | None = None
 
     def __post_init__(self) -> None:
         self.input_by_name = {spec.name: spec for spec in self.inputs}
@@ -138,6 +181,16 @@ class Model:
 
     def predict(self, inputs: Arrays) -> Arrays:
         return dict(self.predict_fn(inputs))
+
+    @property
+    def generative(self) -> bool:
+        """Whether this model streams text (`generate` works)."""
+        return self.generate_fn is not None
+
+    def generate(self, request: GenerationRequest) -> TextStream:
+        if self.generate_fn is None:
+            raise TypeError(f"model {self.name!r} is not a generative model")
+        return self.generate_fn(request)
 
     def unload(self) -> None:
         if self.unload_fn is not None:

@@ -32,7 +32,24 @@ class LoadObserver(Protocol):
         """One model version loaded in `seconds`."""
 
 
-class Observer(BatchObserver, LoadObserver, Protocol):
+class GenerationObserver(Protocol):
+    """Events of generative models (`core.generation`)."""
+
+    def generated(
+        self,
+        model: str,
+        version: str,
+        first_token: float | None,
+        per_token: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        """One generation ended (finished or closed): seconds from the request's arrival to its
+        first token (None: it made none), mean seconds per output token after the first (None:
+        fewer than two), and its token counts."""
+
+
+class Observer(BatchObserver, LoadObserver, GenerationObserver, Protocol):
     """Both: what one metrics backend implements."""
 
 
@@ -49,6 +66,17 @@ class NoObserver:
         pass
 
     def loaded(self, model: str, version: str, seconds: float) -> None:
+        pass
+
+    def generated(
+        self,
+        model: str,
+        version: str,
+        first_token: float | None,
+        per_token: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
         pass
 
 

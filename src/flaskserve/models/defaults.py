@@ -52,14 +52,16 @@ def default_repository(cache_dir: Path) -> Path:
 
 
 def _recipe_digest() -> str:
-    from flaskserve.models import digits, minilm
+    from flaskserve.models import digits, minilm, scribe
 
-    recipe = "\n".join([digits.MODEL_TOML, digits.RECIPE, minilm.MODEL_TOML])
+    recipe = "\n".join(
+        [digits.MODEL_TOML, digits.RECIPE, minilm.MODEL_TOML, scribe.MODEL_TOML, scribe.RECIPE]
+    )
     return hashlib.sha256(recipe.encode("utf-8")).hexdigest()[:10]
 
 
 def _build(root: Path, with_nlp: bool = False) -> None:
-    from flaskserve.models import digits, minilm
+    from flaskserve.models import digits, minilm, scribe
 
     staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
     try:
@@ -70,6 +72,9 @@ def _build(root: Path, with_nlp: bool = False) -> None:
             minilm.build(staging / "minilm")
             with step("exporting MiniLM to ONNX once (it is cached for the next start)") as done:
                 done(_export_minilm(root.parent))
+        if with_nlp and scribe.available():
+            with step("building the scribe text generator from packaged text"):
+                scribe.build(staging / "scribe")
         os.rename(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -36,6 +36,8 @@ __all__ = ["LATENCY_BUCKETS", "MULTIPROC_ENV"]
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Seconds a model version took to load.
 LOAD_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: Time to first token and per output token: milliseconds (a GPU) to seconds (a busy CPU).
+TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 #: The `model` label of requests naming a model the repository does not know, so a client sending
 #: random names cannot create unbounded series.
@@ -135,7 +137,7 @@ class Metrics:
     """The metric objects of this process; built once, on first use, by `get`."""
 
     def __init__(self) -> None:
-        from prometheus_client import Gauge, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
         self.load_time = _Family(Histogram(
             "flaskserve_model_load_duration_seconds",
@@ -150,6 +152,23 @@ class Metrics:
             multiprocess_mode="mostrecent",
         ))
         self.known_states: set[tuple[str, str]] = set()
+        self.first_token = _Family(Histogram(
+            "flaskserve_generation_time_to_first_token_seconds",
+            "Time from a generation request's arrival to its first token.",
+            ["model", "version"],
+            buckets=TOKEN_BUCKETS,
+        ))
+        self.per_token = _Family(Histogram(
+            "flaskserve_generation_time_per_output_token_seconds",
+            "Mean time between output tokens after the first, one observation per generation.",
+            ["model", "version"],
+            buckets=TOKEN_BUCKETS,
+        ))
+        self.tokens = _Family(Counter(
+            "flaskserve_generation_tokens",
+            "Tokens of generative models by kind (prompt, completion); rate() gives tokens/s.",
+            ["model", "version", "kind"],
+        ))
 
 
 _metrics: Metrics | None = None
@@ -211,6 +230,23 @@ class PrometheusObserver:
 
     def loaded(self, model: str, version: str, seconds: float) -> None:
         model_loaded(model, version, seconds)
+
+    def generated(
+        self,
+        model: str,
+        version: str,
+        first_token: float | None,
+        per_token: float | None,
+        prompt_tokens: int,
+        completion_tokens: int,
+    ) -> None:
+        m = _metrics or get()
+        if first_token is not None:
+            m.first_token(model, version).observe(first_token)
+        if per_token is not None:
+            m.per_token(model, version).observe(per_token)
+        m.tokens(model, version, "prompt").inc(prompt_tokens)
+        m.tokens(model, version, "completion").inc(completion_tokens)
 
 
 def record_states(repository: ModelRepository) -> None:

@@ -22,6 +22,10 @@ PROTOCOL_OF_ENDPOINT = {
     "v1.predict": "v1",
     "sagemaker.invocations": "sagemaker",
     "openai.embeddings": "openai",
+    "openai_generate.chat_completions": "openai",
+    "openai_generate.completions": "openai",
+    "v2_generate.generate": "v2",
+    "v2_generate.generate_stream": "v2",
 }
 
 

@@ -8,11 +8,17 @@ define `load()` (called once, before serving) and `unload()`.
     runtime = "python"                        class Echo:
     entrypoint = "echo:Echo"                      def load(self): ...
     [[inputs]] ...                                def predict(self, x): return {"y": x * 2}
+
+A `predict` that yields (a generator function) makes a streaming text model: it is called with
+the prompt as `text_input` (a str) and each piece of text it yields reaches the client as it is
+made, counted as one token (see `core.generation.pieces_stream`); its signature is the generative
+one, `text_input` -> `text_output`.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +26,8 @@ from typing import Any
 
 from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import ModelLoadError
-from flaskserve.core.model import Arrays, Model, TensorSpec
+from flaskserve.core.generation import generative_model, pieces_stream, prompt_of
+from flaskserve.core.model import Arrays, GenerationRequest, Model, TensorSpec, TextStream
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 
 
@@ -89,6 +96,10 @@ def load(
     predict = getattr(instance, "predict", None)
     if predict is None:
         raise ModelLoadError(f"{entrypoint} has no predict method")
+    if inspect.isgeneratorfunction(predict):
+        return streaming_model(
+            config.name, predict, version, unload=getattr(instance, "unload", None)
+        )
     return model_from_callable(
         config.name,
         predict,
@@ -123,3 +134,19 @@ def _import(module_name: str, model: str, version: str, path: Path) -> Any:
         sys.modules.pop(unique, None)
         raise ModelLoadError(f"importing {file.name} failed: {type(exc).__name__}: {exc}") from None
     return module
+
+
+def streaming_model(
+    name: str,
+    fn: Callable[..., Any],
+    version: str = "1",
+    unload: Callable[[], None] | None = None,
+) -> Model:
+    """Wrap a generator function `fn(text_input=prompt)` yielding text pieces as a generative
+    model; closing its stream closes the generator (its `finally` blocks run)."""
+
+    def generate(request: GenerationRequest) -> TextStream:
+        prompt = prompt_of(request)
+        return pieces_stream(fn(text_input=prompt), request, len(prompt.split()))
+
+    return generative_model(name, version, generate, "python", unload_fn=unload)

@@ -26,6 +26,7 @@ RUNTIMES: dict[str, tuple[str, str | None]] = {
     "onnx": ("flaskserve.runtimes.onnx", "onnx"),
     "torch": ("flaskserve.runtimes.torch", "torch"),
     "sentence_transformers": ("flaskserve.runtimes.sentence_transformers", "nlp"),
+    "transformers": ("flaskserve.runtimes.text_generation", "nlp"),
 }
 
 

@@ -8,7 +8,9 @@ of joining the queue is refused at once, costing microseconds, so a backlog drai
 instead of every request in it being served late (as Triton's `max_queue_size` does).
 
 A request takes its slot after its body was read, which the engine does on its event loop: a
-client that sends its body slowly holds no thread and no slot.
+client that sends its body slowly holds no thread and no slot. A streamed response (a
+generation) keeps its slot until the stream is closed, not only until its view returned
+(`defer`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from flaskserve.core.errors import Overloaded
@@ -85,3 +88,14 @@ class Admission:
                 self._waiters.popleft().release()
             else:
                 self._free += 1
+
+    def defer(self, environ: dict[str, Any]) -> Callable[[], None]:
+        """Move the slot the request of `environ` holds out of it (so the request's teardown
+        keeps it) into the returned function, which gives it back once, when called: a stream
+        holds its slot until the server closes it."""
+        held = {SLOT_KEY: environ.pop(SLOT_KEY, False)}
+
+        def release() -> None:
+            self.leave(held)
+
+        return release

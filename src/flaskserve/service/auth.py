@@ -56,11 +56,20 @@ OPEN_ENDPOINTS = frozenset(
 OPEN_PATHS = frozenset({"/", "/docs", "/openapi.json"})
 OPEN_PREFIXES = ("/static/", "/assets/", "/docs/")
 #: The routes that run a model; these are metered, rate limited and shed under overload.
+#: OpenAI's text generation routes (protocol/openai_generate.py).
+GENERATE_BODY_ENDPOINTS = frozenset(
+    {"openai_generate.chat_completions", "openai_generate.completions"}
+)
 INFERENCE_ENDPOINTS = frozenset(
     {"v2.infer", "v1.predict", "sagemaker.invocations", "openai.embeddings"}
-)
+) | GENERATE_BODY_ENDPOINTS | {"v2_generate.generate", "v2_generate.generate_stream"}
+#: Every route that runs a generation (token quotas apply to these).
+GENERATE_ENDPOINTS = GENERATE_BODY_ENDPOINTS | {
+    "v2_generate.generate",
+    "v2_generate.generate_stream",
+}
 #: Inference routes that name their model in the JSON body's `model` field, as OpenAI's do.
-BODY_MODEL_ENDPOINTS = frozenset({"openai.embeddings"})
+BODY_MODEL_ENDPOINTS = frozenset({"openai.embeddings"}) | GENERATE_BODY_ENDPOINTS
 MODEL_ENDPOINTS = INFERENCE_ENDPOINTS | {"v2.model_metadata", "v2.model_statistics"}
 ADMIN_ENDPOINTS = frozenset(
     {

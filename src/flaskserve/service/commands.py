@@ -74,8 +74,18 @@ def keys() -> None:
 @click.option("--admin", is_flag=True, help="May load/unload models and read usage and metrics.")
 @click.option("--rate", type=float, default=0.0, help="Requests per second [unlimited].")
 @click.option("--burst", type=float, default=0.0, help="Requests at once [max(1, rate)].")
+@click.option(
+    "--tokens", type=click.IntRange(min=0), default=0,
+    help="Token quota on generative models, prompt + completion [none].",
+)
 def add(
-    name: str, path: Path | None, models: str, admin: bool, rate: float, burst: float
+    name: str,
+    path: Path | None,
+    models: str,
+    admin: bool,
+    rate: float,
+    burst: float,
+    tokens: int,
 ) -> None:
     """Create a key called NAME; the key is printed once and only its hash is stored."""
     if rate < 0 or burst < 0:
@@ -83,7 +93,7 @@ def add(
     target = _keys_file(path)
     allowed = tuple(m.strip() for m in models.split(",") if m.strip())
     try:
-        key = add_key(target, name, allowed, admin, rate, burst)
+        key = add_key(target, name, allowed, admin, rate, burst, tokens)
     except KeyFileError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(key)

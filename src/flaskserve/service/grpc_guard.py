@@ -162,11 +162,13 @@ class GuardedCall:
             model, items, compute = self.model or "", 0, context.compute
         if model not in served:
             model = prometheus.UNKNOWN_MODEL
+        tokens = (context.prompt_tokens, context.completion_tokens)
         if service.meter is not None:
             service.meter.record(
-                key_id, model, status >= 400, items, bytes_in, bytes_out, round(compute * 1e6)
+                key_id, model, status >= 400, items, bytes_in, bytes_out, round(compute * 1e6),
+                *tokens,
             )
         if service.keys is not None:
-            prometheus.count(key_id, model, status, items, bytes_in, bytes_out, compute)
+            prometheus.count(key_id, model, status, items, bytes_in, bytes_out, compute, *tokens)
 
 

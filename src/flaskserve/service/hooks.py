@@ -8,7 +8,8 @@ without a valid key cannot make the server wait for (or buffer) one:
 
 1. authentication and permission: 401 (no key, or an unknown one) with `WWW-Authenticate`,
    403 (the key may not use this model, or the route needs an admin key);
-2. the key's rate limit: 429 + `Retry-After`;
+2. the key's rate limit: 429 + `Retry-After`; on a generation route, the key's token quota
+   (`tokens` in the keys file, against the tokens metered so far): 429 before any stream;
 3. a chunked body (no Content-Length) over `--max-request-bytes` gets 413, as a sized one does;
 4. admission: an inference request reads its body, then waits at most `--max-queue-ms` for one
    of the worker's `--threads` slots, else 503 + `Retry-After: 1` (`service.admission`).
@@ -41,13 +42,16 @@ from flaskserve.protocol.hook_chain import HookChain
 from flaskserve.protocol.http_context import CONTEXT_KEY, http_context
 from flaskserve.protocol.v2 import json_response
 from flaskserve.service import auth, dashboard, metering, prometheus, received
-from flaskserve.service.admission import Admission
+from flaskserve.service.admission import SLOT_KEY, Admission
 from flaskserve.service.keys import KeyStore
 from flaskserve.service.limits import LocalBuckets, SharedBuckets, open_buckets
+from flaskserve.service.reload import STREAMING_KEY
 from flaskserve.settings import Settings
 
 #: WSGI environ keys: the access log can show the key id next to the request id.
 KEY_ID_KEY = "flaskserve.key_id"
+#: Retry-After (seconds) of a spent token quota: it does not refill by itself.
+QUOTA_RETRY_AFTER = 3600
 
 
 def usage_db_path(settings: Settings) -> Path | None:
@@ -96,6 +100,7 @@ def install(
     target: Flask | HookChain = hooks if hooks is not None else app
     target.before_request(_gate(dataplane, service))
     target.teardown_request(lambda _: service.admission.leave(request.environ))
+    target.after_request(_streams_keep_their_slot(service.admission))
     target.after_request(_metering(dataplane, service))
     return service
 
@@ -165,8 +170,27 @@ def _gate(dataplane: DataPlane, service: Service) -> Callable[[], None]:
                     f"{retry_after}s",
                     retry_after,
                 )
+        if key.tokens and endpoint in auth.GENERATE_ENDPOINTS and service.meter is not None:
+            used = service.meter.tokens_used(key.id)
+            if used >= key.tokens:
+                raise RateLimited(
+                    f"API key {key.id!r} has used {used} of its {key.tokens} tokens; ask the "
+                    "operator for a larger quota",
+                    QUOTA_RETRY_AFTER,
+                )
 
     return gate
+
+
+def _streams_keep_their_slot(admission: Admission) -> Callable[[Response], Response]:
+    def keep(response: Response) -> Response:
+        if response.is_streamed:
+            request.environ[STREAMING_KEY] = True  # a reload lets it finish (service.reload)
+            if SLOT_KEY in request.environ:
+                response.call_on_close(admission.defer(request.environ))
+        return response
+
+    return keep
 
 
 def _check_chunked_size(limit: int | None) -> None:
@@ -205,16 +229,26 @@ def _metering(dataplane: DataPlane, service: Service) -> Callable[[Response], Re
         if model not in served:
             model = prometheus.UNKNOWN_MODEL
         bytes_in = received.received(environ)
-        bytes_out = response.calculate_content_length() or 0
+        # Never of a stream: Werkzeug would read the whole stream into memory to measure it.
+        bytes_out = 0 if response.is_streamed else (response.calculate_content_length() or 0)
         status = response.status_code
 
         def record() -> None:
+            # Read at close: a stream has counted the tokens it sent by then.
+            compute_now, items_now, tokens = compute, items, (0, 0)
+            if context is not None:
+                compute_now = context.compute
+                items_now = context.rows if context.served is not None else items
+                tokens = (context.prompt_tokens, context.completion_tokens)
             if service.meter is not None:
                 service.meter.record(
-                    key_id, model, status >= 400, items, bytes_in, bytes_out, round(compute * 1e6)
+                    key_id, model, status >= 400, items_now, bytes_in, bytes_out,
+                    round(compute_now * 1e6), *tokens,
                 )
             if service.keys is not None:
-                prometheus.count(key_id, model, status, items, bytes_in, bytes_out, compute)
+                prometheus.count(
+                    key_id, model, status, items_now, bytes_in, bytes_out, compute_now, *tokens
+                )
 
         # Once the server has written the response (WSGI close), not before: a worker killed
         # between building an answer and sending it must not bill the client for it.

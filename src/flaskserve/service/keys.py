@@ -9,6 +9,8 @@ does) and appends only its SHA-256 digest:
     admin = false              # admin: repository load/unload/index, /v2/usage, /metrics
     rate = 10.0                # requests per second, token bucket; 0 or omitted: unlimited
     burst = 20                 # bucket size; defaults to max(1, rate)
+    tokens = 100000            # token quota of generative models (prompt + completion), all
+                               # time; spent: 429 before a stream starts. 0 or omitted: none
 
 Why a fast hash is right here: slow password hashes (bcrypt, scrypt, argon2) exist because
 human passwords have little entropy, so a stolen hash can be brute-forced unless each guess is
@@ -72,6 +74,8 @@ class ApiKey:
     admin: bool = False
     rate: float = 0.0
     burst: float = 0.0
+    #: Tokens (prompt + completion) this key may use on generative models; 0: no quota.
+    tokens: int = 0
 
     def allows(self, model: str | None) -> bool:
         """Whether this key may use `model` (admins and unrestricted keys may use any)."""
@@ -126,7 +130,10 @@ def _key_from_entry(key_id: str, entry: Any, source: str) -> ApiKey:
     for name, value in (("rate", rate), ("burst", burst)):
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise KeyFileError(f"{where}: {name} must be a number >= 0")
-    return ApiKey(key_id, digest, tuple(models), admin, float(rate), float(burst))
+    tokens = entry.get("tokens", 0)
+    if type(tokens) is not int or tokens < 0:
+        raise KeyFileError(f"{where}: tokens must be an integer >= 0 (a token quota)")
+    return ApiKey(key_id, digest, tuple(models), admin, float(rate), float(burst), tokens)
 
 
 def render_entry(key: ApiKey, created: str) -> str:
@@ -139,6 +146,8 @@ def render_entry(key: ApiKey, created: str) -> str:
         lines.append(f"rate = {key.rate!r}")
     if key.burst:
         lines.append(f"burst = {key.burst!r}")
+    if key.tokens:
+        lines.append(f"tokens = {key.tokens}")
     lines.append(f"created = {_toml_string(created)}")
     return "\n".join(lines) + "\n"
 
@@ -169,6 +178,7 @@ def add_key(
     admin: bool = False,
     rate: float = 0.0,
     burst: float = 0.0,
+    tokens: int = 0,
 ) -> str:
     """Append a new key to the file at `path` (created 0600 if missing); returns the key itself,
     which exists nowhere else afterwards."""
@@ -177,7 +187,9 @@ def add_key(
             f"{key_id!r} is not a usable key id: use letters, digits and _.@- (at most 64)"
         )
     key = new_key()
-    entry = ApiKey(key_id, digest_of(key), tuple(models), admin, float(rate), float(burst))
+    entry = ApiKey(
+        key_id, digest_of(key), tuple(models), admin, float(rate), float(burst), int(tokens)
+    )
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with _locked_for_update(path) as current:
         text = current.read()

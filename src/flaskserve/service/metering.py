@@ -59,7 +59,13 @@ FLUSH_INTERVAL = 1.0
 ORPHAN_INTERVAL = 5.0
 #: Key id recorded when the server meters without API keys.
 ANONYMOUS = "-"
-COLUMNS = ("requests", "failed", "items", "bytes_in", "bytes_out", "compute_us")
+COLUMNS = (
+    "requests", "failed", "items", "bytes_in", "bytes_out", "compute_us",
+    "prompt_tokens", "completion_tokens",
+)
+#: Columns added after the first release, each with the journal length that lacks it: old
+#: databases gain them (ALTER TABLE), old journal lines read them as 0.
+_LATER_COLUMNS = ("prompt_tokens", "completion_tokens")
 #: The largest value an SQLite INTEGER holds; every count and sum is clamped to it.
 MAX_INTEGER = 2**63 - 1
 #: Suffix of quarantined journals and of the unreadable records taken out of a journal.
@@ -76,6 +82,8 @@ CREATE TABLE IF NOT EXISTS usage (
     bytes_in INTEGER NOT NULL DEFAULT 0,
     bytes_out INTEGER NOT NULL DEFAULT 0,
     compute_us INTEGER NOT NULL DEFAULT 0,
+    prompt_tokens INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (minute, key_id, model)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS folded_journals (
@@ -85,9 +93,8 @@ CREATE TABLE IF NOT EXISTS folded_journals (
 """
 
 _UPSERT = f"""
-INSERT INTO usage (minute, key_id, model, requests, failed, items, bytes_in, bytes_out,
-                   compute_us)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO usage (minute, key_id, model, {", ".join(COLUMNS)})
+VALUES ({", ".join("?" * (3 + len(COLUMNS)))})
 ON CONFLICT (minute, key_id, model) DO UPDATE SET
     {", ".join(f"{c} = MIN({c} + excluded.{c}, {MAX_INTEGER})" for c in COLUMNS)}
 """
@@ -136,6 +143,10 @@ def connect(db_path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.executescript(_SCHEMA)
+    present = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+    for column in _LATER_COLUMNS:
+        if column not in present:  # a database made before tokens were metered
+            conn.execute(f"ALTER TABLE usage ADD COLUMN {column} INTEGER NOT NULL DEFAULT 0")
     return conn
 
 
@@ -150,9 +161,11 @@ def _parse_record(line: bytes) -> tuple[tuple[int, str, str], list[int]] | None:
         record = orjson.loads(line)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(record, list) or len(record) != 3 + len(COLUMNS):
+    lengths = (3 + len(COLUMNS), 3 + len(COLUMNS) - len(_LATER_COLUMNS))
+    if not isinstance(record, list) or len(record) not in lengths:
         return None
     minute, key_id, model, *values = record
+    values += [0] * (len(COLUMNS) - len(values))
     numbers = [minute, *values]
     if not (isinstance(key_id, str) and isinstance(model, str)) or not all(
         type(n) is int for n in numbers
@@ -299,6 +312,7 @@ class Meter:
         self._closed = False
         self._conn: sqlite3.Connection | None = None
         self._last_orphan_scan = 0.0
+        self._tokens_cache: dict[str, tuple[float, int]] = {}
         with self._fold_lock:
             self._connection()  # fail at start, not on the first flush, if the path is unusable
         self._open_journal()
@@ -318,10 +332,15 @@ class Meter:
         bytes_in: int,
         bytes_out: int,
         compute_us: int,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
     ) -> None:
         minute = int(time.time()) // 60 * 60
         line = orjson.dumps(
-            [minute, key_id, model, 1, int(failed), items, bytes_in, bytes_out, compute_us]
+            [
+                minute, key_id, model, 1, int(failed), items, bytes_in, bytes_out, compute_us,
+                prompt_tokens, completion_tokens,
+            ]
         )
         with self._write_lock:
             if self._fd < 0:
@@ -405,6 +424,22 @@ class Meter:
                     self._conn.close()
                     self._conn = None
 
+    def tokens_used(self, key_id: str) -> int:
+        """Tokens (prompt + completion) `key_id` used, all time, as folded into the database
+        (every worker's usage, up to `FLUSH_INTERVAL` late); cached for that long per key."""
+        now = time.monotonic()
+        cached = self._tokens_cache.get(key_id)
+        if cached is not None and now - cached[0] < FLUSH_INTERVAL:
+            return cached[1]
+        with self._fold_lock:
+            row = self._connection().execute(
+                "SELECT SUM(prompt_tokens) + SUM(completion_tokens) FROM usage WHERE key_id = ?",
+                (key_id,),
+            ).fetchone()
+        used = int(row[0] or 0)
+        self._tokens_cache[key_id] = (now, used)
+        return used
+
     def report(self, since: int | None = None) -> list[UsageRow]:
         """This process's usage flushed, then the table for every key and model."""
         if not self._closed:
@@ -439,6 +474,8 @@ class UsageRow:
     bytes_in: int
     bytes_out: int
     compute_us: int
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -450,6 +487,8 @@ class UsageRow:
             "bytes_in": self.bytes_in,
             "bytes_out": self.bytes_out,
             "compute_ms": round(self.compute_us / 1000.0, 3),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
         }
 
 
@@ -517,11 +556,15 @@ def parse_since(text: str, now: float | None = None) -> int:
 
 
 def format_table(rows: list[UsageRow]) -> str:
-    header = ("KEY", "MODEL", "REQUESTS", "FAILED", "ITEMS", "BYTES_IN", "BYTES_OUT", "COMPUTE_MS")
+    header = (
+        "KEY", "MODEL", "REQUESTS", "FAILED", "ITEMS", "BYTES_IN", "BYTES_OUT", "COMPUTE_MS",
+        "PROMPT_TOKENS", "COMPLETION_TOKENS",
+    )
     body = [
         (
             r.key_id, r.model, str(r.requests), str(r.failed), str(r.items), str(r.bytes_in),
-            str(r.bytes_out), f"{r.compute_us / 1000.0:.3f}",
+            str(r.bytes_out), f"{r.compute_us / 1000.0:.3f}", str(r.prompt_tokens),
+            str(r.completion_tokens),
         )
         for r in rows
     ]
@@ -540,11 +583,11 @@ def format_table(rows: list[UsageRow]) -> str:
 def format_csv(rows: list[UsageRow]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["key", "model", *COLUMNS[:-1], "compute_ms"])
+    writer.writerow(["key", "model", *COLUMNS[:5], "compute_ms", *_LATER_COLUMNS])
     for r in rows:
         writer.writerow(
             [r.key_id, r.model, r.requests, r.failed, r.items, r.bytes_in, r.bytes_out,
-             f"{r.compute_us / 1000.0:.3f}"]
+             f"{r.compute_us / 1000.0:.3f}", r.prompt_tokens, r.completion_tokens]
         )
     return out.getvalue()
 

@@ -47,6 +47,11 @@ class KeyCounters:
             "Seconds requests spent in the data plane, per API key id and model.",
             labels,
         )
+        self.tokens = Counter(
+            "flaskserve_key_tokens",
+            "Tokens of generative models per API key id, model and kind (prompt, completion).",
+            ["key", "model", "kind"],
+        )
         self._children: dict[tuple[Any, ...], Any] = {}
 
     def child(self, metric: Any, *values: str) -> Any:
@@ -83,6 +88,8 @@ def count(
     bytes_in: int,
     bytes_out: int,
     compute_seconds: float,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
 ) -> None:
     c = _get()
     if c is None:
@@ -93,3 +100,6 @@ def count(
     c.child(c.bytes_in, key_id, model).inc(bytes_in)
     c.child(c.bytes_out, key_id, model).inc(bytes_out)
     c.child(c.compute, key_id, model).inc(compute_seconds)
+    if prompt_tokens or completion_tokens:
+        c.child(c.tokens, key_id, model, "prompt").inc(prompt_tokens)
+        c.child(c.tokens, key_id, model, "completion").inc(completion_tokens)

@@ -5,8 +5,9 @@ connections it accepted but had not read yet. So the master forwards SIGHUP to i
 (`forward_to_workers`), and each worker builds a new app with the app factory, which re-reads
 the models, the keys file and the repository, then swaps it into the `LiveApp` the engine
 calls. No listener closes, so no connection is lost. Requests already running finish on the
-old app; the old app is then retired: its gRPC server stops (the new one already listens on
-the same port, SO_REUSEPORT), its usage is written, and its models are unloaded.
+old app (a streamed response, such as a generation, when its stream ends); the old app is then
+retired: its gRPC server stops (the new one already listens on the same port, SO_REUSEPORT),
+its usage is written, and its models are unloaded.
 
 A reload that cannot build, or whose repository has a model (version) failing that served
 before, is refused: the old app serves on and the reason is logged. Reloads run one at a time
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask
+from werkzeug.wsgi import ClosingIterator
 
 from flaskserve.core.repository import READY, ModelRepository
 from flaskserve.service.limits import SharedBuckets
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("flaskserve")
 #: Seconds between looks at whether a replaced app still runs requests.
 DRAIN_POLL_S = 0.01
+#: WSGI environ key set on a request whose response is a stream (`service.hooks`): it counts
+#: as running on its app until the stream is closed, so a reload lets it finish.
+STREAMING_KEY = "flaskserve.streaming"
 
 
 class Generation:
@@ -116,9 +121,14 @@ class LiveApp:
         running = current.running
         running.append(None)
         try:
-            return current.app(environ, start_response)
-        finally:
+            result = current.app(environ, start_response)
+        except BaseException:
             running.pop()
+            raise
+        if environ.get(STREAMING_KEY):  # running until the server closes the stream
+            return ClosingIterator(result, running.pop)
+        running.pop()
+        return result
 
 
 class Reloader:

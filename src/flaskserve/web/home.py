@@ -23,6 +23,7 @@ from flaskserve.protocol.v2 import json_response
 from flaskserve.settings import Settings
 from flaskserve.version import __version__
 from flaskserve.web.examples import example_request, widget_for
+from flaskserve.web.generation_snippets import generation_snippets
 from flaskserve.web.snippets import base_url, infer_path, snippets
 
 #: What open pages show for a model that failed to load when the server has API keys.
@@ -101,6 +102,13 @@ def create_blueprint(dataplane: DataPlane, settings: Settings | None = None) -> 
             return page, 404
         inputs, outputs, _ = signature(entry)
         summary = model_summary(entry, hide)
+        if entry.default is not None and entry.default.generative:
+            return render_template(
+                "chat.html",
+                model=summary,
+                snippets=generation_snippets(server_url, name),
+                version=__version__,
+            )
         widget = widget_for(name, inputs, outputs)
         page_data = {
             **summary,

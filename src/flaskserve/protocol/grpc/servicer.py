@@ -28,7 +28,7 @@ from flaskserve.core.context import InferenceContext, StatisticsReport, request_
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelFailed
-from flaskserve.protocol.grpc import messages
+from flaskserve.protocol.grpc import messages, streaming
 from flaskserve.protocol.grpc.tensors import (
     declare_inputs,
     decode_request,
@@ -117,6 +117,15 @@ class InferenceServicer:
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {}
         for name, (request_type, response_type) in messages.method_types().items():
+            if name == streaming.RPC:
+                methods[name] = grpc.stream_stream_rpc_method_handler(
+                    lambda requests, context: streaming.stream_infer(
+                        self, requests, context, streaming.new_context_from(context)
+                    ),
+                    request_deserializer=request_type.FromString,
+                    response_serializer=response_type.SerializeToString,
+                )
+                continue
             methods[name] = grpc.unary_unary_rpc_method_handler(
                 self._wrap(name, getattr(self, name)),
                 request_deserializer=request_type.FromString,

@@ -15,6 +15,7 @@ from flaskserve.core.model import TensorSpec
 from flaskserve.version import __version__
 from flaskserve.web.examples import example_instances, example_request, example_response
 from flaskserve.web.home import signature
+from flaskserve.web.openapi.generation import GENERATION_SCHEMAS
 from flaskserve.web.openapi.operations import known_operation
 from flaskserve.web.openapi.schemas import (
     COMPONENTS,
@@ -201,7 +202,7 @@ def build_document(
         examples["sagemaker"] = {name: example_request(inputs)}
 
     paths = _route_paths(app, examples, _parameter_examples(models, versions), access)
-    components = dict(COMPONENTS)
+    components = {**COMPONENTS, **GENERATION_SCHEMAS}
     for name, inputs, outputs in models:
         if not inputs or not outputs:
             continue

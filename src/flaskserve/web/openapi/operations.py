@@ -12,6 +12,7 @@ from typing import Any
 
 from flaskserve.protocol.infer import HEADER_LENGTH
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
+from flaskserve.web.openapi.generation import GENERATION_OPERATIONS
 from flaskserve.web.openapi.schemas import (
     ERROR,
     ERRORS,
@@ -310,6 +311,7 @@ OPERATIONS: dict[str, dict[str, Any]] = {
             )
         },
     ),
+    **GENERATION_OPERATIONS,
 }
 
 

@@ -1,0 +1,164 @@
+"""`ModelStreamInfer`: the V2 gRPC bidirectional stream, for streaming (decoupled) models.
+
+Each `ModelInferRequest` on the stream is served in turn. A generative model gets its prompt
+from the `text_input` BYTES input and its sampling settings from the request's `parameters`
+(or from inputs of the same names, as TensorRT-LLM's clients send them): `max_tokens`,
+`temperature`, `top_p`, `seed`, `stop`. It answers one `ModelStreamInferResponse` per piece of
+text as the model makes it (output `text_output`, BYTES [1]); the last one carries the
+parameters `triton_final_response: true`, `finish_reason`, `prompt_tokens` and
+`completion_tokens`. Any other model answers with one response, as `ModelInfer` would.
+`tritonclient.grpc`'s `start_stream` / `async_stream_infer` read these unchanged.
+
+A refusal or failure of one request is a response with `error_message` (the stream goes on with
+the next request), as Triton does. The service layer's hooks (keys, model scope, rate limit,
+metering) run for each request as for a `ModelInfer` call; a client that cancels the stream
+closes the running generation, which frees its place in the model's batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import grpc
+import numpy as np
+
+from flaskserve.core.context import InferenceContext, request_id_from
+from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelFailed
+from flaskserve.core.generation import TEXT_INPUT, TEXT_OUTPUT, open_stream
+from flaskserve.core.model import GenerationRequest, Model, TextEvent
+from flaskserve.protocol.grpc import messages
+from flaskserve.protocol.grpc.tensors import decode_request, encode_response
+
+log = logging.getLogger("flaskserve.grpc")
+
+RPC = "ModelStreamInfer"
+#: The service layer sees each request of a stream as one inference call.
+HOOKS_RPC = "ModelInfer"
+_INTS = ("max_tokens", "seed")
+_FLOATS = ("temperature", "top_p")
+
+
+def stream_infer(
+    servicer: Any,
+    requests: Iterable[Any],
+    context: grpc.ServicerContext,
+    new_context: Callable[[Any], InferenceContext],
+) -> Iterator[Any]:
+    """Serve each request of the stream in turn (see the module docstring)."""
+    metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+    for request in requests:
+        inference = new_context(request)
+        call = servicer.hooks(
+            HOOKS_RPC, request.model_name or None, request.model_version or None,
+            metadata, inference,
+        )
+        status, sent = 200, 0
+        try:
+            call.admit()
+            for response in _serve(servicer, request, inference):
+                sent += response.ByteSize()
+                yield response
+        except FlaskServeError as exc:
+            status = exc.status_code
+            if isinstance(exc, ModelFailed):
+                exc.log_to(log, inference.request_id)
+            message = exc.client_message(inference.request_id)
+            yield messages.ModelStreamInferResponse(error_message=message)
+        except Exception:
+            status = 500
+            log.exception("unhandled error in %s", RPC)
+            yield messages.ModelStreamInferResponse(
+                error_message="internal server error; the server log has details"
+            )
+        finally:
+            call.done(status, request.ByteSize(), sent)
+
+
+def _serve(servicer: Any, request: Any, inference: InferenceContext) -> Iterator[Any]:
+    name, version = request.model_name, request.model_version or None
+    model = servicer.dataplane.repository.get(name, version)
+    if not model.generative:
+        decoded = decode_request(request)
+        served, outputs = servicer.dataplane.infer(
+            name, version, decoded.inputs, decoded.datatypes, decoded.outputs, inference
+        )
+        response = encode_response(served, outputs, decoded.outputs, request.id)
+        yield messages.ModelStreamInferResponse(infer_response=response)
+        return
+    wanted = generation_request(request)
+    served, stream = open_stream(servicer.dataplane, name, version, wanted, inference)
+    try:
+        for event in stream:
+            if event.text or event.finish_reason is not None:
+                yield messages.ModelStreamInferResponse(
+                    infer_response=_text_response(served, request.id, event)
+                )
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+def _text_response(model: Model, request_id: str, event: TextEvent) -> Any:
+    text = np.empty(1, dtype=object)
+    text[0] = event.text.encode("utf-8")
+    # Raw contents, as ModelInfer answers: tritonclient reads them on every numpy version.
+    response = encode_response(model, {TEXT_OUTPUT: text}, None, request_id)
+    final = event.finish_reason is not None
+    response.parameters["triton_final_response"].bool_param = final
+    if final:
+        response.parameters["finish_reason"].string_param = event.finish_reason or ""
+        response.parameters["prompt_tokens"].int64_param = event.prompt_tokens
+        response.parameters["completion_tokens"].int64_param = event.completion_tokens
+    return response
+
+
+def generation_request(request: Any) -> GenerationRequest:
+    """The prompt (input `text_input`) and sampling settings of a stream request."""
+    decoded = decode_request(request)
+    if TEXT_INPUT not in decoded.inputs:
+        raise InvalidInput(f"a generative model takes its prompt as the BYTES input {TEXT_INPUT!r}")
+    settings: dict[str, Any] = {}
+    for key, array in decoded.inputs.items():
+        if key != TEXT_INPUT and np.size(array) == 1:
+            settings[key] = array.reshape(-1)[0]
+    for key, value in request.parameters.items():
+        kind = value.WhichOneof("parameter_choice")
+        if kind is not None:
+            settings[key] = getattr(value, kind)
+    prompt = decoded.inputs[TEXT_INPUT].reshape(-1)
+    if prompt.size != 1:
+        raise InvalidInput(f"{TEXT_INPUT!r} must hold one prompt, not {prompt.size}")
+    text = prompt[0].decode("utf-8") if isinstance(prompt[0], bytes) else str(prompt[0])
+    fields: dict[str, Any] = {}
+    try:
+        for key in _INTS:
+            if key in settings:
+                fields[key] = int(settings[key])
+        for key in _FLOATS:
+            if key in settings:
+                fields[key] = float(settings[key])
+    except (TypeError, ValueError):
+        raise InvalidInput(f"{key!r} must be a number") from None
+    if "stop" in settings:
+        stop = settings["stop"]
+        stop = stop.decode("utf-8") if isinstance(stop, bytes) else str(stop)
+        fields["stop"] = (stop,) if stop else ()
+    if fields.get("max_tokens", 1) < 1:
+        raise InvalidInput("'max_tokens' must be at least 1")
+    if not 0 <= fields.get("temperature", 1.0) <= 2 or not 0 < fields.get("top_p", 1.0) <= 1:
+        raise InvalidInput("'temperature' must be in [0, 2] and 'top_p' in (0, 1]")
+    return GenerationRequest(prompt=text, **fields)
+
+
+def new_context_from(context: grpc.ServicerContext) -> Callable[[Any], InferenceContext]:
+    """An `InferenceContext` per request of a stream (its id from the request or the call)."""
+    metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+
+    def make(request: Any) -> InferenceContext:
+        given = request.id or metadata.get("x-request-id")
+        return InferenceContext("grpc", request_id_from(given))
+
+    return make

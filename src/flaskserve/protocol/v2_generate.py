@@ -1,0 +1,162 @@
+"""KServe/Triton's generate extension: `POST /v2/models/{m}[/versions/{v}]/generate` and
+`.../generate_stream` (server-sent events), for generative models.
+
+Request (both routes): a JSON object with the prompt as `text_input` and sampling settings in
+`parameters` (or beside `text_input`, as TensorRT-LLM's clients send them): `max_tokens`,
+`temperature`, `top_p`, `seed`, `stop` (a string or a list; `stop_words` too).
+
+    {"text_input": "Once upon a time", "parameters": {"max_tokens": 32, "temperature": 0}}
+
+`generate` answers one object, `generate_stream` one `data: {...}` event per piece of text as
+the model makes it; each has `model_name`, `model_version` and `text_output`, and the last one
+also `finish_reason`, `prompt_tokens` and `completion_tokens` (flaskserve's additions). Errors are
+V2's `{"error": "..."}` with a 4xx/5xx status before the stream starts; an error after that is a
+last `data: {"error": "..."}` event, as the extension says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, request, stream_with_context
+
+from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.errors import FlaskServeError, InvalidInput
+from flaskserve.core.generation import open_stream
+from flaskserve.core.model import GenerationRequest, Model, TextEvent, TextStream
+from flaskserve.protocol.codec import loads
+from flaskserve.protocol.http_context import http_context
+from flaskserve.protocol.v2 import json_response
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "stop", "stop_words")
+
+
+def create_blueprint(dataplane: DataPlane) -> Blueprint:
+    bp = Blueprint("v2_generate", __name__, url_prefix="/v2/models")
+
+    @bp.post("/<name>/generate")
+    @bp.post("/<name>/versions/<version>/generate")
+    def generate(name: str, version: str | None = None) -> Response:
+        """Generate text with a generative model (KServe/Triton generate extension)."""
+        model, first, stream = _start(dataplane, name, version)
+        parts, last = [first.text], first
+        try:
+            for event in stream:
+                parts.append(event.text)
+                last = event
+        finally:
+            _close(stream)
+        return json_response(_answer(model, "".join(parts), last))
+
+    @bp.post("/<name>/generate_stream")
+    @bp.post("/<name>/versions/<version>/generate_stream")
+    def generate_stream(name: str, version: str | None = None) -> Response:
+        """Stream generated text as server-sent events (KServe/Triton generate extension)."""
+        model, first, stream = _start(dataplane, name, version)
+        return Response(
+            stream_with_context(_events(model, first, stream)),
+            mimetype="text/event-stream",
+            headers=SSE_HEADERS,
+        )
+
+    return bp
+
+
+def _start(
+    dataplane: DataPlane, name: str, version: str | None
+) -> tuple[Model, TextEvent, TextStream]:
+    """Parse the request and start its generation; refusals raise before any response."""
+    wanted = parse_request(loads(request.get_data()))
+    model, stream = open_stream(dataplane, name, version, wanted, http_context())
+    try:
+        first = next(stream)
+    except BaseException:
+        _close(stream)
+        raise
+    return model, first, stream
+
+
+def _events(model: Model, first: TextEvent, stream: TextStream) -> Iterator[bytes]:
+    event: TextEvent | None = first
+    try:
+        while event is not None:
+            if event.text or event.finish_reason is not None:
+                yield _sse(_answer(model, event.text, event))
+            if event.finish_reason is not None:
+                return
+            event = next(stream, None)
+    except FlaskServeError as exc:
+        yield _sse({"error": exc.client_message(http_context().request_id)})
+    finally:
+        _close(stream)
+
+
+def _answer(model: Model, text: str, event: TextEvent) -> dict[str, Any]:
+    answer: dict[str, Any] = {
+        "model_name": model.name,
+        "model_version": model.version,
+        "text_output": text,
+    }
+    if event.finish_reason is not None:
+        answer["finish_reason"] = event.finish_reason
+        answer["prompt_tokens"] = event.prompt_tokens
+        answer["completion_tokens"] = event.completion_tokens
+    return answer
+
+
+def _close(stream: TextStream) -> None:
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+
+
+def _sse(payload: Any) -> bytes:
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def parse_request(body: Any) -> GenerationRequest:
+    """The generation a generate-extension body asks for; `InvalidInput` names what to fix."""
+    if not isinstance(body, dict):
+        raise InvalidInput('a generate request is a JSON object {"text_input": "...", ...}')
+    prompt = body.get("text_input")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise InvalidInput("'text_input' must be a string (the prompt)")
+    parameters = body.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise InvalidInput("'parameters' must be a JSON object")
+    settings: dict[str, Any] = {k: body[k] for k in _SAMPLING if k in body}
+    settings.update({k: parameters[k] for k in _SAMPLING if k in parameters})
+    return GenerationRequest(prompt=prompt, **_sampling(settings))
+
+
+def _sampling(settings: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("max_tokens", "seed"):
+        value = settings.get(key)
+        if value is not None:
+            if type(value) is not int or (key == "max_tokens" and value < 1):
+                floor = " >= 1" if key == "max_tokens" else ""
+                raise InvalidInput(f"parameter {key!r} must be an integer{floor}")
+            out[key] = value
+    for key, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        value = settings.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not low <= value <= high:
+            raise InvalidInput(f"parameter {key!r} must be a number from {low:g} to {high:g}")
+        if key == "top_p" and value == 0:
+            raise InvalidInput("parameter 'top_p' must be above 0")
+        out[key] = float(value)
+    stop = settings.get("stop", settings.get("stop_words"))
+    if stop is not None:
+        stops = [stop] if isinstance(stop, str) else stop
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise InvalidInput("parameter 'stop' must be a string or a list of strings")
+        out["stop"] = tuple(s for s in stops if s)
+    return out
