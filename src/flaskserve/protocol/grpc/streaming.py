@@ -18,6 +18,7 @@ closes the running generation, which frees its place in the model's batch.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -29,7 +30,7 @@ from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelFailed
 from flaskserve.core.generation import TEXT_INPUT, TEXT_OUTPUT, open_stream
 from flaskserve.core.model import GenerationRequest, Model, TextEvent
 from flaskserve.protocol.grpc import messages
-from flaskserve.protocol.grpc.tensors import decode_request, encode_response
+from flaskserve.protocol.grpc.tensors import declare_inputs, decode_request, encode_response
 
 log = logging.getLogger("flaskserve.grpc")
 
@@ -80,11 +81,7 @@ def _serve(servicer: Any, request: Any, inference: InferenceContext) -> Iterator
     name, version = request.model_name, request.model_version or None
     model = servicer.dataplane.repository.get(name, version)
     if not model.generative:
-        decoded = decode_request(request)
-        served, outputs = servicer.dataplane.infer(
-            name, version, decoded.inputs, decoded.datatypes, decoded.outputs, inference
-        )
-        response = encode_response(served, outputs, decoded.outputs, request.id)
+        response = servicer.ModelInfer(request, inference)
         yield messages.ModelStreamInferResponse(infer_response=response)
         return
     wanted = generation_request(request)
@@ -116,8 +113,15 @@ def _text_response(model: Model, request_id: str, event: TextEvent) -> Any:
 
 
 def generation_request(request: Any) -> GenerationRequest:
-    """The prompt (input `text_input`) and sampling settings of a stream request."""
-    decoded = decode_request(request)
+    """The prompt (input `text_input`) and sampling settings of a stream request; each input
+    holds one value, checked on its declared shape before anything is decoded."""
+    declared = declare_inputs(request)
+    for tensor in declared:
+        if math.prod(tensor.shape) > 1:
+            raise InvalidInput(
+                f"input {tensor.name!r} must hold one value, not shape {list(tensor.shape)}"
+            )
+    decoded = decode_request(request, declared)
     if TEXT_INPUT not in decoded.inputs:
         raise InvalidInput(f"a generative model takes its prompt as the BYTES input {TEXT_INPUT!r}")
     settings: dict[str, Any] = {}
