@@ -86,3 +86,18 @@ def test_sampling_parameters_reach_the_transformers_model(
 def test_a_bad_request_gets_an_error_on_the_stream(client: tg.InferenceServerClient) -> None:
     got = _stream(client, "nope", "x")
     assert got[-1][1] is not None and "nope" in str(got[-1][1])
+
+
+def test_a_prompt_of_many_values_is_refused_on_its_declared_shape(
+    client: tg.InferenceServerClient,
+) -> None:
+    prompts = tg.InferInput("text_input", [200_000], "BYTES")
+    prompts.set_data_from_numpy(np.array([b"a"] * 200_000, dtype=object))
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        client.async_stream_infer("gated", [prompts], request_id="many")
+        _, error = results.get(timeout=60)
+    finally:
+        client.stop_stream()
+    assert error is not None and "must hold one value, not shape [200000]" in str(error)
