@@ -8,6 +8,7 @@ probes read it the usual way.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flask import Blueprint, Response, request
@@ -15,7 +16,9 @@ from flask import Blueprint, Response, request
 from flaskserve.core.context import StatisticsReport
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.declared import DeclaredTensor
 from flaskserve.core.errors import InvalidInput
+from flaskserve.core.model import Model
 from flaskserve.protocol.codec import dumps, loads
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.infer import (
@@ -33,14 +36,17 @@ def json_response(payload: Any, status: int = 200) -> Response:
 def infer_response(dataplane: DataPlane, name: str, version: str | None) -> Response:
     """Decode the current request as a V2 inference request, run it, encode the answer.
 
-    What the request declares is admitted by the data plane (the model's signature, the row
-    and element limits) before any tensor is decoded.
+    The model is looked up first (an unknown or unavailable model is 404 or 503 whatever the
+    body), then what the request declares is checked by the data plane (the model's signature,
+    the row and element limits) before any tensor is decoded.
     """
-    parsed = parse_infer_request(
-        request.get_data(),
-        request.headers.get(HEADER_LENGTH),
-        lambda tensors, outputs: dataplane.admit(name, version, tensors, outputs),
-    )
+    model = dataplane.repository.get(name, version)
+
+    def admit(tensors: Sequence[DeclaredTensor], outputs: Sequence[str] | None) -> Model:
+        dataplane.check(model, tensors, outputs)
+        return model
+
+    parsed = parse_infer_request(request.get_data(), request.headers.get(HEADER_LENGTH), admit)
     model, outputs = dataplane.infer(
         name,
         version,

@@ -48,20 +48,14 @@ def usage_series(
             "ORDER BY minute, key_id, model",
             parameters,
         ).fetchall()
-    return [
-        {
-            "minute": minute,
-            "key": key,
-            "model": model,
-            "requests": requests,
-            "failed": failed,
-            "items": items,
-            "bytes_in": bytes_in,
-            "bytes_out": bytes_out,
-            "compute_ms": round(compute_us / 1000.0, 3),
-        }
-        for minute, key, model, requests, failed, items, bytes_in, bytes_out, compute_us in rows
-    ]
+    return [_usage_point(minute, key, model, counts) for minute, key, model, *counts in rows]
+
+
+def _usage_point(minute: int, key: str, model: str, counts: list[int]) -> dict[str, object]:
+    """One minute of one key on one model: every metered column (tokens too), compute in ms."""
+    values = dict(zip(metering.COLUMNS, counts, strict=True))
+    compute_ms = round(values.pop("compute_us") / 1000.0, 3)
+    return {"minute": minute, "key": key, "model": model, **values, "compute_ms": compute_ms}
 
 
 def create_blueprint(

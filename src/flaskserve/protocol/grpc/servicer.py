@@ -194,9 +194,10 @@ class InferenceServicer:
         return response
 
     def ModelInfer(self, request: Any, context: InferenceContext) -> Any:
-        declared = declare_inputs(request)
         name, version = request.model_name, request.model_version or None
-        admitted = self.dataplane.admit(name, version, declared, requested_outputs(request))
+        admitted = self.dataplane.repository.get(name, version)  # NOT_FOUND whatever the body
+        declared = declare_inputs(request)
+        self.dataplane.check(admitted, declared, requested_outputs(request))
         decoded = decode_request(request, declared)
         model, outputs = self.dataplane.infer(
             name,
