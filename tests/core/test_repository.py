@@ -132,3 +132,18 @@ def test_a_folder_name_differing_from_the_config_name_is_an_error(tmp_path: Path
     write_echo(tmp_path, "echo", {1: 1}, extra='name = "other"\n')
     rows = repository(tmp_path).index()
     assert "names the model 'other'" in rows[0]["reason"]
+
+
+def test_a_model_whose_unload_fails_is_logged_and_unloaded_all_the_same(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = write_echo(tmp_path, "echo", {1: 1})
+    (model_dir / "1" / "echo.py").write_text(
+        ECHO_PY.format(factor=1) + "\n    def unload(self):\n        raise OSError('disk gone')\n"
+    )
+    repo = repository(tmp_path)
+    repo.unload("echo")
+    with pytest.raises(ModelNotReady, match="unloaded"):
+        repo.get("echo")
+    failure = next(r for r in caplog.records if "unloading model echo version 1" in r.message)
+    assert failure.exc_info is not None and "disk gone" in str(failure.exc_info[1])

@@ -212,7 +212,10 @@ class ModelRepository:
                 listener(model)
             except Exception:  # one listener's failure must not keep the runtime loaded
                 log.exception("unload listener failed for %s version %s", model.name, model.version)
-        model.unload()
+        try:
+            model.unload()
+        except Exception:  # out of service either way; the other versions still unload
+            log.exception("unloading model %s version %s failed", model.name, model.version)
 
     # -- lookups (request path) -------------------------------------------------------------
 

@@ -103,8 +103,7 @@ class Generation:
         repository = self.repository
         if repository is not None:
             for entry in repository.entries():
-                with contextlib.suppress(Exception):  # logged by the repository
-                    repository.unload(entry.name)
+                repository.unload(entry.name)  # a model whose unload fails is logged there
 
 
 class LiveApp:
