@@ -1,9 +1,9 @@
 """The counts and times of every inference, one shared-memory table per worker, read by both
 `/metrics` and the statistics extension.
 
-An inference used to update eleven prometheus_client values (each its own lock, `getpid` and
-mmap write) and three statistics records; now each event is one locked update of one record
-in this worker's `CounterTable` (`shared_counters`): a request answered, a wait in the batcher,
+Each event of an inference is one locked update of one record in this worker's `CounterTable`
+(`shared_counters`), not one update per Prometheus value (each its own lock, `getpid` and mmap
+write, eleven per request): a request answered, a wait in the batcher,
 a predict, a change of the in-flight or queue gauges. The records keep everything both readers
 need (count, nanoseconds, histogram buckets, the time of the latest request), so a scrape or a
 statistics request on any worker sums every worker's file, and a worker killed at any moment
