@@ -160,7 +160,9 @@ def _metering(gate: Gate) -> Callable[[Response], Response]:
         context: InferenceContext | None = environ.get(CONTEXT_KEY)
         if not gate.billable(context):
             return response
-        named = auth.requested_model(request, gate.served())
+        served = context is not None and context.served is not None
+        # The model named is read now: at close the request (and its body) is gone.
+        named = None if served else auth.requested_model(request, gate.served())
         bytes_in = received.received(environ)
         # Never of a stream: Werkzeug would read the whole stream into memory to measure it.
         bytes_out = 0 if response.is_streamed else (response.calculate_content_length() or 0)
