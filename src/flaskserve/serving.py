@@ -32,6 +32,7 @@ from flaskserve.engine import WsgiOverRsgi
 from flaskserve.observability import metrics
 from flaskserve.observability.logs import access_json, escape, escape_quoted
 from flaskserve.service import hooks, reload, worker
+from flaskserve.service.gate import gate_of
 from flaskserve.settings import Settings
 
 if TYPE_CHECKING:
@@ -163,14 +164,14 @@ def start_grpc(app: Flask, settings: Settings) -> GrpcServer | None:
         return None
     dataplane = app.extensions.get("flaskserve")
     control = app.extensions.get("flaskserve.control")
-    service = app.extensions.get("flaskserve.service")
-    if dataplane is None or control is None or service is None:
+    gate = gate_of(app)
+    if dataplane is None or control is None or gate is None:
         log.warning("--grpc-port ignored: the app serves no flaskserve model repository")
         return None
     from flaskserve.protocol.grpc import server
     from flaskserve.service.grpc_guard import GrpcGuard
 
-    guard = GrpcGuard(service, dataplane.repository)
+    guard = GrpcGuard(gate)
     return server.start(
         dataplane,
         control,

@@ -1,5 +1,9 @@
 """Serving a model as a service: API keys, usage metering, limits and overload shedding.
 
+- `gate`: the one gate every transport calls: keys, model scoping, admin-only routes, rate
+  limits, token quotas, admission and usage metering;
+- `hooks` (HTTP) and `grpc_guard` (gRPC): the gate's adapters, translating a transport's request
+  into the gate's calls and nothing else;
 - `keys`: the hashed keys file and constant-time lookup (`flaskserve keys add|list|revoke`);
 - `auth`: which routes are open, which need a key, a model's permission or an admin key;
 - `limits`: per-key token buckets shared by the workers, the batch-row limit;
@@ -8,7 +12,7 @@
 - `worker`: what a worker does besides serving HTTP (reload on SIGHUP, stop gRPC, last usage);
 - `reload`: SIGHUP reloads a worker's app in place (models, keys, repository read again);
 - `steps`: the data plane's steps (batch-row limit, deadline, usage), shared by HTTP and gRPC;
-- `hooks`: `install(app, dataplane, settings)`, which wires all of it into an app.
+- `hooks.install(app, dataplane, settings)` wires all of it into an app.
 
 Everything is off unless asked for (`--auth`, `--usage-db`, `--max-batch-rows`,
 `--request-timeout-ms`), except overload shedding (`--max-queue-ms`), which only acts when a

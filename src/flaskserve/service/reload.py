@@ -32,7 +32,7 @@ from flask import Flask
 from werkzeug.wsgi import ClosingIterator
 
 from flaskserve.core.repository import READY, ModelRepository
-from flaskserve.service.limits import SharedBuckets
+from flaskserve.service.gate import gate_of
 
 if TYPE_CHECKING:
     from flaskserve.protocol.grpc.server import GrpcServer
@@ -94,12 +94,9 @@ class Generation:
         control = self.app.extensions.get("flaskserve.control")
         if control is not None:
             control.close()
-        service = self.app.extensions.get("flaskserve.service")
-        if service is not None:
-            if service.meter is not None:
-                service.meter.close()
-            if isinstance(service.buckets, SharedBuckets):
-                service.buckets.close()
+        gate = gate_of(self.app)
+        if gate is not None:
+            gate.close()
         repository = self.repository
         if repository is not None:
             for entry in repository.entries():
