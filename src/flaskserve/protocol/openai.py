@@ -150,21 +150,23 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
         body = error_body(exc.message, exc.status_code, exc.param, exc.code)
         return json_response(body, exc.status_code)
 
-    @bp.after_request
-    def reshape_errors(response: Response) -> Response:
-        """`{"error": "..."}` answers from the app's handlers and the service gate, in OpenAI's
-        shape; their status and headers (Retry-After, WWW-Authenticate) stay as they are."""
-        if response.status_code < 400 or response.mimetype != "application/json":
-            return response
-        try:
-            body = orjson.loads(response.get_data())
-        except orjson.JSONDecodeError:
-            return response
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            response.set_data(dumps(error_body(body["error"], response.status_code)))
-        return response
-
+    bp.after_request(reshape_errors)
     return bp
+
+
+def reshape_errors(response: Response) -> Response:
+    """`{"error": "..."}` answers from the app's handlers and the service gate, in OpenAI's
+    shape; their status and headers (Retry-After, WWW-Authenticate) stay as they are. Every
+    OpenAI blueprint registers it."""
+    if response.status_code < 400 or response.mimetype != "application/json":
+        return response
+    try:
+        body = orjson.loads(response.get_data())
+    except orjson.JSONDecodeError:
+        return response
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        response.set_data(dumps(error_body(body["error"], response.status_code)))
+    return response
 
 
 def create_embeddings(dataplane: DataPlane, body: Any) -> dict[str, Any]:

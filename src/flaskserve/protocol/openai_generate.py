@@ -29,9 +29,8 @@ from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, ModelNotFound
 from flaskserve.core.generation import open_stream
 from flaskserve.core.model import GenerationRequest, TextEvent, TextStream
-from flaskserve.protocol.codec import dumps
 from flaskserve.protocol.http_context import http_context
-from flaskserve.protocol.openai import OpenAIError, error_body, request_body
+from flaskserve.protocol.openai import OpenAIError, error_body, request_body, reshape_errors
 from flaskserve.protocol.v2 import json_response
 
 #: The most `stop` strings a request may give (OpenAI's limit).
@@ -58,19 +57,7 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
         body = error_body(exc.message, exc.status_code, exc.param, exc.code)
         return json_response(body, exc.status_code)
 
-    @bp.after_request
-    def reshape_errors(response: Response) -> Response:
-        """`{"error": "..."}` from the app's handlers and the gate, in OpenAI's shape."""
-        if response.status_code < 400 or response.mimetype != "application/json":
-            return response
-        try:
-            body = orjson.loads(response.get_data())
-        except orjson.JSONDecodeError:
-            return response
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            response.set_data(dumps(error_body(body["error"], response.status_code)))
-        return response
-
+    bp.after_request(reshape_errors)
     return bp
 
 
