@@ -5,18 +5,21 @@ letting a running stream finish."""
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import openai
 import orjson
 import pytest
 import requests
+import tritonclient.grpc as tg
 
 from flaskserve.service.keys import add_key
-from servers import Server
+from servers import Server, free_port
 from waiting import eventually
 
 pytestmark = pytest.mark.e2e
@@ -29,10 +32,16 @@ def keyed(gen_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     keys = {
         "alice": add_key(keys_file, "alice"),
         "thrifty": add_key(keys_file, "thrifty", tokens=1),
+        "thrifty-grpc": add_key(keys_file, "thrifty-grpc", tokens=1),
         "leaver": add_key(keys_file, "leaver"),
         "ops": add_key(keys_file, "ops", admin=True),
     }
-    server = Server([str(gen_repo), "--workers", "1", "--auth", str(keys_file)], timeout=120)
+    grpc_port = free_port()
+    server = Server(
+        [str(gen_repo), "--workers", "1", "--auth", str(keys_file), "--grpc-port", str(grpc_port)],
+        timeout=120,
+    )
+    server.grpc_port = grpc_port  # type: ignore[attr-defined]
     yield server, keys
     server.stop()
 
@@ -93,6 +102,34 @@ def test_a_spent_token_quota_is_refused_before_the_stream(keyed: tuple) -> None:
         return False
 
     eventually(refused, timeout=30, message="the spent quota is refused with 429")
+
+
+def test_a_spent_token_quota_is_refused_on_a_grpc_stream_too(keyed: tuple) -> None:
+    server, keys = keyed
+    key = keys["thrifty-grpc"]
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
+    client.completions.create(model="tiny", prompt="fox", max_tokens=2)  # spends the quota
+    grpc_client = tg.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
+    prompt = tg.InferInput("text_input", [1], "BYTES")
+    prompt.set_data_from_numpy(np.array([b"fox"], dtype=object))
+
+    def refused() -> bool:
+        results: queue.Queue = queue.Queue()
+        grpc_client.start_stream(
+            callback=lambda result, error: results.put(error),
+            headers={"authorization": f"Bearer {key}"},
+        )
+        try:
+            grpc_client.async_stream_infer("tiny", [prompt], parameters={"max_tokens": 2})
+            error = results.get(timeout=60)
+        finally:
+            grpc_client.stop_stream()
+        return error is not None and "tokens" in str(error)
+
+    try:
+        eventually(refused, timeout=30, message="the spent quota is refused on the gRPC stream")
+    finally:
+        grpc_client.close()
 
 
 def test_a_client_that_leaves_is_billed_for_what_it_got(keyed: tuple, tmp_path: Path) -> None:

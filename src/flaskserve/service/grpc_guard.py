@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping
 
 from flaskserve.core.context import InferenceContext
+from flaskserve.core.errors import FlaskServeError
 from flaskserve.observability import metrics
 from flaskserve.protocol.grpc.servicer import PROTOCOL, Call
 from flaskserve.service import auth
@@ -97,6 +98,7 @@ class GuardedCall:
             HOW_TO_SEND,
             model=lambda: model,
             inference=self.inference,
+            generates=self.inference and _generative(gate, model, version),
         )
         self.started = time.perf_counter()
         #: Holds the admission slot while the call has one (`Admission` keys it like a request).
@@ -122,3 +124,15 @@ class GuardedCall:
         metrics.request_answered(model, version, PROTOCOL, str(status), elapsed)
         metrics.request_ended(self.labels[0])
         self.gate.record(self.context, self.model, status, bytes_in, bytes_out)
+
+
+def _generative(gate: Gate, model: str | None, version: str | None) -> bool:
+    """Whether the call is for a generative model, whose key's token quota applies (over
+    ModelStreamInfer as on HTTP's generation routes); an unknown model is not: its call
+    answers NOT_FOUND."""
+    if model is None:
+        return False
+    try:
+        return gate.repository.get(model, version).generative
+    except FlaskServeError:
+        return False
