@@ -42,9 +42,9 @@ import numpy as np
 import orjson
 import requests
 
+from flaskserve.gate.keys import add_key
+from flaskserve.gate.metering import read_usage
 from flaskserve.models import digits
-from flaskserve.service.keys import add_key
-from flaskserve.service.metering import read_usage
 
 TENANTS = ("tenant-a", "tenant-b")
 #: Seconds of plain load after each event has finished, before the next one.

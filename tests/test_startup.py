@@ -13,7 +13,7 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 from flaskserve.models import defaults
-from flaskserve.serving import IntendedThreads
+from flaskserve.serving.granian import IntendedThreads
 from flaskserve.settings import Settings
 from flaskserve.startup import banner, repository_problem
 

@@ -9,12 +9,14 @@ from pathlib import Path
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from flaskserve import service
+from flaskserve import gate
 from flaskserve.core import observers
 from flaskserve.core.coordination import RepositoryControl, generations
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, ModelFailed
 from flaskserve.core.repository import Loader, ModelRepository
+from flaskserve.gate import browser, policy
+from flaskserve.gate.steps import request_limits, steps
 from flaskserve.observability import endpoint as metrics_endpoint
 from flaskserve.observability import requests as request_hooks
 from flaskserve.observability import statistics
@@ -26,8 +28,6 @@ from flaskserve.protocol.v2 import json_response
 from flaskserve.runtimes.context import RuntimeOptions
 from flaskserve.runtimes.registry import loader
 from flaskserve.runtimes.threads import served
-from flaskserve.service import auth, browser
-from flaskserve.service.steps import request_limits, steps
 from flaskserve.settings import Settings
 from flaskserve.storage import open_mirror
 from flaskserve.web import home, openapi
@@ -113,7 +113,7 @@ def create_app(
     app.register_blueprint(v2_generate.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))
     app.register_blueprint(home.create_blueprint(dataplane, settings))
-    access = auth.access_of if settings.auth else None
+    access = policy.access_of if settings.auth else None
     app.register_blueprint(openapi.create_blueprint(dataplane, access))
     app.register_blueprint(metrics_endpoint.create_blueprint(dataplane))
     hooks = HookChain()  # ours run as one Flask hook of each kind: see protocol.hook_chain
@@ -121,7 +121,7 @@ def create_app(
     # Before the service gate: a request a browser was tricked into sending costs no key lookup.
     browser.install(app, settings, hooks)
     # After the observability hooks, so requests this refuses (401/429/503) are still counted.
-    service.install(app, dataplane, settings, hooks)
+    gate.install(app, dataplane, settings, hooks)
     hooks.install(app)
     _register_error_handlers(app)
     return app

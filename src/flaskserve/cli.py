@@ -20,10 +20,10 @@ from flaskserve.app import create_app, open_repository
 from flaskserve.core.model import TensorSpec
 from flaskserve.core.repository import ModelRepository
 from flaskserve.deploy.command import deploy
+from flaskserve.gate import browser
+from flaskserve.gate.commands import check_service, keys, usage
 from flaskserve.observability.metrics import shared_memory_dir
 from flaskserve.ports import PortInUse, check_port_free
-from flaskserve.service import browser
-from flaskserve.service.commands import check_service, keys, usage
 from flaskserve.settings import Settings
 from flaskserve.startup import banner, model_names, repository_problem
 from flaskserve.storage import StorageError, is_remote, open_mirror

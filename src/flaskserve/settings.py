@@ -25,7 +25,7 @@ class Settings:
     grpc_port: int = 0
     #: Worker processes (Granian workers); 0 means one per CPU core.
     workers: int = 0
-    #: Inference requests a worker runs at once (its admission slots, `service.admission`);
+    #: Inference requests a worker runs at once (its admission slots, `gate.admission`);
     #: the app's thread pool has `engine.SPARE_THREADS` more for cheap routes.
     threads: int = 16
     #: CPU threads each model runtime (ONNX Runtime, PyTorch) uses in a worker when its

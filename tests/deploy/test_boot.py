@@ -45,7 +45,7 @@ from seaweed import SeaweedS3, client_env, free_port
 from stack import boot_script, load_cfn
 
 from flaskserve.cli import main
-from flaskserve.service.keys import add_key
+from flaskserve.gate.keys import add_key
 from servers import stop_process_group
 from waiting import eventually
 

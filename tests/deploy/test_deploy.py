@@ -23,7 +23,7 @@ from fake_secrets import FakeSecretsManager
 from stack import boot_script, load_cfn, written_files
 
 from flaskserve.cli import main, sagemaker_overrides
-from flaskserve.service.keys import KeyStore, add_key
+from flaskserve.gate.keys import KeyStore, add_key
 from flaskserve.settings import Settings
 
 BUCKET = "acme-models"

@@ -18,7 +18,7 @@ import pytest
 import requests
 import tritonclient.grpc as tg
 
-from flaskserve.service.keys import add_key
+from flaskserve.gate.keys import add_key
 from servers import Server, free_port
 from waiting import eventually
 

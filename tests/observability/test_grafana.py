@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flaskserve.app import create_app
-from flaskserve.service.keys import add_key
+from flaskserve.gate.keys import add_key
 from flaskserve.settings import Settings
 from flaskserve.web.examples import SEVEN
 

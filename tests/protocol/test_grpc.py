@@ -23,11 +23,11 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from flaskserve.core.model import DATATYPES
+from flaskserve.gate.keys import add_key
 from flaskserve.models import digits
 from flaskserve.protocol.grpc import messages
 from flaskserve.protocol.grpc.descriptor import SERIALIZED
 from flaskserve.protocol.grpc.tensors import CONTENTS_FIELD
-from flaskserve.service.keys import add_key
 from servers import Server, free_port
 from waiting import eventually
 

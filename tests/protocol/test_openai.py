@@ -20,8 +20,8 @@ import orjson
 import pytest
 import requests
 
+from flaskserve.gate.keys import add_key
 from flaskserve.models import minilm
-from flaskserve.service.keys import add_key
 from letters_model import write_letters
 from servers import Server
 from waiting import eventually

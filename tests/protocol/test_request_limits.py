@@ -21,7 +21,7 @@ import grpc
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from flaskserve.service.keys import add_key
+from flaskserve.gate.keys import add_key
 from letters_model import LETTERS_PY, LETTERS_TOML
 from servers import Server, free_port
 

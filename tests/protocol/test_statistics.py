@@ -16,10 +16,10 @@ import tritonclient.grpc as tg
 import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
+from flaskserve.gate.keys import add_key
 from flaskserve.models import digits
 from flaskserve.observability import tallies
 from flaskserve.observability.shared_counters import read_directory
-from flaskserve.service.keys import add_key
 from servers import Server, free_port
 
 pytestmark = pytest.mark.timeout(300)

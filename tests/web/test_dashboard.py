@@ -12,7 +12,7 @@ from pathlib import Path
 import requests
 from playwright.sync_api import expect
 
-from flaskserve.service.keys import add_key
+from flaskserve.gate.keys import add_key
 from flaskserve.web.examples import SEVEN
 
 ROOT = Path(__file__).resolve().parents[2]

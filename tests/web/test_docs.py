@@ -7,7 +7,7 @@ import json
 
 from playwright.sync_api import expect
 
-from flaskserve.service.keys import add_key
+from flaskserve.gate.keys import add_key
 
 INFER = "/v2/models/digits/infer"
 

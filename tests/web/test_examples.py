@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from flaskserve.core.model import TensorSpec
-from flaskserve.service.keys import add_key
+from flaskserve.gate.keys import add_key
 from flaskserve.web.examples import example_instances, example_request, widget_for
 
 DIGITS_IN = [TensorSpec("input", "FP32", [-1, 64])]

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
+from flaskserve.gate.keys import add_key
 from flaskserve.models import minilm
-from flaskserve.service.keys import add_key
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@
 A running `predict` cannot be interrupted from another thread, so a per-request timeout can only
 bound the *waiting*: for a slot in a batch (the batcher stops waiting for the request's future
 and takes it out of the queue if no batch has picked it up yet), or before the model starts. The
-service layer sets the deadline around its call into the data plane; code that waits reads
+gate sets the deadline around its call into the data plane; code that waits reads
 `remaining()` without any new parameter threading through the protocol layers.
 """
 

@@ -3,7 +3,7 @@
 Every response carries `X-Request-ID` (the client's, when it sent a sensible one, else a fresh
 one). Inference routes, whichever protocol they speak, are counted and timed here, once, so the
 protocol blueprints stay about their wire format. The model name and request id are left in the
-WSGI environ, where the access log middleware (`serving.AccessLog`) reads them.
+WSGI environ, where the access log middleware (`serving.access_log`) reads them.
 """
 
 from __future__ import annotations

@@ -128,7 +128,7 @@ def create_blueprint(dataplane: DataPlane, settings: Settings | None = None) -> 
 
     @bp.get("/dashboard")
     def dashboard() -> str:
-        """The live dashboard; its charts poll `/dashboard/data` (service.dashboard)."""
+        """The live dashboard; its charts poll `/dashboard/data` (gate.dashboard_data)."""
         page_data = {"auth": hide, "data": "/dashboard/data", "interval_ms": 2000}
         return render_template("dashboard.html", page_data=page_data, version=__version__)
 

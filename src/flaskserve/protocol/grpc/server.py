@@ -5,7 +5,7 @@ sockets do not survive one), all bound to the same port with SO_REUSEPORT so the
 connections over the workers as it does for HTTP.
 
 Overload: the server runs `WAITING_CALLS` handler threads beyond `--threads`, for inference
-calls waiting (at most `--max-queue-ms`) for an admission slot (`service.grpc_guard`) and for
+calls waiting (at most `--max-queue-ms`) for an admission slot (`gate.grpc_guard`) and for
 cheap calls (health, metadata) meanwhile. A call beyond all of them is refused by gRPC itself
 with `RESOURCE_EXHAUSTED` before it takes a thread (`maximum_concurrent_rpcs`), so no queue
 grows behind the threads.

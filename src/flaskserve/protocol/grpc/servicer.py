@@ -5,7 +5,7 @@ HTTP routes do, with an `InferenceContext` made from the call (its `x-request-id
 deadline), and encodes the answer. An inference's declared inputs are admitted by the data plane
 (signature, row and element limits) before its payload is decoded, with the same code as HTTP's;
 the deadline and usage are the data plane's own steps, shared with HTTP too. What else the
-service layer adds (keys, rate limits, metering, metrics) comes in through `Hooks`, called once
+gate adds (keys, rate limits, metering, metrics) comes in through `Hooks`, called once
 per RPC, so this module knows nothing of keys or meters.
 
 Failures follow the HTTP discipline, mapped to gRPC status codes: a `FlaskServeError` becomes the
@@ -58,7 +58,7 @@ REQUEST_ID_METADATA = "x-request-id"
 
 
 class Call(Protocol):
-    """The service layer's view of one RPC."""
+    """The gate's view of one RPC."""
 
     def admit(self) -> None:
         """Raise a `FlaskServeError` (401, 403, 429) to refuse the call before any work."""

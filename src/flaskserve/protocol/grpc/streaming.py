@@ -10,7 +10,7 @@ parameters `triton_final_response: true`, `finish_reason`, `prompt_tokens` and
 `tritonclient.grpc`'s `start_stream` / `async_stream_infer` read these unchanged.
 
 A refusal or failure of one request is a response with `error_message` (the stream goes on with
-the next request), as Triton does. The service layer's hooks (keys, model scope, rate limit,
+the next request), as Triton does. The gate's hooks (keys, model scope, rate limit,
 metering) run for each request as for a `ModelInfer` call; a client that cancels the stream
 closes the running generation, which frees its place in the model's batch.
 """
@@ -35,7 +35,7 @@ from flaskserve.protocol.grpc.tensors import declare_inputs, decode_request, enc
 log = logging.getLogger("flaskserve.grpc")
 
 RPC = "ModelStreamInfer"
-#: The service layer sees each request of a stream as one inference call.
+#: The gate sees each request of a stream as one inference call.
 HOOKS_RPC = "ModelInfer"
 _INTS = ("max_tokens", "seed")
 _FLOATS = ("temperature", "top_p")

@@ -31,7 +31,7 @@ from flaskserve.web.openapi.schemas import (
     ref,
 )
 
-#: (Flask endpoint, path) -> "open" when the route needs no API key (`service.auth.access_of`);
+#: (Flask endpoint, path) -> "open" when the route needs no API key (`gate.policy.access_of`);
 #: given when the server runs with `--auth`.
 Access = Callable[[str, str], str]
 _OPEN = "open"

@@ -101,7 +101,7 @@ OPENAI_ERRORS = {
 
 
 def browser_errors(error: dict[str, Any], checks_body: bool) -> dict[str, Any]:
-    """The refusals of the browser guards (service/browser.py), which any route may give: 403
+    """The refusals of the browser guards (gate/browser.py), which any route may give: 403
     for a page on a foreign origin, 421 for a Host a loopback-bound server does not answer, and
     on flaskserve's POST routes 415 for the body types a cross-site form can send."""
     responses = {

@@ -1,0 +1,149 @@
+"""The engine adapter (`flaskserve.serving.engine`) on a fake RSGI protocol, without a server:
+what the WSGI app is handed, the body deadline, the size limit, and streamed responses."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+
+from flaskserve.serving.engine import WsgiOverRsgi
+
+
+class FakeProto:
+    """The body as chunks (then its end, or a stall), and what was answered."""
+
+    def __init__(self, chunks: list[bytes], stall: bool = False) -> None:
+        self.chunks = list(chunks)
+        self.stall = stall
+        self.status: int | None = None
+        self.headers: list[tuple[str, str]] = []
+        self.body = b""
+        self.streamed: list[bytes] = []
+
+    def __aiter__(self) -> FakeProto:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self.chunks:
+            return self.chunks.pop(0)
+        if self.stall:
+            await asyncio.sleep(3600)
+        return b""
+
+    def response_bytes(self, status: int, headers: list, body: bytes) -> None:
+        self.status, self.headers, self.body = status, headers, body
+
+    def response_stream(self, status: int, headers: list) -> Any:
+        self.status, self.headers = status, headers
+        proto = self
+
+        class Transport:
+            async def send_bytes(self, data: bytes) -> None:
+                proto.streamed.append(data)
+
+        return Transport()
+
+
+def scope(method: str = "POST", headers: dict[str, str] | None = None) -> Any:
+    return SimpleNamespace(
+        method=method, path="/echo", query_string="a=1", http_version="1.1", scheme="http",
+        server="127.0.0.1:5000", client="127.0.0.1:40000",
+        headers=SimpleNamespace(items=lambda: list((headers or {}).items())),
+    )
+
+
+def serve(app: Any, proto: FakeProto, request: Any, limit: int = 100,
+          timeout_s: float = 5.0) -> None:
+    adapter = WsgiOverRsgi(app, threads=2, max_body_bytes=limit, body_timeout_s=timeout_s)
+
+    async def run() -> None:
+        adapter.__rsgi_init__(asyncio.get_running_loop())
+        try:
+            await adapter.__rsgi__(request, proto)
+        finally:
+            adapter.__rsgi_del__(asyncio.get_running_loop())
+
+    asyncio.run(run())
+
+
+def echo(environ: dict, start_response: Any) -> list[bytes]:
+    """Answers what it was handed: the body it read and some of the environ."""
+    body = environ["wsgi.input"].read()
+    seen = {key: environ.get(key) for key in
+            ("REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "CONTENT_LENGTH", "REMOTE_ADDR",
+             "HTTP_X_TWICE", "SERVER_PROTOCOL")}
+    payload = orjson.dumps({"body": body.decode(), **seen})
+    start_response("200 OK", [("Content-Length", str(len(payload)))])
+    return [payload]
+
+
+def test_the_app_gets_the_whole_body_and_a_wsgi_environ() -> None:
+    proto = FakeProto([b"hel", b"lo"])
+    headers = {"content-length": "5", "x-twice": "a", "content-type": "text/plain"}
+    request = scope(headers=headers)
+    request.headers = SimpleNamespace(items=lambda: [*headers.items(), ("x-twice", "b")])
+    serve(echo, proto, request)
+    assert proto.status == 200
+    assert orjson.loads(proto.body) == {
+        "body": "hello", "REQUEST_METHOD": "POST", "PATH_INFO": "/echo", "QUERY_STRING": "a=1",
+        "CONTENT_LENGTH": "5", "REMOTE_ADDR": "127.0.0.1", "HTTP_X_TWICE": "a,b",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+    }
+
+
+def test_a_body_that_stalls_gets_408_and_never_reaches_the_app() -> None:
+    called = []
+    proto = FakeProto([b"12345"], stall=True)
+    serve(lambda *args: called.append(args), proto, scope(headers={"content-length": "1000"}),
+          limit=10_000, timeout_s=0.2)
+    assert proto.status == 408 and ("connection", "close") in proto.headers
+    assert "5 of 1000 bytes arrived" in orjson.loads(proto.body)["error"]
+    assert not called
+
+
+def test_a_declared_length_over_the_limit_is_not_read() -> None:
+    proto = FakeProto([b"x" * 50] * 10)
+    serve(echo, proto, scope(headers={"content-length": "500"}), limit=100)
+    assert orjson.loads(proto.body)["body"] == ""  # the app refuses it from CONTENT_LENGTH
+    assert len(proto.chunks) == 10
+
+
+def test_a_chunked_body_is_read_to_one_byte_past_the_limit() -> None:
+    proto = FakeProto([b"x" * 60] * 10)
+    serve(echo, proto, scope(headers={"transfer-encoding": "chunked"}), limit=100)
+    assert len(orjson.loads(proto.body)["body"]) == 101
+
+
+def test_a_response_without_a_length_is_streamed_chunk_by_chunk_and_closed() -> None:
+    closed = []
+
+    def stream(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+
+        def events() -> Any:
+            try:
+                yield b"data: 1\n\n"
+                yield b""
+                yield b"data: 2\n\n"
+            finally:
+                closed.append(True)
+
+        return events()
+
+    proto = FakeProto([])
+    serve(stream, proto, scope("GET"))
+    assert proto.status == 200
+    assert proto.streamed == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert closed == [True]
+
+
+def test_an_app_that_raises_gets_a_json_500() -> None:
+    def broken(environ: dict, start_response: Any) -> Any:
+        raise RuntimeError("boom")
+
+    proto = FakeProto([])
+    serve(broken, proto, scope("GET"))
+    assert proto.status == 500 and b"internal server error" in proto.body
