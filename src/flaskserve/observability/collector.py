@@ -42,7 +42,8 @@ _KEY_SUMS = (
 
 
 class TalliesCollector:
-    """The per-request metrics of every worker (`tallies`), as Prometheus families."""
+    """The per-request metrics and per-key usage of every worker (`tallies`), as Prometheus
+    families."""
 
     def collect(self) -> Any:
         from prometheus_client.core import (
@@ -105,7 +106,8 @@ class TalliesCollector:
         yield sizes
         yield in_flight
         yield depth
-        yield from _key_families(CounterMetricFamily, keys)
+        if keys:  # with `--auth` only
+            yield from _key_families(CounterMetricFamily, keys)
 
 
 def _key_families(family: Any, records: dict[tuple[str, ...], Any]) -> Any:

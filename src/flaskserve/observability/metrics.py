@@ -191,7 +191,7 @@ def get() -> Metrics:
     return _metrics
 
 
-# -- recording: straight into this worker's tallies, or prometheus_client for the rare ones -----
+# -- the core's events: into this worker's tallies, or prometheus_client for the rare ones ---
 
 
 class PrometheusObserver:
