@@ -3,20 +3,22 @@ transport (HTTP's hooks, gRPC's guard) gets by calling it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from flaskserve.core.context import InferenceContext
 from flaskserve.core.errors import Forbidden, Overloaded, RateLimited, Unauthorized
-from flaskserve.gate import gate as gate_module
 from flaskserve.gate import metering, policy
 from flaskserve.gate.admission import Admission
 from flaskserve.gate.gate import QUOTA_RETRY_AFTER, Gate, Knock
 from flaskserve.gate.keys import KeyStore, add_key
 from flaskserve.gate.limits import LocalBuckets
+from flaskserve.observability import metrics
 
 SERVED = ("digits", "minilm")
 
@@ -64,12 +66,34 @@ def keys(tmp_path: Path) -> Keys:
     return Keys(path, alice, ops)
 
 
+Counted = Callable[[], dict[tuple[str, ...], float]]
+
+
+def key_samples() -> dict[tuple[str, ...], float]:
+    """The per-key samples of this process's `/metrics`: (name, label values...) -> value."""
+    text = metrics.exposition()[0].decode()
+    return {
+        (sample.name, *sample.labels.values()): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("flaskserve_key_")
+    }
+
+
 @pytest.fixture
-def counted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """The per-key counters the gate increments."""
-    calls: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(gate_module.key_counters, "count", lambda *row: calls.append(row))
-    return calls
+def counted() -> Counted:
+    """What the per-key counters on `/metrics` gained since the test began."""
+    before = key_samples()
+
+    def gained() -> dict[tuple[str, ...], float]:
+        after = key_samples()
+        return {
+            sample: value - before.get(sample, 0.0)
+            for sample, value in after.items()
+            if value != before.get(sample, 0.0)
+        }
+
+    return gained
 
 
 def make_gate(keys: Keys | None, meter: RecordingMeter | None = None, slots: int = 4) -> Gate:
@@ -182,7 +206,7 @@ def test_admission_refuses_503_when_every_slot_stays_taken(keys: Keys) -> None:
 
 
 def test_a_served_inference_is_metered_and_counted_with_the_data_planes_usage(
-    keys: Keys, counted: list[tuple[Any, ...]]
+    keys: Keys, counted: Counted
 ) -> None:
     meter = RecordingMeter()
     gate = make_gate(keys, meter)
@@ -190,11 +214,19 @@ def test_a_served_inference_is_metered_and_counted_with_the_data_planes_usage(
     context.compute, context.prompt_tokens, context.completion_tokens = 0.25, 5, 7
     gate.record(context, "ignored", 200, 100, 40)
     assert meter.rows == [("alice", "digits", False, 3, 100, 40, 250000, 5, 7)]
-    assert counted == [("alice", "digits", 200, 3, 100, 40, 0.25, 5, 7)]
+    assert counted() == {
+        ("flaskserve_key_requests_total", "alice", "digits", "200"): 1,
+        ("flaskserve_key_inference_items_total", "alice", "digits"): 3,
+        ("flaskserve_key_received_bytes_total", "alice", "digits"): 100,
+        ("flaskserve_key_sent_bytes_total", "alice", "digits"): 40,
+        ("flaskserve_key_compute_seconds_total", "alice", "digits"): 0.25,
+        ("flaskserve_key_tokens_total", "alice", "prompt", "digits"): 5,
+        ("flaskserve_key_tokens_total", "alice", "completion", "digits"): 7,
+    }
 
 
 def test_a_refused_inference_is_metered_against_the_model_named_else_unknown(
-    keys: Keys, counted: list[tuple[Any, ...]]
+    keys: Keys, counted: Counted
 ) -> None:
     meter = RecordingMeter()
     gate = make_gate(keys, meter)
@@ -204,35 +236,40 @@ def test_a_refused_inference_is_metered_against_the_model_named_else_unknown(
         ("alice", "digits", True, 0),
         ("alice", "(unknown)", True, 0),
     ]
-    assert [row[1] for row in counted] == ["digits", "(unknown)"]
+    assert {
+        sample: value for sample, value in counted().items() if "requests" in sample[0]
+    } == {
+        ("flaskserve_key_requests_total", "alice", "digits", "429"): 1,
+        ("flaskserve_key_requests_total", "alice", "(unknown)", "404"): 1,
+    }
 
 
 def test_a_request_refused_before_its_key_was_read_is_not_billed(
-    keys: Keys, counted: list[tuple[Any, ...]]
+    keys: Keys, counted: Counted
 ) -> None:
     meter = RecordingMeter()
     gate = make_gate(keys, meter)
     assert not gate.billable(InferenceContext("rest")) and not gate.billable(None)
     gate.record(InferenceContext("rest"), "digits", 401, 10, 0)
     gate.record(None, "digits", 401, 10, 0)
-    assert meter.rows == [] and counted == []
+    assert meter.rows == [] and counted() == {}
 
 
 def test_without_keys_usage_is_metered_as_anonymous_and_no_key_counters(
-    counted: list[tuple[Any, ...]],
+    counted: Counted,
 ) -> None:
     meter = RecordingMeter()
     gate = make_gate(None, meter)
     gate.record(None, "minilm", 200, 8, 2)
     assert meter.rows == [(metering.ANONYMOUS, "minilm", False, 0, 8, 2, 0, 0, 0)]
-    assert counted == []
+    assert counted() == {}
 
 
-def test_without_keys_or_meter_nothing_is_recorded(counted: list[tuple[Any, ...]]) -> None:
+def test_without_keys_or_meter_nothing_is_recorded(counted: Counted) -> None:
     gate = make_gate(None)
     assert not gate.metered and not gate.billable(InferenceContext("rest", key_id="x"))
     gate.record(InferenceContext("rest", key_id="x"), "digits", 200, 1, 1)
-    assert counted == []
+    assert counted() == {}
 
 
 def test_closing_the_gate_closes_its_meter(keys: Keys) -> None:

@@ -15,9 +15,11 @@ import requests
 from click.testing import CliRunner
 
 from flaskserve.cli import main
-from flaskserve.gate import metering
+from flaskserve.gate import usage_store
 from flaskserve.gate.keys import add_key
-from flaskserve.gate.metering import Meter, fold_journal, parse_since, read_usage
+from flaskserve.gate.metering import Meter
+from flaskserve.gate.usage_report import parse_since
+from flaskserve.gate.usage_store import fold_journal, read_usage
 from raw_http import exchange
 from waiting import eventually
 
@@ -75,10 +77,10 @@ def test_processes_writing_at_once_lose_and_double_nothing(tmp_path) -> None:
 def test_usage_of_a_process_killed_with_sigkill_is_recovered(tmp_path) -> None:
     db = tmp_path / "usage.sqlite3"
     _run_children(db, [("alice", 123, "kill")])
-    assert list(metering.journal_dir(db).glob("*.log"))  # left behind by the dead process
+    assert list(usage_store.journal_dir(db).glob("*.log"))  # left behind by the dead process
     rows = read_usage(db)
     assert [(row.key_id, row.requests) for row in rows] == [("alice", 123)]
-    assert not list(metering.journal_dir(db).iterdir())
+    assert not list(usage_store.journal_dir(db).iterdir())
     assert read_usage(db)[0].requests == 123  # folding again adds nothing
 
 
@@ -87,29 +89,29 @@ def test_a_journal_folded_twice_counts_once(tmp_path) -> None:
     meter = Meter(db)
     _record(meter, "alice", 4)
     meter.close()
-    conn = metering.connect(db)
-    journal = metering.journal_dir(db) / "crashed-after-commit-1.fold"
+    conn = usage_store.connect(db)
+    journal = usage_store.journal_dir(db) / "crashed-after-commit-1.fold"
     journal.write_bytes(b'[0, "alice", "digits", 1, 0, 3, 100, 40, 1500]\n')
     assert fold_journal(conn, journal) == 1
     journal.write_bytes(b'[0, "alice", "digits", 1, 0, 3, 100, 40, 1500]\n')
     assert fold_journal(conn, journal) == 0
     assert not journal.exists()
-    assert metering.query(conn)[0].requests == 5
+    assert usage_store.query(conn)[0].requests == 5
     conn.close()
 
 
 def test_since_filters_by_minute(tmp_path) -> None:
     db = tmp_path / "usage.sqlite3"
-    conn = metering.connect(db)
-    journal = metering.journal_dir(db) / "old-and-new.fold"
+    conn = usage_store.connect(db)
+    journal = usage_store.journal_dir(db) / "old-and-new.fold"
     journal.parent.mkdir(parents=True, exist_ok=True)
     journal.write_bytes(
         b'[1714521600, "alice", "digits", 1, 0, 1, 10, 10, 10]\n'
         b'[1714608000, "alice", "digits", 1, 0, 2, 10, 10, 10]\n'
     )
     fold_journal(conn, journal)
-    assert metering.query(conn)[0].requests == 2
-    assert metering.query(conn, parse_since("2024-05-01T12:00"))[0].items == 2
+    assert usage_store.query(conn)[0].requests == 2
+    assert usage_store.query(conn, parse_since("2024-05-01T12:00"))[0].items == 2
     conn.close()
 
 
@@ -159,8 +161,8 @@ MAX_SQLITE_INTEGER = 2**63 - 1
 
 def test_values_past_sqlites_range_are_clamped_not_fatal(tmp_path) -> None:
     db = tmp_path / "usage.sqlite3"
-    metering.connect(db).close()
-    folder = metering.journal_dir(db)
+    usage_store.connect(db).close()
+    folder = usage_store.journal_dir(db)
     folder.mkdir()
     huge = 18446744073709551615
     (folder / "hostile-1.fold").write_bytes(
@@ -180,7 +182,7 @@ def test_a_journal_with_unreadable_records_is_quarantined_and_later_records_coun
     tmp_path, caplog
 ) -> None:
     db = tmp_path / "usage.sqlite3"
-    folder = metering.journal_dir(db)
+    folder = usage_store.journal_dir(db)
     folder.mkdir(parents=True)
     bad_lines = [
         b'[0, "alice", "digits", 1, 0, 3, 100, 40, 1500, 7, 7, 7]',  # more columns than exist
@@ -216,14 +218,14 @@ def test_usage_database_side_files_and_folders_are_private(tmp_path) -> None:
             db,
             db.with_name(db.name + "-wal"),
             db.with_name(db.name + "-shm"),
-            *metering.journal_dir(db).iterdir(),
+            *usage_store.journal_dir(db).iterdir(),
         ]
         modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
         meter.close()
     finally:
         os.umask(previous)
     assert len(files) >= 4 and set(modes.values()) == {0o600}, modes
-    for folder in (db.parent.parent, db.parent, metering.journal_dir(db)):
+    for folder in (db.parent.parent, db.parent, usage_store.journal_dir(db)):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
 
 
@@ -292,13 +294,13 @@ def test_tokens_are_metered_and_old_databases_and_journals_still_fold(tmp_path) 
     old.execute("INSERT INTO usage VALUES (60, 'carol', 'tiny', 1, 0, 1, 10, 10, 5)")
     old.commit()
     old.close()
-    folder = metering.journal_dir(db)
+    folder = usage_store.journal_dir(db)
     folder.mkdir()
     (folder / "old-1.fold").write_bytes(b'[60, "carol", "tiny", 1, 0, 1, 10, 10, 5]\n')
     meter = Meter(db)
     meter.record("carol", "tiny", False, 1, 10, 10, 5, prompt_tokens=7, completion_tokens=30)
     meter.close()
-    rows = {(r.key_id, r.model): r for r in metering.read_usage(db)}
+    rows = {(r.key_id, r.model): r for r in usage_store.read_usage(db)}
     carol = rows[("carol", "tiny")]
     assert carol.requests == 3
     assert (carol.prompt_tokens, carol.completion_tokens) == (7, 30)

@@ -13,6 +13,7 @@ import numpy as np
 import orjson
 import pytest
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from flaskserve.gate.keys import add_key
 from servers import Server
@@ -32,6 +33,8 @@ def service(request, digits_repo, tmp_path_factory):
         "bob": add_key(keys_file, "bob"),
         "limited": add_key(keys_file, "limited", rate=0.01, burst=3),
         "ops": add_key(keys_file, "ops", admin=True),
+        "erin": add_key(keys_file, "erin", models=("digits",)),
+        "frank": add_key(keys_file, "frank"),
     }
     server = Server(
         [
@@ -145,6 +148,49 @@ def test_rate_limit_holds_across_workers(service, digits_data) -> None:
     refused = [r for r in responses if r.status_code == 429]
     assert all(int(r.headers["Retry-After"]) >= 1 for r in refused)
     assert "limited to 0.01 requests/s" in refused[0].json()["error"]
+
+
+def per_key_metrics(url: str, admin: str, key_ids: set[str]) -> dict[tuple[str, ...], float]:
+    """The `flaskserve_key_*` samples of `/metrics` for `key_ids`, by name and labels."""
+    scrape = requests.get(f"{url}/metrics", headers=bearer(admin), timeout=10)
+    assert scrape.status_code == 200
+    text = scrape.text
+    return {
+        (sample.name, *(f"{k}={v}" for k, v in sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("flaskserve_key_") and sample.labels.get("key") in key_ids
+    }
+
+
+def test_per_key_metrics_sum_what_each_key_sent_over_both_workers(service, digits_data) -> None:
+    server, keys, _ = service
+    features = digits_data[0]
+    infer = f"{server.url}/v2/models/digits/infer"
+    expected: Counter = Counter()
+    for i in range(20):
+        key_id = ("erin", "frank")[i % 2]
+        rows = i % 4 + 1
+        body = digits_body(features[i : i + rows] if i % 5 else features[:1, :60])  # 1 in 5: 400
+        response = requests.post(infer, data=body, headers=bearer(keys[key_id]), timeout=10)
+        status = str(response.status_code)
+        assert status == ("200" if i % 5 else "400")
+        labels = (f"key={key_id}", "model=digits")
+        expected[("flaskserve_key_requests_total", *labels, f"status={status}")] += 1
+        if response.ok:
+            expected[("flaskserve_key_inference_items_total", *labels)] += rows
+        expected[("flaskserve_key_received_bytes_total", *labels)] += len(body)
+        expected[("flaskserve_key_sent_bytes_total", *labels)] += len(response.content)
+
+    def counted() -> dict[tuple[str, ...], float]:
+        found = per_key_metrics(server.url, keys["ops"], {"erin", "frank"})
+        return {name: value for name, value in found.items() if "compute" not in name[0]}
+
+    # Whichever worker answers the scrape sums both workers' counts, names and labels as before.
+    eventually(lambda: counted() == dict(expected), message="per-key counters match")
+    compute = per_key_metrics(server.url, keys["ops"], {"erin", "frank"})
+    for key_id in ("erin", "frank"):
+        assert compute[("flaskserve_key_compute_seconds_total", f"key={key_id}", "model=digits")]
 
 
 def test_usage_table_matches_what_each_key_sent(service, digits_data) -> None:

@@ -41,13 +41,13 @@ def test_a_dead_workers_counts_stay_and_its_gauges_go(shared: Path) -> None:
     # A worker that answered 2 requests and died with 3 in flight and 1 queued.
     tally_in_a_worker_that_dies(
         shared,
-        "for _ in range(2): tallies.answered('digits', '1', 'v2', '200', 0.001)\n"
-        "tallies.in_flight('digits', 3)\n"
-        "tallies.queue_depth('digits', '1', 1)\n",
+        "for _ in range(2): tallies.request_answered('digits', '1', 'v2', '200', 0.001)\n"
+        "for _ in range(3): tallies.request_started('digits')\n"
+        "tallies.queue_changed('digits', '1', 1)\n",
     )
     # This worker: one answered request, one in flight.
-    tallies.answered("digits", "1", "v2", "200", 0.004)
-    tallies.in_flight("digits", 1)
+    tallies.request_answered("digits", "1", "v2", "200", 0.004)
+    tallies.request_started("digits")
 
     body, _ = metrics.exposition()
     read = samples(body.decode())
@@ -75,7 +75,7 @@ def test_histogram_buckets_match_prometheus_client(shared: Path) -> None:
     )
     for value in values:
         reference.labels("digits", "1").observe(value)
-        tallies.queued("digits", "1", value)
+        tallies.queue_waited("digits", "1", value)
     ours = samples(metrics.exposition()[0].decode())
     theirs = samples(generate_latest(registry).decode())
     for key, value in theirs.items():
@@ -94,7 +94,7 @@ def test_a_worker_reusing_a_dead_workers_pid_keeps_its_counts_not_its_gauges(
     table.change(("i", "digits"), 2)
     tallies._forget()  # a new process with the same pid opens the same file
 
-    tallies.answered("digits", "1", "v2", "200", 0.001)
+    tallies.request_answered("digits", "1", "v2", "200", 0.001)
     read = samples(metrics.exposition()[0].decode())
     labels = (("model", "digits"), ("protocol", "v2"), ("status", "200"), ("version", "1"))
     assert read[("flaskserve_requests_total", labels)] == 2

@@ -4,10 +4,12 @@ what the WSGI app is handed, the body deadline, the size limit, and streamed res
 from __future__ import annotations
 
 import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 
 from flaskserve.serving.engine import WsgiOverRsgi
 
@@ -22,6 +24,8 @@ class FakeProto:
         self.headers: list[tuple[str, str]] = []
         self.body = b""
         self.streamed: list[bytes] = []
+        #: The client goes away after this many streamed chunks (None: it stays).
+        self.gone_after: int | None = None
 
     def __aiter__(self) -> FakeProto:
         return self
@@ -42,6 +46,8 @@ class FakeProto:
 
         class Transport:
             async def send_bytes(self, data: bytes) -> None:
+                if proto.gone_after is not None and len(proto.streamed) >= proto.gone_after:
+                    raise ConnectionResetError("the client went away")
                 proto.streamed.append(data)
 
         return Transport()
@@ -147,3 +153,51 @@ def test_an_app_that_raises_gets_a_json_500() -> None:
     proto = FakeProto([])
     serve(broken, proto, scope("GET"))
     assert proto.status == 500 and b"internal server error" in proto.body
+
+
+def streaming_app(fail: bool, closed: list[bool]) -> Any:
+    """Streams two events, then raises when `fail`, else a third; notes its `close()`."""
+
+    def app(environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+
+        def events() -> Any:
+            try:
+                yield b"data: 1\n\n"
+                yield b"data: 2\n\n"
+                if fail:
+                    raise RuntimeError("the model broke mid-stream")
+                yield b"data: 3\n\n"
+            finally:
+                closed.append(True)
+
+        return events()
+
+    return app
+
+
+def test_an_app_failing_mid_stream_is_logged_as_an_error_with_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed: list[bool] = []
+    proto = FakeProto([])
+    with caplog.at_level(logging.DEBUG, logger="flaskserve"):
+        serve(streaming_app(True, closed), proto, scope("GET"))
+    assert proto.streamed == [b"data: 1\n\n", b"data: 2\n\n"]
+    assert closed == [True]
+    [error] = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert "GET /echo" in error.getMessage()
+    assert error.exc_info is not None and "mid-stream" in str(error.exc_info[1])
+
+
+def test_a_client_leaving_mid_stream_closes_the_app_and_logs_no_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    closed: list[bool] = []
+    proto = FakeProto([])
+    proto.gone_after = 1
+    with caplog.at_level(logging.DEBUG, logger="flaskserve"):
+        serve(streaming_app(False, closed), proto, scope("GET"))
+    assert proto.streamed == [b"data: 1\n\n"]
+    assert closed == [True]
+    assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []

@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from flaskserve.storage.s3 import S3Location, S3Object, layout_problem
+from flaskserve.storage.s3_layout import S3Location, S3Object, layout_problem
 
 ECHO_TOML = """\
 runtime = "python"

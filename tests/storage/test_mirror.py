@@ -14,7 +14,7 @@ from flaskserve.core.errors import ModelNotFound
 from flaskserve.core.repository import ModelRepository
 from flaskserve.runtimes.registry import load_model
 from flaskserve.storage import StorageError, open_mirror
-from flaskserve.storage.s3 import S3Location
+from flaskserve.storage.s3_layout import S3Location
 from flaskserve.storage.verify import multipart_etag, parse_etag, uniform_part_sizes
 
 MIB = 1024 * 1024

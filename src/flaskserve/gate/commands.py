@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from flaskserve.gate import metering
+from flaskserve.gate import usage_report, usage_store
 from flaskserve.gate.http_hooks import usage_db_path
 from flaskserve.gate.keys import KeyFileError, KeyStore, add_key, revoke_key
 from flaskserve.settings import ENV_PREFIX, Settings
@@ -36,7 +36,7 @@ def check_service(settings: Settings) -> None:
     db = usage_db_path(settings)
     if db is not None:
         try:
-            metering.connect(db).close()
+            usage_store.connect(db).close()
         except (OSError, sqlite3.Error) as exc:
             raise click.BadParameter(
                 f"cannot open the usage database {db}: {exc}",
@@ -161,15 +161,15 @@ def usage(since: str | None, as_csv: bool, db: Path | None) -> None:
         db = usage_db_path(settings)
     assert db is not None
     try:
-        start = metering.parse_since(since) if since else None
+        start = usage_report.parse_since(since) if since else None
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     try:
-        rows = metering.read_usage(db, start)
+        rows = usage_store.read_usage(db, start)
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     if as_csv:
-        click.echo(metering.format_csv(rows), nl=False)
+        click.echo(usage_report.format_csv(rows), nl=False)
         return
-    click.echo(f"usage since {metering.since_label(start)} ({db})")
-    click.echo(metering.format_table(rows))
+    click.echo(f"usage since {usage_report.since_label(start)} ({db})")
+    click.echo(usage_report.format_table(rows))

@@ -23,7 +23,7 @@ from flask import Blueprint, Response, request
 
 from flaskserve.core.errors import Unauthorized
 from flaskserve.core.repository import ModelRepository
-from flaskserve.gate import metering, policy
+from flaskserve.gate import metering, policy, usage_store
 from flaskserve.gate.keys import ApiKey, KeyStore
 from flaskserve.observability import dashboard
 from flaskserve.protocol.v2 import json_response
@@ -41,8 +41,8 @@ def usage_series(
     if key_id is not None:
         where += " AND key_id = ?"
         parameters.append(key_id)  # type: ignore[arg-type]
-    columns = ", ".join(metering.COLUMNS)
-    with contextlib.closing(metering.connect(meter.db_path)) as conn:
+    columns = ", ".join(usage_store.COLUMNS)
+    with contextlib.closing(usage_store.connect(meter.db_path)) as conn:
         rows = conn.execute(
             f"SELECT minute, key_id, model, {columns} FROM usage WHERE {where} "
             "ORDER BY minute, key_id, model",
@@ -53,7 +53,7 @@ def usage_series(
 
 def _usage_point(minute: int, key: str, model: str, counts: list[int]) -> dict[str, object]:
     """One minute of one key on one model: every metered column (tokens too), compute in ms."""
-    values = dict(zip(metering.COLUMNS, counts, strict=True))
+    values = dict(zip(usage_store.COLUMNS, counts, strict=True))
     compute_ms = round(values.pop("compute_us") / 1000.0, 3)
     return {"minute": minute, "key": key, "model": model, **values, "compute_ms": compute_ms}
 

@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING
 from flaskserve.core.context import InferenceContext
 from flaskserve.core.errors import Forbidden, RateLimited, Unauthorized
 from flaskserve.core.repository import ModelRepository
-from flaskserve.gate import key_counters, metering, policy
+from flaskserve.gate import metering, policy
 from flaskserve.gate.admission import Admission
 from flaskserve.gate.keys import ApiKey, KeyStore
 from flaskserve.gate.limits import LocalBuckets, SharedBuckets
+from flaskserve.observability import metrics, tallies
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -185,7 +186,7 @@ class Gate:
             model, items = named or "", 0
             compute = context.compute if context is not None else 0.0
         if model not in self.served():
-            model = key_counters.UNKNOWN_MODEL
+            model = metrics.UNKNOWN_MODEL
         tokens = (
             (context.prompt_tokens, context.completion_tokens) if context is not None else (0, 0)
         )
@@ -201,4 +202,4 @@ class Gate:
                 *tokens,
             )
         if self.keys is not None:
-            key_counters.count(key_id, model, status, items, bytes_in, bytes_out, compute, *tokens)
+            tallies.key_used(key_id, model, status, items, bytes_in, bytes_out, compute, *tokens)

@@ -32,7 +32,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from flaskserve.core.context import InferenceContext
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InvalidInput, NotFound
-from flaskserve.gate import dashboard_data, metering, policy, received
+from flaskserve.gate import dashboard_data, metering, policy, received, usage_report
 from flaskserve.gate.admission import SLOT_KEY, STREAMING_KEY, Admission
 from flaskserve.gate.gate import GATE_KEY, Gate, Knock, gate_of
 from flaskserve.gate.keys import KeyStore
@@ -191,12 +191,12 @@ def _usage_blueprint(gate: Gate) -> Blueprint:
         since = None
         if since_text:
             try:
-                since = metering.parse_since(since_text)
+                since = usage_report.parse_since(since_text)
             except ValueError as exc:
                 raise InvalidInput(str(exc).replace("--since", "since")) from None
         rows = gate.meter.report(since)
         return json_response(
-            {"since": metering.since_label(since), "usage": [row.as_dict() for row in rows]}
+            {"since": usage_report.since_label(since), "usage": [row.as_dict() for row in rows]}
         )
 
     return bp

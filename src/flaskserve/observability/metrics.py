@@ -1,14 +1,14 @@
-"""Prometheus metrics: every metric flaskserve exports, and the small functions that record them.
+"""Prometheus metrics: every metric flaskserve exports, where each is recorded, and the scrape.
 
 Under Granian each worker is its own process: the master points `PROMETHEUS_MULTIPROC_DIR` at a
 fresh folder before it forks (`prepare_multiprocess_dir`), every worker writes its values to
 memory-mapped files there, and a scrape of any worker sums them all. The per-request metrics
-(requests, latency, queue and compute time, batch size, in-flight and queue gauges) are counted
-in `tallies`, one record update per event, and turned into Prometheus families when scraped
-(`TalliesCollector`); the rare ones (load time, readiness) use prometheus_client's own
-multiprocess mode. prometheus_client decides at import time whether it runs in that mode, so
-nothing here imports it until the first metric is recorded, which happens in a worker, after the
-fork. Names and meanings are listed in docs/metrics.md.
+(requests, latency, queue and compute time, batch size, in-flight and queue gauges, and the usage
+of each API key) are counted in `tallies`, one record update per event, and turned into Prometheus
+families when scraped (`collector`); the rare ones (load time, readiness, generation timings and
+tokens) use prometheus_client's own multiprocess mode. prometheus_client decides at import time
+whether it runs in that mode, so nothing here imports it until the first metric is recorded, which
+happens in a worker, after the fork. Names and meanings are listed in docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -18,22 +18,29 @@ import os
 import shutil
 import tempfile
 import threading
-from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from flaskserve.core.errors import ModelNotFound
 from flaskserve.observability import tallies
+from flaskserve.observability.collector import TalliesCollector
 from flaskserve.observability.shared_counters import SUFFIX as TALLIES_SUFFIX
-from flaskserve.observability.tallies import LATENCY_BUCKETS, MULTIPROC_ENV
+from flaskserve.observability.tallies import (
+    LATENCY_BUCKETS,
+    MULTIPROC_ENV,
+    request_answered,
+    request_ended,
+    request_started,
+)
 
 if TYPE_CHECKING:
     from flaskserve.core.repository import ModelRepository
 
-__all__ = ["LATENCY_BUCKETS", "MULTIPROC_ENV"]
+#: The transports record a request's start, answer and end through these (`tallies`).
+__all__ = [
+    "LATENCY_BUCKETS", "MULTIPROC_ENV", "request_answered", "request_ended", "request_started",
+]
 
-#: Rows per `predict` call.
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Seconds a model version took to load.
 LOAD_BUCKETS = (0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 #: Time to first token and per output token: milliseconds (a GPU) to seconds (a busy CPU).
@@ -184,35 +191,7 @@ def get() -> Metrics:
     return _metrics
 
 
-# -- recording (each call is a few microseconds: the request path calls them) ------------------
-
-
-def request_started(model: str) -> None:
-    tallies.in_flight(model, 1)
-
-
-def request_ended(model: str) -> None:
-    tallies.in_flight(model, -1)
-
-
-def request_answered(model: str, version: str, protocol: str, status: str, seconds: float) -> None:
-    tallies.answered(model, version, protocol, status, seconds)
-
-
-def queue_changed(model: str, version: str, delta: int) -> None:
-    tallies.queue_depth(model, version, delta)
-
-
-def queue_waited(model: str, version: str, seconds: float) -> None:
-    tallies.queued(model, version, seconds)
-
-
-def predicted(model: str, version: str, rows: int, seconds: float) -> None:
-    tallies.executed(model, version, rows, seconds)
-
-
-def model_loaded(model: str, version: str, seconds: float) -> None:
-    (_metrics or get()).load_time(model, version).observe(seconds)
+# -- the core's events: into this worker's tallies, or prometheus_client for the rare ones ---
 
 
 class PrometheusObserver:
@@ -220,16 +199,16 @@ class PrometheusObserver:
     `create_app` installs one as the process default."""
 
     def predicted(self, model: str, version: str, rows: int, seconds: float) -> None:
-        predicted(model, version, rows, seconds)
+        tallies.predicted(model, version, rows, seconds)
 
     def queue_waited(self, model: str, version: str, seconds: float) -> None:
-        queue_waited(model, version, seconds)
+        tallies.queue_waited(model, version, seconds)
 
     def queue_changed(self, model: str, version: str, delta: int) -> None:
-        queue_changed(model, version, delta)
+        tallies.queue_changed(model, version, delta)
 
     def loaded(self, model: str, version: str, seconds: float) -> None:
-        model_loaded(model, version, seconds)
+        (_metrics or get()).load_time(model, version).observe(seconds)
 
     def generated(
         self,
@@ -264,115 +243,6 @@ def record_states(repository: ModelRepository) -> None:
     for key, value in current.items():
         m.ready(*key).set(value)
     m.known_states |= current.keys()
-
-
-_HELP = {
-    "requests": "Inference requests answered, by model, served version, protocol and HTTP status.",
-    "latency": "Time from routing an inference request to its response being built.",
-    "queue": "Time a request waited for the dynamic batcher before its batch started.",
-    "compute": "Time of one model predict call (one batch), outputs conformed included.",
-    "batch": "Rows (first dimension) given to one model predict call.",
-    "in_flight": "Inference requests being handled now, summed over live workers.",
-    "depth": "Requests queued in the dynamic batcher now, summed over live workers.",
-}
-
-
-class TalliesCollector:
-    """The per-request metrics of every worker (`tallies`), as Prometheus families."""
-
-    def collect(self) -> Any:
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-        )
-
-        totals = tallies.summed()
-        requests = CounterMetricFamily(
-            "flaskserve_requests",
-            _HELP["requests"],
-            labels=["model", "version", "protocol", "status"],
-        )
-        latency: dict[tuple[str, ...], list[int]] = {}
-        queue: dict[tuple[str, ...], list[int]] = {}
-        compute: dict[tuple[str, ...], list[int]] = {}
-        batch: dict[tuple[str, ...], list[int]] = {}
-        in_flight = GaugeMetricFamily(
-            "flaskserve_requests_in_flight", _HELP["in_flight"], labels=["model"]
-        )
-        depth = GaugeMetricFamily(
-            "flaskserve_queue_depth", _HELP["depth"], labels=["model", "version"]
-        )
-        for key, values in sorted(totals.items()):
-            kind, labels = key[0], list(key[1:])
-            if kind == "r":
-                requests.add_metric(labels, values[tallies.COUNT])
-                _merge(latency, tuple(labels[:3]), values)
-            elif kind == "q":
-                _merge(queue, tuple(labels), values)
-            elif kind == "c":
-                _merge(compute, tuple(labels[:2]), values)
-                rows = int(labels[2])
-                if rows >= 0:
-                    counts = batch.setdefault(tuple(labels[:2]), [0] * (len(BATCH_BUCKETS) + 2))
-                    counts[0] += rows * values[tallies.COUNT]
-                    counts[1 + bisect_left(BATCH_BUCKETS, rows)] += values[tallies.COUNT]
-            elif kind == "i":
-                in_flight.add_metric(labels, values[tallies.COUNT])
-            elif kind == "d":
-                depth.add_metric(labels, values[tallies.COUNT])
-        yield requests
-        yield _histogram(HistogramMetricFamily, "flaskserve_request_duration_seconds",
-                         _HELP["latency"], ["model", "version", "protocol"], latency)
-        yield _histogram(HistogramMetricFamily, "flaskserve_queue_duration_seconds",
-                         _HELP["queue"], ["model", "version"], queue)
-        yield _histogram(HistogramMetricFamily, "flaskserve_compute_duration_seconds",
-                         _HELP["compute"], ["model", "version"], compute)
-        sizes = HistogramMetricFamily(
-            "flaskserve_batch_size", _HELP["batch"], labels=["model", "version"]
-        )
-        for series, counts in batch.items():
-            sizes.add_metric(
-                list(series), _cumulative(BATCH_BUCKETS, counts[1:]), sum_value=counts[0]
-            )
-        yield sizes
-        yield in_flight
-        yield depth
-
-
-def _merge(into: dict[tuple[str, ...], list[int]], labels: tuple[str, ...], values: Any) -> None:
-    """Add a record's nanoseconds and bucket counts to the series of `labels`."""
-    total = into.get(labels)
-    if total is None:
-        into[labels] = [values[tallies.NS], *values[tallies.BUCKETS :]]
-        return
-    total[0] += values[tallies.NS]
-    for index, count in enumerate(values[tallies.BUCKETS :], start=1):
-        total[index] += count
-
-
-def _histogram(
-    family: Any, name: str, help_text: str, label_names: list[str],
-    series: dict[tuple[str, ...], list[int]],
-) -> Any:
-    metric = family(name, help_text, labels=label_names)
-    for labels, values in series.items():
-        metric.add_metric(
-            list(labels), _cumulative(LATENCY_BUCKETS, values[1:]), sum_value=values[0] / 1e9
-        )
-    return metric
-
-
-def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, float]]:
-    """Prometheus buckets (`le`, observations at or under it) from per-bucket counts."""
-    from prometheus_client.utils import floatToGoString
-
-    out: list[tuple[str, float]] = []
-    running = 0
-    for bound, count in zip((*bounds, float("inf")), counts, strict=True):
-        running += count
-        out.append((floatToGoString(bound), running))
-    return out
 
 
 _collector = TalliesCollector()

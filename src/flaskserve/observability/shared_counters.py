@@ -105,6 +105,14 @@ class CounterTable:
                 values[2] = latest
                 _ONE.pack_into(self._buffer, offset + 16, latest)
 
+    def increase(self, key: Key, deltas: tuple[int, ...]) -> None:
+        """Add `deltas` to the first `len(deltas)` values of `key`, written in one pack."""
+        with self._lock:
+            offset, values = self._records.get(key) or self._append(key)
+            for index, delta in enumerate(deltas):
+                values[index] += delta
+            struct.pack_into(f"<{len(deltas)}q", self._buffer, offset, *values[: len(deltas)])
+
     def change(self, key: Key, delta: int) -> None:
         """Add `delta` to value 0 of `key` (a gauge)."""
         with self._lock:

@@ -3,8 +3,8 @@
 
 Each event of an inference is one locked update of one record in this worker's `CounterTable`
 (`shared_counters`), not one update per Prometheus value (each its own lock, `getpid` and mmap
-write, eleven per request): a request answered, a wait in the batcher,
-a predict, a change of the in-flight or queue gauges. The records keep everything both readers
+write, eleven per request): a request answered, a wait in the batcher, a predict, a change of
+the in-flight or queue gauges, an API key's inference. The records keep everything both readers
 need (count, nanoseconds, histogram buckets, the time of the latest request), so a scrape or a
 statistics request on any worker sums every worker's file, and a worker killed at any moment
 loses nothing it answered: the memory-mapped file is written before the response is sent.
@@ -14,7 +14,10 @@ Records, by the first element of their key:
 - ("q", model, version): waits in the dynamic batcher;
 - ("c", model, version, rows): predicts of `rows` rows (-1: no batch dimension);
 - ("i", model) and ("d", model, version): the in-flight and queue-depth gauges of this worker
-  (a reader sums them over live workers only).
+  (a reader sums them over live workers only);
+- ("k", key id, model, status): one API key's inferences (with `--auth`): requests (COUNT),
+  compute nanoseconds (NS), then items, bytes received and sent, prompt and completion tokens
+  at `KEY_ITEMS` .. `KEY_COMPLETION_TOKENS` instead of latency buckets.
 """
 
 from __future__ import annotations
@@ -51,6 +54,10 @@ LATENCY_BUCKETS = (
 COUNT, NS, LATEST, BUCKETS = 0, 1, 2, 3
 WIDTH = BUCKETS + len(LATENCY_BUCKETS) + 1
 GAUGES = frozenset({"i", "d"})
+#: Where a key record ("k") keeps what it counts beyond requests and compute time.
+KEY_ITEMS, KEY_BYTES_IN, KEY_BYTES_OUT, KEY_PROMPT_TOKENS, KEY_COMPLETION_TOKENS = range(
+    BUCKETS, BUCKETS + 5
+)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -90,7 +97,15 @@ def _get() -> CounterTable:
 # -- recording (the request path: one locked update of one record each) ---------------------
 
 
-def answered(model: str, version: str, protocol: str, status: str, seconds: float) -> None:
+def request_started(model: str) -> None:
+    (_table or _get()).change(("i", model), 1)
+
+
+def request_ended(model: str) -> None:
+    (_table or _get()).change(("i", model), -1)
+
+
+def request_answered(model: str, version: str, protocol: str, status: str, seconds: float) -> None:
     (_table or _get()).observe(
         ("r", model, version, protocol, status),
         int(seconds * 1e9),
@@ -99,13 +114,17 @@ def answered(model: str, version: str, protocol: str, status: str, seconds: floa
     )
 
 
-def queued(model: str, version: str, seconds: float) -> None:
+def queue_waited(model: str, version: str, seconds: float) -> None:
     (_table or _get()).observe(
         ("q", model, version), int(seconds * 1e9), BUCKETS + bisect_left(LATENCY_BUCKETS, seconds)
     )
 
 
-def executed(model: str, version: str, rows: int, seconds: float) -> None:
+def queue_changed(model: str, version: str, delta: int) -> None:
+    (_table or _get()).change(("d", model, version), delta)
+
+
+def predicted(model: str, version: str, rows: int, seconds: float) -> None:
     (_table or _get()).observe(
         ("c", model, version, str(rows)),
         int(seconds * 1e9),
@@ -113,12 +132,26 @@ def executed(model: str, version: str, rows: int, seconds: float) -> None:
     )
 
 
-def in_flight(model: str, delta: int) -> None:
-    (_table or _get()).change(("i", model), delta)
-
-
-def queue_depth(model: str, version: str, delta: int) -> None:
-    (_table or _get()).change(("d", model, version), delta)
+def key_used(
+    key_id: str,
+    model: str,
+    status: int,
+    items: int,
+    bytes_in: int,
+    bytes_out: int,
+    compute_seconds: float,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+) -> None:
+    """One inference of API key `key_id` on `model` (a label the repository knows, or
+    "(unknown)": key ids come from the keys file, so the series stay bounded)."""
+    (_table or _get()).increase(
+        ("k", key_id, model, str(status)),
+        (
+            1, int(compute_seconds * 1e9), 0,
+            items, bytes_in, bytes_out, prompt_tokens, completion_tokens,
+        ),
+    )
 
 
 # -- reading ---------------------------------------------------------------------------------

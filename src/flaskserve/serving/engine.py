@@ -257,26 +257,39 @@ class WsgiOverRsgi:
         self._pool.submit(job)
         streamed = await done
         if streamed is not None:
-            await self._stream(proto, context, *streamed)
+            where = f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}"
+            await self._stream(proto, context, where, *streamed)
 
     async def _stream(
         self,
         proto: Any,
         context: contextvars.Context,
+        where: str,
         status: int,
         headers: list[tuple[str, str]],
         body: Iterable[bytes],
     ) -> None:
         """Send `body` chunk by chunk as the app yields it, each chunk made in the request's
-        `context`; close it at the end, or as soon as the client is gone."""
+        `context`; close it at the end, or as soon as the client is gone. The app failing
+        mid-stream is an error logged with its traceback (the client only sees the response
+        cut short); the client going away is not."""
         transport = proto.response_stream(status, headers)
         chunks: Iterator[bytes] = iter(body)
         try:
-            while (chunk := await self._in_pool(context.run, _next, chunks)) is not _STREAM_END:
+            while True:
+                try:
+                    chunk = await self._in_pool(context.run, _next, chunks)
+                except Exception:
+                    log.exception("the app failed streaming %s; the response was cut short", where)
+                    return
+                if chunk is _STREAM_END:
+                    return
                 if chunk:
-                    await transport.send_bytes(chunk)
-        except Exception:  # the client went away (or the app failed mid-stream)
-            log.debug("streamed response ended early", exc_info=True)
+                    try:
+                        await transport.send_bytes(chunk)
+                    except Exception:  # the client went away: nothing to tell anyone
+                        log.debug("client left during the stream of %s", where, exc_info=True)
+                        return
         finally:
             close = getattr(body, "close", None)
             if close is not None:

@@ -132,5 +132,5 @@ def exiting() -> None:
     metrics.worker_exited(os.getpid())
     log.info("Worker exiting (pid: %d)", os.getpid())
     for handler in logging.getLogger().handlers:
-        with contextlib.suppress(Exception):  # a closed stream: nothing left to flush
+        with contextlib.suppress(OSError, ValueError):  # a closed stream: nothing to flush
             handler.flush()

@@ -9,16 +9,16 @@ One mirror per endpoint, bucket and prefix, under `<cache_dir>/s3/`:
 
 A snapshot is named by a digest of the model's listing (key, ETag, size): an unchanged model is
 never downloaded again, a changed one gets a new folder. The folder is filled under a `.partial-`
-name, every file checked against S3 (size, then ETag), renamed into place, and the model's link
-is swapped with one `rename`: a reader sees the old model or the new one, never half of either,
-and a download that fails its check is deleted without ever being linked. Files shared with the
-current snapshot are hard-linked rather than downloaded again.
+name, every file checked against S3 (size, then ETag: `s3_reader`), renamed into place, and the
+model's link is swapped with one `rename`: a reader sees the old model or the new one, never half
+of either, and a download that fails its check is deleted without ever being linked. Files shared
+with the current snapshot are hard-linked rather than downloaded again.
 
-A model whose keys cannot be laid out as files (an object `m/1` beside `m/1/model.skops`, a
-key with an empty, '.' or '..' segment or one longer than a file name) gets a snapshot holding
-only an `.unavailable` note: the repository reports it UNAVAILABLE with that reason and the
-other models serve. A model folder whose name is longer than a file name can be is skipped, as
-no folder on disk could hold it.
+A model whose keys cannot be laid out as files (`s3_layout`: an object `m/1` beside
+`m/1/model.skops`, a key with an empty, '.' or '..' segment or one longer than a file name) gets a
+snapshot holding only an `.unavailable` note: the repository reports it UNAVAILABLE with that
+reason and the other models serve. A model folder whose name is longer than a file name can be is
+skipped, as no folder on disk could hold it.
 
 Endpoint, region and credentials come from boto3's standard chain (environment, shared config,
 `AWS_ENDPOINT_URL`, instance or pod roles); nothing here reads them itself.
@@ -36,24 +36,25 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    EndpointConnectionError,
-    NoCredentialsError,
-)
 
 from flaskserve.core.config import CONFIG_FILE
-from flaskserve.core.repository import NAME_MAX, UNAVAILABLE_NOTE, is_folder_name
+from flaskserve.core.repository import UNAVAILABLE_NOTE, is_folder_name
 from flaskserve.progress import Transfer
 from flaskserve.storage import StorageError
-from flaskserve.storage.verify import md5_hex, multipart_etag, parse_etag, uniform_part_sizes
+from flaskserve.storage.s3_layout import (
+    MANIFEST,
+    S3Location,
+    S3Object,
+    below,
+    group_by_model,
+    layout_problem,
+)
+from flaskserve.storage.s3_reader import S3Reader
 
 log = logging.getLogger("flaskserve.storage.s3")
 # botocore logs every credential and endpoint lookup at INFO; keep a server's log to our lines.
@@ -61,40 +62,10 @@ if logging.getLogger("botocore").level == logging.NOTSET:
     logging.getLogger("botocore").setLevel(logging.WARNING)
 
 SNAPSHOTS = ".snapshots"
-MANIFEST = ".s3-manifest.json"
 SYNCED = ".synced"
 #: A snapshot no model links to any more is deleted this long after it was retired, so a worker
 #: that resolved the old link just before the swap can finish loading from it.
 RETIRED_GRACE_S = 600.0
-
-
-@dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    #: Key prefix, '' or ending in '/'.
-    prefix: str
-
-    @classmethod
-    def parse(cls, uri: str) -> S3Location:
-        if not uri.startswith("s3://"):
-            raise StorageError(f"{uri!r} is not an s3:// location")
-        bucket, _, prefix = uri[len("s3://") :].partition("/")
-        if not bucket:
-            raise StorageError(f"{uri!r} names no bucket; write s3://BUCKET/PREFIX")
-        prefix = prefix.strip("/")
-        return cls(bucket, f"{prefix}/" if prefix else "")
-
-    def uri(self, key: str = "") -> str:
-        return f"s3://{self.bucket}/{key or self.prefix}"
-
-
-@dataclass(frozen=True)
-class S3Object:
-    key: str
-    #: Path below the model's folder, e.g. '1/model.skops'.
-    rel: str
-    etag: str
-    size: int
 
 
 class S3Mirror:
@@ -111,6 +82,7 @@ class S3Mirror:
         slug = location.prefix.strip("/").replace("/", "_") or "_"
         self.root = cache_dir / "s3" / location.bucket / f"{slug}-{key}"
         self._snapshots = self.root / SNAPSHOTS
+        self.reader = S3Reader(location, self.client)
 
     @classmethod
     def from_uri(cls, uri: str, cache_dir: Path) -> S3Mirror:
@@ -135,7 +107,7 @@ class S3Mirror:
         """
         with self._locked():
             objects = [
-                obj for obj in _below(self._list(self.location.prefix), self.location)
+                obj for obj in below(self.reader.list(self.location.prefix), self.location)
                 if obj.rel not in local_files
             ]
             if not objects:
@@ -151,7 +123,8 @@ class S3Mirror:
         if not is_folder_name(name) or name.startswith("."):
             return
         with self._locked():
-            models = _group_by_model(self._list(f"{self.location.prefix}{name}/"), self.location)
+            listed = self.reader.list(f"{self.location.prefix}{name}/")
+            models = group_by_model(listed, self.location)
             if name in models:
                 self._sync_model(name, models[name])
             else:
@@ -162,13 +135,13 @@ class S3Mirror:
     # -- syncing ---------------------------------------------------------------------------------
 
     def _sync_all(self) -> None:
-        objects = self._list(self.location.prefix)
+        objects = self.reader.list(self.location.prefix)
         if not objects:
             raise StorageError(
                 f"{self.location.uri()} is empty: no objects under that prefix; upload a model "
                 f"folder there (e.g. {self.location.uri()}digits/{CONFIG_FILE}) or fix the prefix"
             )
-        models = _group_by_model(objects, self.location)
+        models = group_by_model(objects, self.location)
         if not models:
             top = {o.key[len(self.location.prefix) :] for o in objects}
             hint = (
@@ -236,7 +209,7 @@ class S3Mirror:
             # A bar on a terminal, plain lines in a log (flaskserve.progress), on stderr.
             with Transfer(total, self.location.uri(f"{self.location.prefix}{name}/")) as bar:
                 for obj in todo:
-                    self._download(obj, staging / obj.rel, bar)
+                    self.reader.download(obj, staging / obj.rel, bar)
             manifest = {o.rel: [o.etag, o.size] for o in objects}
             (staging / MANIFEST).write_text(json.dumps(manifest), encoding="utf-8")
             os.rename(staging, snapshot)
@@ -283,185 +256,6 @@ class S3Mirror:
         with open(self.root / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
-
-    # -- S3 calls ----------------------------------------------------------------------------
-
-    def _list(self, prefix: str) -> list[S3Object]:
-        objects = []
-        try:
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.location.bucket, Prefix=prefix
-            )
-            for page in pages:
-                for item in page.get("Contents", []):
-                    objects.append(S3Object(item["Key"], "", item["ETag"], int(item["Size"])))
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error(exc) from None
-        return objects
-
-    def _download(self, obj: S3Object, dest: Path, bar: Transfer) -> None:
-        try:
-            # Large objects arrive as parallel ranged GETs. One overwritten meanwhile (or mixed
-            # across its ranges) fails the ETag check below rather than being served.
-            self.client.download_file(
-                self.location.bucket, obj.key, str(dest), Callback=bar.update
-            )
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error(exc, obj.key) from None
-        problem = self._mismatch(obj, dest)
-        if problem:
-            raise StorageError(
-                f"{self.location.uri(obj.key)}: the download does not match S3 ({problem}); "
-                "it was discarded and the model was not changed (if the object was just "
-                "overwritten, load the model again)"
-            )
-
-    def _mismatch(self, obj: S3Object, path: Path) -> str | None:
-        """Why `path` is not `obj`, or None when it is (or when S3 offers no digest to check)."""
-        size = path.stat().st_size
-        if size != obj.size:
-            return f"{size} bytes downloaded, {obj.size} listed"
-        parsed = parse_etag(obj.etag)
-        if parsed is None:
-            log.warning("%s: ETag %s is not a digest; checked its size only", obj.key, obj.etag)
-            return None
-        if parsed.parts == 0:
-            computed = md5_hex(path)
-        else:
-            computed = self._multipart_etag(obj, path, parsed.parts)
-        expected = obj.etag.strip('"').lower()
-        if computed == expected:
-            return None
-        if self._kms_encrypted(obj):
-            log.warning("%s is KMS-encrypted, so its ETag is not a digest; checked its size only",
-                        obj.key)
-            return None
-        return f"ETag {expected} expected, {computed} computed"
-
-    def _multipart_etag(self, obj: S3Object, path: Path, parts: int) -> str:
-        """Recompute a multipart ETag: assume equal parts (one HEAD), else ask for every part."""
-        first = self._part_size(obj, 1)
-        uniform = uniform_part_sizes(obj.size, first, parts)
-        if uniform is not None:
-            computed = multipart_etag(path, uniform)
-            if computed == obj.etag.strip('"').lower():
-                return computed
-        exact = [first] + [self._part_size(obj, n) for n in range(2, parts + 1)]
-        return multipart_etag(path, exact)
-
-    def _part_size(self, obj: S3Object, number: int) -> int:
-        try:
-            head = self.client.head_object(
-                Bucket=self.location.bucket, Key=obj.key, PartNumber=number, IfMatch=obj.etag
-            )
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error(exc, obj.key) from None
-        return int(head["ContentLength"])
-
-    def _kms_encrypted(self, obj: S3Object) -> bool:
-        try:
-            head = self.client.head_object(Bucket=self.location.bucket, Key=obj.key)
-        except (BotoCoreError, ClientError) as exc:
-            raise self._error(exc, obj.key) from None
-        return str(head.get("ServerSideEncryption", "")).startswith("aws:kms")
-
-    def _error(self, exc: Exception, key: str | None = None) -> StorageError:
-        return StorageError(describe_error(exc, self.location, key))
-
-
-def describe_error(exc: Exception, location: S3Location, key: str | None = None) -> str:
-    """One sentence saying what went wrong with S3 and what to change."""
-    where = location.uri(key) if key else location.uri()
-    if isinstance(exc, NoCredentialsError):
-        return (
-            f"no AWS credentials to read {where}: set AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY or AWS_PROFILE, or run with an instance or pod role"
-        )
-    if isinstance(exc, EndpointConnectionError):
-        return f"cannot reach S3 for {where}: {exc}; check AWS_ENDPOINT_URL and the network"
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if code == "NoSuchBucket" or (status == 404 and key is None):
-            return (
-                f"bucket {location.bucket!r} does not exist at this endpoint; check the bucket "
-                f"name in {location.uri()} (and AWS_ENDPOINT_URL / the region)"
-            )
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-                    "InvalidToken", "TokenRefreshRequired"):
-            return f"S3 rejected the credentials ({code}) reading {where}; check them"
-        if code in ("AccessDenied", "AllAccessDisabled", "403") or status == 403:
-            return (
-                f"access denied to {where}: the credentials in use need s3:ListBucket on "
-                f"arn:aws:s3:::{location.bucket} and s3:GetObject on "
-                f"arn:aws:s3:::{location.bucket}/{location.prefix}*"
-            )
-        if code in ("PreconditionFailed", "412"):
-            return f"{where} changed while it was downloaded; load the model again"
-        return f"S3 refused a request for {where}: {code or status}: {error.get('Message', exc)}"
-    return f"S3 request for {where} failed: {exc}"
-
-
-def _below(objects: list[S3Object], location: S3Location) -> list[S3Object]:
-    """Objects with `rel` set to their key below the location; folder markers are skipped."""
-    below = []
-    for obj in objects:
-        rel = obj.key[len(location.prefix) :]
-        if not rel or rel.endswith("/"):
-            continue  # a zero-byte "folder" marker made by consoles
-        below.append(S3Object(obj.key, rel, obj.etag, obj.size))
-    return below
-
-
-def _group_by_model(objects: list[S3Object], location: S3Location) -> dict[str, list[S3Object]]:
-    """Objects by model folder, keeping only folders holding `<model>/model.toml`; a folder whose
-    name no local folder can have is skipped (with a warning when it holds a model)."""
-    by_model: dict[str, list[S3Object]] = {}
-    for obj in _below(objects, location):
-        name, _, rel = obj.rel.partition("/")
-        if not rel or name.startswith("."):
-            continue
-        by_model.setdefault(name, []).append(S3Object(obj.key, rel, obj.etag, obj.size))
-    models = {}
-    for name, items in sorted(by_model.items()):
-        if not any(o.rel == CONFIG_FILE for o in items):
-            continue
-        if not is_folder_name(name):
-            log.warning(
-                "skipping the model folder %s: its name is longer than the %d bytes a folder "
-                "name can hold", location.uri(f"{location.prefix}{name[:64]}..."), NAME_MAX,
-            )
-            continue
-        models[name] = items
-    return models
-
-
-def layout_problem(objects: list[S3Object], location: S3Location, name: str) -> str | None:
-    """Why the objects of model `name` (`rel` below its folder) cannot be laid out as files on
-    disk, or None. S3 keys are names, not paths: `m/1` and `m/1/model.skops` may both exist."""
-    rels = {obj.rel for obj in objects}
-    for obj in objects:
-        where = location.uri(obj.key)
-        parts = obj.rel.split("/")
-        if any(part in ("", ".", "..") for part in parts):
-            return f"the key of {where} has an empty, '.' or '..' segment; rename it"
-        if any(len(part.encode("utf-8", "surrogatepass")) > NAME_MAX for part in parts):
-            return (
-                f"the key of {where} has a segment longer than the {NAME_MAX} bytes a file name "
-                "can hold; rename it"
-            )
-        if parts[0] in (MANIFEST, UNAVAILABLE_NOTE):
-            return f"{where} uses the name {parts[0]}, which flaskserve keeps for itself"
-        for depth in range(1, len(parts)):
-            folder = "/".join(parts[:depth])
-            if folder in rels:
-                return (
-                    f"{location.uri(obj.key[: len(obj.key) - len(obj.rel)] + folder)} is an "
-                    f"object and also a folder holding {where}; a file and a folder cannot "
-                    "share a name on disk, so delete or rename one of them"
-                )
-    return None
 
 
 def _digest(text: str) -> str:

@@ -1,8 +1,9 @@
 """OpenAPI 3.1 for the routes this app really serves, plus `/docs` (Swagger UI, vendored in
 `static/vendor/`) to read and try them.
 
-`schemas` holds the shared and per-model schemas, `operations` what each known route does (add
-a route's entry there), `document` assembles the document from the app's URL map and models.
+`responses` holds the building blocks of an operation (error answers, security schemes), `schemas`
+the shared and per-model schemas, `operations` what each known route does (add a route's entry
+there), `document` assembles the document from the app's URL map and models.
 """
 
 from __future__ import annotations

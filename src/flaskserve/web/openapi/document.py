@@ -17,8 +17,7 @@ from flaskserve.web.examples import example_instances, example_request, example_
 from flaskserve.web.home import signature
 from flaskserve.web.openapi.generation import GENERATION_SCHEMAS
 from flaskserve.web.openapi.operations import known_operation
-from flaskserve.web.openapi.schemas import (
-    COMPONENTS,
+from flaskserve.web.openapi.responses import (
     ERROR,
     ERRORS,
     SECURITY_SCHEMES,
@@ -26,10 +25,10 @@ from flaskserve.web.openapi.schemas import (
     answer,
     browser_errors,
     json_content,
-    model_components,
     operation,
     ref,
 )
+from flaskserve.web.openapi.schemas import COMPONENTS, model_components
 
 #: (Flask endpoint, path) -> "open" when the route needs no API key (`gate.policy.access_of`);
 #: given when the server runs with `--auth`.

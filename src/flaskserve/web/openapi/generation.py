@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flaskserve.web.openapi.schemas import (
+from flaskserve.web.openapi.responses import (
     ERROR,
     ERRORS,
     OPENAI_ERROR,

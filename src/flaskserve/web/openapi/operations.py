@@ -13,7 +13,7 @@ from typing import Any
 from flaskserve.protocol.infer import HEADER_LENGTH
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
 from flaskserve.web.openapi.generation import GENERATION_OPERATIONS
-from flaskserve.web.openapi.schemas import (
+from flaskserve.web.openapi.responses import (
     ERROR,
     ERRORS,
     OPENAI_ERROR,
