@@ -29,6 +29,7 @@ from flaskserve.core.context import InferenceContext, request_id_from
 from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelFailed
 from flaskserve.core.generation import TEXT_INPUT, TEXT_OUTPUT, open_stream
 from flaskserve.core.model import GenerationRequest, Model, TextEvent
+from flaskserve.core.signature import check_datatypes
 from flaskserve.protocol.grpc import messages
 from flaskserve.protocol.grpc.tensors import declare_inputs, decode_request, encode_response
 
@@ -84,7 +85,7 @@ def _serve(servicer: Any, request: Any, inference: InferenceContext) -> Iterator
         response = servicer.ModelInfer(request, inference)
         yield messages.ModelStreamInferResponse(infer_response=response)
         return
-    wanted = generation_request(request)
+    wanted = generation_request(request, model)
     served, stream = open_stream(servicer.dataplane, name, version, wanted, inference)
     try:
         for event in stream:
@@ -112,15 +113,19 @@ def _text_response(model: Model, request_id: str, event: TextEvent) -> Any:
     return response
 
 
-def generation_request(request: Any) -> GenerationRequest:
-    """The prompt (input `text_input`) and sampling settings of a stream request; each input
-    holds one value, checked on its declared shape before anything is decoded."""
+def generation_request(request: Any, model: Model) -> GenerationRequest:
+    """The prompt (input `text_input`) and sampling settings of a stream request for `model`;
+    each input holds one value and the prompt has the datatype of `model`'s `text_input`, as
+    `ModelInfer` would say, both checked on what the request declares before anything is
+    decoded (the sampling inputs are not in the model's signature: the data plane's whole
+    check does not apply)."""
     declared = declare_inputs(request)
     for tensor in declared:
         if math.prod(tensor.shape) > 1:
             raise InvalidInput(
                 f"input {tensor.name!r} must hold one value, not shape {list(tensor.shape)}"
             )
+    check_datatypes(model, {tensor.name: tensor.datatype for tensor in declared})
     decoded = decode_request(request, declared)
     if TEXT_INPUT not in decoded.inputs:
         raise InvalidInput(f"a generative model takes its prompt as the BYTES input {TEXT_INPUT!r}")
