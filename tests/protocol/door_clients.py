@@ -121,7 +121,7 @@ class Answer(NamedTuple):
 
 #: The inputs, as V2 would declare them to `letters` (one BYTES input, shape [-1]).
 HUGE_DIMS, HUGE_ROWS, MANY_DIMS, NEGATIVE = "2**62-0-4", "2**62-rows", "65-dims", "negative-dim"
-HUGE, WRONG_TYPE, FINE = "huge-count", "wrong-datatype", "fine"
+HUGE, WRONG_TYPE, EMPTY, FINE = "huge-count", "wrong-datatype", "no-inputs", "fine"
 #: The shape of each; the first four only a door carrying a declared shape (V2, gRPC) can send.
 SHAPES = {
     HUGE_DIMS: [2**62, 0, 4],
@@ -158,6 +158,11 @@ def texts_of(kind: str) -> list[str]:
     return {HUGE: STRINGS, FINE: ["a"], MANY_DIMS: ["a"]}.get(kind, [])
 
 
+def v2_inputs(kind: str) -> list[dict[str, Any]]:
+    """A V2 request's `inputs`: one tensor (`v2_tensor`), or none for EMPTY."""
+    return [] if kind == EMPTY else [v2_tensor(kind)]
+
+
 def v2_tensor(kind: str) -> dict[str, Any]:
     if kind == WRONG_TYPE:
         return {"name": "sentence", "shape": [1], "datatype": "FP32", "data": [1.0]}
@@ -166,12 +171,15 @@ def v2_tensor(kind: str) -> dict[str, Any]:
 
 def instances(kind: str) -> Any:
     """V1 `instances` and OpenAI `input`: no shape is declared, the nesting is the shape."""
-    return {MANY_DIMS: nested("a", 66), HUGE: STRINGS, WRONG_TYPE: [1.5], FINE: ["a"]}[kind]
+    kinds = {MANY_DIMS: nested("a", 66), HUGE: STRINGS, WRONG_TYPE: [1.5], EMPTY: [], FINE: ["a"]}
+    return kinds[kind]
 
 
 def grpc_request(model: str, kind: str, raw: bool = True, name: str = "sentence") -> Any:
-    """A `ModelInferRequest` whose one BYTES input `name` is `kind`."""
+    """A `ModelInferRequest` whose one BYTES input `name` is `kind` (no input for EMPTY)."""
     request = service_pb2.ModelInferRequest(model_name=model)
+    if kind == EMPTY:
+        return request
     tensor = request.inputs.add(name=name, datatype="BYTES")
     if kind == WRONG_TYPE:
         tensor.datatype = "FP32"
@@ -280,17 +288,18 @@ def key_of(served: Served, sent: Sent) -> str | None:
 
 
 def v2_json(served: Served, sent: Sent) -> Answer:
-    body = as_json({"inputs": [v2_tensor(sent.kind)]})
+    body = as_json({"inputs": v2_inputs(sent.kind)})
     path = f"/v2/models/{sent.model}/infer"
     return http_error(*post(served, path, body, auth(key_of(served, sent))))
 
 
 def v2_binary(served: Served, sent: Sent) -> Answer:
-    tensor = v2_tensor(sent.kind)
-    data = tensor.pop("data")
-    chunk = struct.pack("<f", *data) if sent.kind == WRONG_TYPE else length_prefixed(data)
-    tensor["parameters"] = {"binary_data_size": len(chunk)}
-    head = as_json({"inputs": [tensor]})
+    tensors, chunk = v2_inputs(sent.kind), b""
+    for tensor in tensors:
+        data = tensor.pop("data")
+        chunk = struct.pack("<f", *data) if sent.kind == WRONG_TYPE else length_prefixed(data)
+        tensor["parameters"] = {"binary_data_size": len(chunk)}
+    head = as_json({"inputs": tensors})
     headers = {
         **auth(key_of(served, sent), "application/octet-stream"),
         "Inference-Header-Content-Length": str(len(head)),
@@ -312,7 +321,7 @@ def sagemaker_json(served: Served, sent: Sent) -> Answer:
 
 #: CSV rows for `pair` (FP32 [-1, 2]): CSV carries rows of numbers, so its wrong datatype is a
 #: cell that is not one.
-CSV_ROWS = {HUGE: b"0.5,1\n" * MANY, WRONG_TYPE: b"0.5,one\n", FINE: b"0.5,1\n"}
+CSV_ROWS = {HUGE: b"0.5,1\n" * MANY, WRONG_TYPE: b"0.5,one\n", EMPTY: b"\n", FINE: b"0.5,1\n"}
 
 
 def sagemaker_csv(served: Served, sent: Sent) -> Answer:

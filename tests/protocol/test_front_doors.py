@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from door_clients import (
+    EMPTY,
     FINE,
     HUGE,
     HUGE_DIMS,
@@ -71,21 +72,23 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 
 #: Each door, the model it serves, and the inputs it can express besides FINE and the gate's
 #: cases (unknown model, no key, another model's key), which every door can.
-TENSOR_KINDS = (HUGE_DIMS, HUGE_ROWS, MANY_DIMS, NEGATIVE, HUGE, WRONG_TYPE)
-NESTED_KINDS = (MANY_DIMS, HUGE, WRONG_TYPE)
+TENSOR_KINDS = (HUGE_DIMS, HUGE_ROWS, MANY_DIMS, NEGATIVE, HUGE, WRONG_TYPE, EMPTY)
+NESTED_KINDS = (MANY_DIMS, HUGE, WRONG_TYPE, EMPTY)
 DOORS: dict[str, tuple[Door, str, tuple[str, ...]]] = {
     "v2-json": (v2_json, "letters", TENSOR_KINDS),
     "v2-binary": (v2_binary, "letters", TENSOR_KINDS),
     "v1": (v1, "letters", NESTED_KINDS),
     "sagemaker-json": (sagemaker_json, "letters", NESTED_KINDS),
-    "sagemaker-csv": (sagemaker_csv, "pair", (HUGE, WRONG_TYPE)),
+    "sagemaker-csv": (sagemaker_csv, "pair", (HUGE, WRONG_TYPE, EMPTY)),
     "openai-embeddings": (openai_embeddings, "letters", NESTED_KINDS),
     "openai-chat": (openai_chat, "parrot", (WRONG_TYPE,)),
     "openai-completions": (openai_completions, "parrot", (WRONG_TYPE,)),
     "grpc-raw": (grpc_raw, "letters", TENSOR_KINDS),
     "grpc-typed": (grpc_typed, "letters", TENSOR_KINDS),
     "grpc-stream": (grpc_stream, "letters", TENSOR_KINDS),
-    "grpc-stream-generate": (grpc_stream_generate, "parrot", (*TENSOR_KINDS[:4], WRONG_TYPE)),
+    "grpc-stream-generate": (
+        grpc_stream_generate, "parrot", (*TENSOR_KINDS[:4], WRONG_TYPE, EMPTY)
+    ),
     "v2-generate": (v2_generate, "parrot", (WRONG_TYPE,)),
     "v2-metadata": (v2_metadata, "letters", ()),
     "grpc-metadata": (grpc_metadata, "letters", ()),
@@ -103,6 +106,7 @@ CASES = {
     NEGATIVE: (400, "non-negative"),
     HUGE: (400, f"has {MANY} rows"),
     WRONG_TYPE: (400, "BYTES"),
+    EMPTY: (400, "non-empty"),
     UNKNOWN: (404, "unknown model 'nope'"),
     NO_KEY: (401, "needs an API key"),
     OTHER_KEY: (403, "may not use model"),
