@@ -27,7 +27,7 @@ from google.protobuf import json_format
 from flaskserve.core.context import InferenceContext, StatisticsReport, request_id_from
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
-from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelFailed
+from flaskserve.core.errors import FlaskServeError, ModelFailed
 from flaskserve.protocol.grpc import messages, streaming
 from flaskserve.protocol.grpc.tensors import (
     declare_inputs,
@@ -216,9 +216,7 @@ class InferenceServicer:
 
     def RepositoryIndex(self, request: Any, context: InferenceContext) -> Any:
         response = messages.RepositoryIndexResponse()
-        for row in self.repository.index():
-            if request.ready and row["state"] != "READY":
-                continue
+        for row in self.control.index(request.ready):
             response.models.add(
                 name=row["name"],
                 version=row.get("version", ""),
@@ -228,9 +226,7 @@ class InferenceServicer:
         return response
 
     def RepositoryModelLoad(self, request: Any, context: InferenceContext) -> Any:
-        entry = self.control.load(request.model_name)
-        if entry.default is None:
-            raise InvalidInput(f"model {request.model_name!r} failed to load: {entry.reason}")
+        self.control.load(request.model_name)
         return messages.RepositoryModelLoadResponse()
 
     def RepositoryModelUnload(self, request: Any, context: InferenceContext) -> Any:
