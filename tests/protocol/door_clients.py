@@ -122,6 +122,8 @@ class Answer(NamedTuple):
 #: The inputs, as V2 would declare them to `letters` (one BYTES input, shape [-1]).
 HUGE_DIMS, HUGE_ROWS, MANY_DIMS, NEGATIVE = "2**62-0-4", "2**62-rows", "65-dims", "negative-dim"
 HUGE, WRONG_TYPE, EMPTY, FINE = "huge-count", "wrong-datatype", "no-inputs", "fine"
+#: A sampling setting no generation takes (`max_tokens` 0), for the doors that generate.
+BAD_SETTING = "max-tokens-0"
 #: The shape of each; the first four only a door carrying a declared shape (V2, gRPC) can send.
 SHAPES = {
     HUGE_DIMS: [2**62, 0, 4],
@@ -129,6 +131,7 @@ SHAPES = {
     MANY_DIMS: [1] * 65,
     NEGATIVE: [-1],
     HUGE: [MANY],
+    BAD_SETTING: [1],
     FINE: [1],
 }
 
@@ -155,7 +158,7 @@ def length_prefixed(texts: list[str]) -> bytes:
 
 def texts_of(kind: str) -> list[str]:
     """The strings a tensor of `kind` carries (none for a shape with no or impossible rows)."""
-    return {HUGE: STRINGS, FINE: ["a"], MANY_DIMS: ["a"]}.get(kind, [])
+    return {HUGE: STRINGS, FINE: ["a"], BAD_SETTING: ["a"], MANY_DIMS: ["a"]}.get(kind, [])
 
 
 def v2_inputs(kind: str) -> list[dict[str, Any]]:
@@ -190,6 +193,8 @@ def grpc_request(model: str, kind: str, raw: bool = True, name: str = "sentence"
             tensor.contents.fp32_contents.append(1.0)
         return request
     tensor.shape.extend(SHAPES[kind])
+    if kind == BAD_SETTING:
+        request.parameters["max_tokens"].int64_param = 0
     if raw:
         request.raw_input_contents.append(length_prefixed(texts_of(kind)))
     else:
@@ -337,15 +342,25 @@ def openai_embeddings(served: Served, sent: Sent) -> Answer:
     return openai_error(*post(served, "/v1/embeddings", body, auth(key_of(served, sent))))
 
 
+def sampling_of(kind: str) -> dict[str, Any]:
+    """The sampling settings a generating door sends."""
+    return {"max_tokens": 0} if kind == BAD_SETTING else {}
+
+
 def openai_chat(served: Served, sent: Sent) -> Answer:
     content = 1.5 if sent.kind == WRONG_TYPE else "a"
-    body = {"model": sent.model, "messages": [{"role": "user", "content": content}]}
+    body = {
+        "model": sent.model,
+        "messages": [{"role": "user", "content": content}],
+        **sampling_of(sent.kind),
+    }
     path = "/v1/chat/completions"
     return openai_error(*post(served, path, as_json(body), auth(key_of(served, sent))))
 
 
 def openai_completions(served: Served, sent: Sent) -> Answer:
-    body = {"model": sent.model, "prompt": 1.5 if sent.kind == WRONG_TYPE else "a"}
+    prompt = 1.5 if sent.kind == WRONG_TYPE else "a"
+    body = {"model": sent.model, "prompt": prompt, **sampling_of(sent.kind)}
     path = "/v1/completions"
     return openai_error(*post(served, path, as_json(body), auth(key_of(served, sent))))
 
@@ -363,7 +378,8 @@ def grpc_typed(served: Served, sent: Sent) -> Answer:
 def grpc_stream(served: Served, sent: Sent, name: str = "sentence") -> Answer:
     """`ModelStreamInfer`: answers, or one response with an `error_message`, which carries no
     code. It counts as the code `ModelInfer` answers the same request with when it says the same
-    words (else as 0: the stream and the unary call disagree)."""
+    words (else as 0: the stream and the unary call disagree), and as 400 when `ModelInfer`
+    serves the request: a sampling setting, which only a generation reads."""
     request = grpc_request(sent.model, sent.kind, name=name)
     responses = stream_messages(served, request, key_of(served, sent))
     refusal = responses[0].error_message
@@ -372,6 +388,8 @@ def grpc_stream(served: Served, sent: Sent, name: str = "sentence") -> Answer:
         return Answer(200, "")
     assert len(responses) == 1, responses
     twin = grpc_answer(served.stub.ModelInfer, request, key_of(served, sent))
+    if twin.status == 200:  # a sampling setting, which only a generation reads
+        return Answer(400, refusal)
     return Answer(twin.status if twin.message == refusal else 0, refusal)
 
 
@@ -381,7 +399,8 @@ def grpc_stream_generate(served: Served, sent: Sent) -> Answer:
 
 
 def v2_generate(served: Served, sent: Sent) -> Answer:
-    body = as_json({"text_input": 1.5 if sent.kind == WRONG_TYPE else "a"})
+    prompt = 1.5 if sent.kind == WRONG_TYPE else "a"
+    body = as_json({"text_input": prompt, "parameters": sampling_of(sent.kind)})
     path = f"/v2/models/{sent.model}/generate"
     return http_error(*post(served, path, body, auth(key_of(served, sent))))
 

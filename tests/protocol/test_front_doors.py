@@ -5,10 +5,11 @@ The doors (`door_clients`): V2 HTTP (JSON and binary), V1, SageMaker (JSON and C
 embeddings, chat and completions, the V2 generate extension, V2 gRPC `ModelInfer` (raw and typed
 contents) and `ModelStreamInfer` (a plain and a generative model), and model metadata and
 statistics over HTTP and gRPC. The inputs: shapes no array can take (`[2**62, 0, 4]`, `[2**62]`,
-65 dimensions, a negative size), more rows than `--max-batch-rows`, a wrong datatype, an unknown
-model, no key, a key for another model, and an admin route with a plain key. Every door answers
-each with the same status (gRPC: the code of that status; a stream's `error_message` must say
-what `ModelInfer` says of the same request), a message that says what to fix, and no traceback.
+65 dimensions, a negative size), more rows than `--max-batch-rows`, a wrong datatype, no inputs,
+a sampling setting no generation takes, an unknown model, no key, a key for another model, and
+an admin route with a plain key. Every door answers each with the same status (gRPC: the code of
+that status; a stream's `error_message` must say what `ModelInfer` says of the same request), a
+message that says what to fix, and no traceback.
 
 A door that cannot express an input (V1 has no declared shape, CSV no datatype, a chat no
 tensor) is left out of that row, not skipped; a `fine` row checks that each door's request is
@@ -21,6 +22,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from door_clients import (
+    BAD_SETTING,
     EMPTY,
     FINE,
     HUGE,
@@ -81,15 +83,15 @@ DOORS: dict[str, tuple[Door, str, tuple[str, ...]]] = {
     "sagemaker-json": (sagemaker_json, "letters", NESTED_KINDS),
     "sagemaker-csv": (sagemaker_csv, "pair", (HUGE, WRONG_TYPE, EMPTY)),
     "openai-embeddings": (openai_embeddings, "letters", NESTED_KINDS),
-    "openai-chat": (openai_chat, "parrot", (WRONG_TYPE,)),
-    "openai-completions": (openai_completions, "parrot", (WRONG_TYPE,)),
+    "openai-chat": (openai_chat, "parrot", (WRONG_TYPE, BAD_SETTING)),
+    "openai-completions": (openai_completions, "parrot", (WRONG_TYPE, BAD_SETTING)),
     "grpc-raw": (grpc_raw, "letters", TENSOR_KINDS),
     "grpc-typed": (grpc_typed, "letters", TENSOR_KINDS),
     "grpc-stream": (grpc_stream, "letters", TENSOR_KINDS),
     "grpc-stream-generate": (
-        grpc_stream_generate, "parrot", (*TENSOR_KINDS[:4], WRONG_TYPE, EMPTY)
+        grpc_stream_generate, "parrot", (*TENSOR_KINDS[:4], WRONG_TYPE, EMPTY, BAD_SETTING)
     ),
-    "v2-generate": (v2_generate, "parrot", (WRONG_TYPE,)),
+    "v2-generate": (v2_generate, "parrot", (WRONG_TYPE, BAD_SETTING)),
     "v2-metadata": (v2_metadata, "letters", ()),
     "grpc-metadata": (grpc_metadata, "letters", ()),
     "v2-statistics": (v2_statistics, "letters", ()),
@@ -107,6 +109,7 @@ CASES = {
     HUGE: (400, f"has {MANY} rows"),
     WRONG_TYPE: (400, "BYTES"),
     EMPTY: (400, "non-empty"),
+    BAD_SETTING: (400, "'max_tokens' must be an integer >= 1"),
     UNKNOWN: (404, "unknown model 'nope'"),
     NO_KEY: (401, "needs an API key"),
     OTHER_KEY: (403, "may not use model"),

@@ -31,7 +31,8 @@ from collections.abc import Mapping
 from flaskserve.core.context import InferenceContext
 from flaskserve.core.errors import FlaskServeError
 from flaskserve.observability import metrics
-from flaskserve.protocol.grpc.servicer import PROTOCOL, Call
+from flaskserve.protocol.grpc.calls import PROTOCOL
+from flaskserve.protocol.grpc.servicer import Call
 from flaskserve.service import auth
 from flaskserve.service.gate import Gate, Knock
 
