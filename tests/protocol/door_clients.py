@@ -57,6 +57,8 @@ class Parrot:
         yield text_input
 """
 PARROT_TOML = 'runtime = "python"\nentrypoint = "parrot:Parrot"\n'
+#: A model whose entry point does not exist: it stays UNAVAILABLE, every door answers 503.
+BROKEN_TOML = 'runtime = "python"\nentrypoint = "gone:Gone"\n'
 
 
 def write_model(root: Path, name: str, toml: str, module: str, source: str) -> None:
@@ -67,13 +69,15 @@ def write_model(root: Path, name: str, toml: str, module: str, source: str) -> N
 
 class Served:
     """The server, a gRPC stub on it, and its keys: `key` (any model, not admin), `wide_key`
-    (model `letters_wide` only), `admin_key`."""
+    (model `letters_wide` only), `admin_key`, and `spent_key`, whose rate allows one request
+    per hour and whose one request `serve_every_door` has sent."""
 
     def __init__(self, server: Server, grpc_port: int, keys: dict[str, str]) -> None:
         self.server = server
         self.key = keys["anything"]
         self.wide_key = keys["wide_only"]
         self.admin_key = keys["admin"]
+        self.spent_key = keys["spent"]
         self.channel = grpc.insecure_channel(
             f"127.0.0.1:{grpc_port}", options=[("grpc.max_send_message_length", -1)]
         )
@@ -84,26 +88,31 @@ class Served:
 def serve_every_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """One server with keys and gRPC on, serving `letters` (text in, a vector out: V2, V1,
     SageMaker, OpenAI embeddings, gRPC), `letters_wide` (the same, 10,000 rows per request),
-    `pair` (FP32 [-1, 2]: CSV rows) and `parrot` (generative: OpenAI chat and completions)."""
+    `pair` (FP32 [-1, 2]: CSV rows), `parrot` (generative: OpenAI chat and completions, the
+    generate extension, gRPC streams) and `broken` (UNAVAILABLE: it fails to load)."""
     root = tmp_path_factory.mktemp("doors-repo")
     write_model(root, "letters", LETTERS_TOML, "letters", LETTERS_PY)
     wide = LETTERS_TOML.replace("[[inputs]]", "max_request_rows = 10000\n[[inputs]]", 1)
     write_model(root, "letters_wide", wide, "letters", LETTERS_PY)
     write_model(root, "pair", PAIR_TOML, "pair", PAIR_PY)
     write_model(root, "parrot", PARROT_TOML, "parrot", PARROT_PY)
+    write_model(root, "broken", BROKEN_TOML, "other", "")
     path = tmp_path_factory.mktemp("doors-keys") / "keys.toml"
     keys = {
         "anything": add_key(path, "anything"),
         "wide_only": add_key(path, "wide_only", models=("letters_wide",)),
         "admin": add_key(path, "admin", admin=True),
+        "spent": add_key(path, "spent", rate=1 / 3600, burst=1),
     }
     grpc_port = free_port()
+    # Models load in name order; `parrot` ready: every model is (`broken` as UNAVAILABLE).
     server = Server(
         [str(root), "--workers", "1", "--grpc-port", str(grpc_port), "--auth", str(path)],
-        ready_path="/v2/health/ready",
+        ready_path="/v2/models/parrot/ready",
     )
     served = Served(server, grpc_port, keys)
     try:
+        assert v2_json(served, Sent("letters", FINE, "spent_key")) == Answer(200, "")
         yield served
     finally:
         served.channel.close()
@@ -250,7 +259,12 @@ def openai_error(status: int, body: Any) -> Answer:
     error = body["error"]
     assert set(error) == {"message", "type", "param", "code"}, body
     assert isinstance(error["message"], str) and error["message"], body
-    kinds = {401: "authentication_error", 403: "permission_error"}
+    kinds = {
+        401: "authentication_error",
+        403: "permission_error",
+        429: "rate_limit_error",
+        503: "server_error",
+    }
     assert error["type"] == kinds.get(status, "invalid_request_error"), body
     return Answer(status, error["message"])
 
@@ -261,6 +275,8 @@ GRPC_AS_HTTP = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
     grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
 }
 
 
@@ -269,7 +285,7 @@ def metadata(key: str | None) -> list[tuple[str, str]]:
 
 
 def grpc_answer(method: Callable[..., Any], request: Any, key: str | None) -> Answer:
-    """The answer of a unary RPC; a code outside the four refusals fails the test."""
+    """The answer of a unary RPC; a code that is no refusal in `GRPC_AS_HTTP` fails the test."""
     try:
         method(request, metadata=metadata(key), timeout=60)
     except grpc.RpcError as error:

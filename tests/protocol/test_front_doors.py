@@ -6,10 +6,11 @@ embeddings, chat and completions, the V2 generate extension, V2 gRPC `ModelInfer
 contents) and `ModelStreamInfer` (a plain and a generative model), and model metadata and
 statistics over HTTP and gRPC. The inputs: shapes no array can take (`[2**62, 0, 4]`, `[2**62]`,
 65 dimensions, a negative size), more rows than `--max-batch-rows`, a wrong datatype, no inputs,
-a sampling setting no generation takes, an unknown model, no key, a key for another model, and
-an admin route with a plain key. Every door answers each with the same status (gRPC: the code of
-that status; a stream's `error_message` must say what `ModelInfer` says of the same request), a
-message that says what to fix, and no traceback.
+a sampling setting no generation takes, an unknown model, a model that failed to load, no key, a
+key for another model, a key past its rate, and an admin route with a plain key. Every door
+answers each with the same status (gRPC: the code of that status; a stream's `error_message`
+must say what `ModelInfer` says of the same request), a message that says what to fix, and no
+traceback.
 
 A door that cannot express an input (V1 has no declared shape, CSV no datatype, a chat no
 tensor) is left out of that row, not skipped; a `fine` row checks that each door's request is
@@ -99,6 +100,12 @@ DOORS: dict[str, tuple[Door, str, tuple[str, ...]]] = {
 }
 
 UNKNOWN, NO_KEY, OTHER_KEY = "unknown-model", "no-key", "key-for-another-model"
+RATE_LIMITED, NOT_READY = "rate-limited", "model-not-ready"
+#: The cases every door can express, whatever its wire format.
+EVERY_DOOR = (UNKNOWN, NO_KEY, OTHER_KEY, FINE)
+#: The doors that describe a model rather than run it: a key's rate does not apply, and a model
+#: that is not ready is described (its state and reason), not refused.
+DESCRIBES = ("v2-metadata", "grpc-metadata", "v2-statistics", "grpc-statistics")
 
 #: (case, the HTTP status every door answers, the words every door's message holds)
 CASES = {
@@ -113,6 +120,8 @@ CASES = {
     UNKNOWN: (404, "unknown model 'nope'"),
     NO_KEY: (401, "needs an API key"),
     OTHER_KEY: (403, "may not use model"),
+    RATE_LIMITED: (429, "is limited to"),
+    NOT_READY: (503, "is not ready"),
     FINE: (200, ""),
 }
 #: Where a door's own words say better what to fix (OpenAI's `input` has no shape: nested lists
@@ -134,14 +143,25 @@ def sent_for(case: str, model: str) -> Sent:
         return Sent(model, FINE, None)
     if case == OTHER_KEY:
         return Sent(model, FINE, "wide_key")
+    if case == RATE_LIMITED:
+        return Sent(model, FINE, "spent_key")
+    if case == NOT_READY:
+        return Sent("broken", FINE, "key")
     return Sent(model, case, "key")
+
+
+def expresses(door: str, case: str) -> bool:
+    """Whether `door` can send `case` at all."""
+    if case in (RATE_LIMITED, NOT_READY):
+        return door not in DESCRIBES
+    return case in EVERY_DOOR or case in DOORS[door][2]
 
 
 ROWS = [
     pytest.param(door, case, id=f"{case}-{door}")
     for case in CASES
-    for door, (_, _, kinds) in DOORS.items()
-    if case in kinds or case in (UNKNOWN, NO_KEY, OTHER_KEY, FINE)
+    for door in DOORS
+    if expresses(door, case)
 ]
 
 
