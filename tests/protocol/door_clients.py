@@ -25,9 +25,10 @@ from typing import Any, NamedTuple
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from flaskserve.service.keys import add_key
+from flaskserve.cli import main as flaskserve_cli
 from letters_model import LETTERS_PY, LETTERS_TOML
 from servers import Server, free_port
 
@@ -59,6 +60,15 @@ class Parrot:
 PARROT_TOML = 'runtime = "python"\nentrypoint = "parrot:Parrot"\n'
 #: A model whose entry point does not exist: it stays UNAVAILABLE, every door answers 503.
 BROKEN_TOML = 'runtime = "python"\nentrypoint = "gone:Gone"\n'
+
+
+def add_key(path: Path, name: str, *options: str) -> str:
+    """A new key in the keys file at `path`, made as an operator makes one: `flaskserve keys
+    add NAME` (the key is the first line it prints)."""
+    arguments = ["keys", "add", name, "--file", str(path), *options]
+    result = CliRunner().invoke(flaskserve_cli, arguments)
+    assert result.exit_code == 0, result.output
+    return result.stdout.splitlines()[0]
 
 
 def write_model(root: Path, name: str, toml: str, module: str, source: str) -> None:
@@ -100,9 +110,9 @@ def serve_every_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     path = tmp_path_factory.mktemp("doors-keys") / "keys.toml"
     keys = {
         "anything": add_key(path, "anything"),
-        "wide_only": add_key(path, "wide_only", models=("letters_wide",)),
-        "admin": add_key(path, "admin", admin=True),
-        "spent": add_key(path, "spent", rate=1 / 3600, burst=1),
+        "wide_only": add_key(path, "wide_only", "--models", "letters_wide"),
+        "admin": add_key(path, "admin", "--admin"),
+        "spent": add_key(path, "spent", "--rate", str(1 / 3600), "--burst", "1"),
     }
     grpc_port = free_port()
     # Models load in name order; `parrot` ready: every model is (`broken` as UNAVAILABLE).
