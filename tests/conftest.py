@@ -67,7 +67,7 @@ def start_server() -> Iterator:
 def digits_server(
     tmp_path_factory: pytest.TempPathFactory, digits_model: Path
 ) -> Iterator[Server]:
-    """One gunicorn server with two workers over a fresh digits repository, shared by a module."""
+    """One server with two workers over a fresh digits repository, shared by a module."""
     root = tmp_path_factory.mktemp("served")
     shutil.copytree(digits_model, root / "digits")
     server = Server([str(root), "--workers", "2"])

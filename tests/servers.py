@@ -88,7 +88,7 @@ class Server:
                    message=lambda: f"{text!r} is logged {count} times:\n{self.log}")
 
     def worker_pids(self) -> set[int]:
-        """The gunicorn workers' process ids (the children of the server process)."""
+        """The workers' process ids (the children of the server process)."""
         pid = self.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         return {int(child) for child in children}

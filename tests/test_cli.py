@@ -128,7 +128,7 @@ def about():
 """
 
 
-def test_serve_app_runs_a_user_model_server_under_gunicorn(start_server, tmp_path: Path) -> None:
+def test_serve_app_runs_a_user_model_server_on_the_engine(start_server, tmp_path: Path) -> None:
     (tmp_path / "userapp.py").write_text(USER_APP)
     server = start_server(
         ["--app", "userapp:server", "--workers", "1", "--max-request-bytes", "500"], cwd=tmp_path

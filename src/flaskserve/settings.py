@@ -49,7 +49,7 @@ class Settings:
     #: Folder shared by the workers of one server (set by the CLI before forking); None for a
     #: single process.
     state_dir: str | None = None
-    #: API keys file (`flaskserve keys add`); None serves without keys. See flaskserve.service.
+    #: API keys file (`flaskserve keys add`); None serves without keys. See flaskserve.gate.
     auth: str | None = None
     #: SQLite file usage is metered into; default with `auth`: usage.sqlite3 beside the keys.
     usage_db: str | None = None

@@ -8,8 +8,10 @@ import pytest
 import requests
 
 from flaskserve.core.coordination import STATE_FILE, RepositoryControl, generations
+from flaskserve.core.errors import InvalidInput
 from flaskserve.core.repository import ModelRepository
 from flaskserve.runtimes.registry import load_model
+from letters_model import write_letters
 
 ROW = [0.0] * 64
 
@@ -68,3 +70,30 @@ def test_a_worker_publishes_over_a_corrupt_file_and_others_follow(digits_repo, t
     second.load_all()
     RepositoryControl(second, tmp_path, {}, poll_seconds=60)  # a worker started afterwards
     assert second.entry("digits").default is None
+
+
+def served_with_a_broken_model(root) -> RepositoryControl:
+    """`letters` (loads) and `broken` (its entry point does not exist), with model control on."""
+    write_letters(root)
+    (root / "broken" / "1").mkdir(parents=True)
+    (root / "broken" / "model.toml").write_text('runtime = "python"\nentrypoint = "gone:Gone"\n')
+    repository = ModelRepository(root, load_model)
+    repository.load_all()
+    return RepositoryControl(repository, None, enabled=True)
+
+
+def test_the_index_lists_every_model_or_the_ready_ones_alone(tmp_path) -> None:
+    control = served_with_a_broken_model(tmp_path)
+    rows = {row["name"]: row for row in control.index()}
+    assert rows["letters"]["state"] == "READY"
+    assert rows["broken"]["state"] == "UNAVAILABLE" and rows["broken"]["reason"]
+    assert [row["name"] for row in control.index(ready_only=True)] == ["letters"]
+
+
+def test_loading_a_model_that_cannot_load_is_a_400_that_says_why(tmp_path) -> None:
+    control = served_with_a_broken_model(tmp_path)
+    reason = control.repository.entry("broken").reason
+    with pytest.raises(InvalidInput) as caught:
+        control.load("broken")
+    assert caught.value.message == f"model 'broken' failed to load: {reason}"
+    assert control.load("letters").default is not None

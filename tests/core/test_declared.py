@@ -90,9 +90,10 @@ def test_max_request_rows_in_model_toml_replaces_the_servers_limit(tmp_path) -> 
     repository = ModelRepository(tmp_path, load_model)
     repository.load_all()
     dataplane = DataPlane(repository, limits=RequestLimits(max_rows=100))
-    dataplane.admit("echo", None, [declare("x", "FP32", [3])])
+    echo = repository.get("echo")
+    dataplane.check(echo, [declare("x", "FP32", [3])], None)
     with pytest.raises(RequestTooLarge, match="at most 3"):
-        dataplane.admit("echo", None, [declare("x", "FP32", [4])])
+        dataplane.check(echo, [declare("x", "FP32", [4])], None)
     with pytest.raises(RequestTooLarge, match="at most 3"):  # arrays handed in directly too
         dataplane.infer("echo", None, {"x": np.zeros(4, np.float32)}, {"x": "FP32"})
 

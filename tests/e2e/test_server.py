@@ -1,4 +1,4 @@
-"""A real `flaskserve serve` under gunicorn (two workers), driven over HTTP like a user would."""
+"""A real `flaskserve serve` with two workers, driven over HTTP like a user would."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""API keys, limits and metering on a real two-worker gunicorn server."""
+"""API keys, limits and metering on a real two-worker server."""
 
 from __future__ import annotations
 

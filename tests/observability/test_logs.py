@@ -63,7 +63,7 @@ def assert_access_record(record: dict, method: str, path: str, status: int, mode
     assert datetime.fromisoformat(record["timestamp"]).tzinfo is not None
 
 
-def test_json_log_format_under_gunicorn(start_server, digits_repo) -> None:
+def test_json_log_format_on_a_real_server(start_server, digits_repo) -> None:
     server = start_server([str(digits_repo), "--workers", "1", "--log-format", "json"])
     ok = requests.post(f"{server.url}/v2/models/digits/infer", json=BODY,
                        headers={"X-Request-ID": "req-json-1"}, timeout=10)

@@ -1,4 +1,4 @@
-"""/metrics under gunicorn with two workers: each request counted once, whichever worker took it."""
+"""/metrics on a server with two workers: each request counted once, whichever worker took it."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The binary tensor data extension, end to end: the official `tritonclient.http` against a real
-gunicorn server, binary and JSON paths compared, and malformed binary bodies answered with 400."""
+server, binary and JSON paths compared, and malformed binary bodies answered with 400."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The V2 gRPC front door, end to end: the official `tritonclient.grpc` against real two-worker
-gunicorn servers started with `--grpc-port`, compared with the HTTP path; keys in the call
+servers started with `--grpc-port`, compared with the HTTP path; keys in the call
 metadata; SIGTERM drain of a running call; SIGHUP reload. Plus the wire contract itself: our
 inference.proto compiles to the committed descriptor and matches the published protocol's
 field numbers."""

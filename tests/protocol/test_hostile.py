@@ -207,7 +207,7 @@ SAGEMAKER_CASES = [
     ("csv-field-longer-than-the-parser-allows", b"1" * 200_000 + b"\n", CSV, "CSV"),
     ("csv-65-columns", b",".join([b"1"] * 65) + b"\n", CSV, "expects [-1, 64]"),
     ("csv-ragged", b",".join([b"1"] * 64) + b"\n1,2\n", CSV, "needs"),
-    ("csv-empty", b"", CSV, "non-empty list"),
+    ("csv-empty", b"", CSV, "at least one non-empty row"),
     ("json-neither-v1-nor-v2", as_json({"rows": []}), JSON, "instances"),
 ]
 

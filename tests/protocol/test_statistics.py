@@ -1,4 +1,4 @@
-"""The statistics extension end to end: one real server with two gunicorn workers, HTTP and gRPC,
+"""The statistics extension end to end: one real server with two workers, HTTP and gRPC,
 API keys. Requests are spread over both workers (each on a new connection, until both workers'
 counter files show some), then the official `tritonclient.http` and `tritonclient.grpc` clients
 read statistics that add up exactly to what was sent, whichever worker answers."""

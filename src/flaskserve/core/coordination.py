@@ -18,8 +18,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from flaskserve.core.errors import FlaskServeError
-from flaskserve.core.repository import ModelEntry, ModelRepository
+from flaskserve.core.errors import FlaskServeError, InvalidInput
+from flaskserve.core.repository import READY, ModelEntry, ModelRepository
 
 log = logging.getLogger("flaskserve.coordination")
 
@@ -93,11 +93,13 @@ def _is_count(value: Any) -> bool:
 
 
 class RepositoryControl:
-    """load/unload for the routes: act locally, then tell the other workers.
+    """The repository extension (index, load, unload) for every front door, which only
+    translates its wire format: load and unload act locally, then tell the other workers.
 
-    Unless `enabled`, both refuse with `ModelControlDisabled`: the one place that decides
-    whether what is served may change over HTTP (replaying other workers' actions is not
-    affected; only an enabled worker publishes any).
+    Unless `enabled`, load and unload refuse with `ModelControlDisabled`: the one place that
+    decides whether what is served may change over HTTP or gRPC (replaying other workers'
+    actions is not affected; only an enabled worker publishes any). The index is readable
+    either way.
 
     `baseline` holds the generations recorded before this worker loaded its models (see
     `generations`): at start it replays unloads at or below it and every action above it.
@@ -123,11 +125,23 @@ class RepositoryControl:
             self._replay()
             threading.Thread(target=self._watch, name="flaskserve-sync", daemon=True).start()
 
+    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """One row per model version (`name`, `version`, `state`, `reason`), or per model that
+        has no version; with `ready_only`, the READY rows alone."""
+        rows = self.repository.index()
+        if ready_only:
+            return [row for row in rows if row["state"] == READY]
+        return rows
+
     def load(self, name: str) -> ModelEntry:
+        """Load (or reload) `name` here and tell the other workers; a 400 with the reason when
+        no version of it could be loaded (the entry stays UNAVAILABLE with that reason)."""
         if not self.enabled:
             raise ModelControlDisabled("load", name)
         entry = self.repository.load(name)
         self._publish("load", name)
+        if entry.default is None:
+            raise InvalidInput(f"model {name!r} failed to load: {entry.reason}")
         return entry
 
     def unload(self, name: str) -> None:

@@ -54,23 +54,12 @@ class DataPlane:
         self._batchers_lock = threading.Lock()
         repository.on_unload.append(self._stop_batcher)
 
-    def admit(
-        self,
-        name: str,
-        version: str | None,
-        tensors: Iterable[DeclaredTensor],
-        outputs: Sequence[str] | None = None,
-    ) -> Model:
-        """The model a request is for, once what it declares fits the model's signature and the
-        limits: what every front door calls before it decodes a payload."""
-        model = self.repository.get(name, version)
-        self.check(model, tensors, outputs)
-        return model
-
     def check(
         self, model: Model, tensors: Iterable[DeclaredTensor], outputs: Sequence[str] | None
     ) -> None:
-        """`check_request` with the row limit of `model` (its model.toml's, or the server's)."""
+        """`check_request` with the row limit of `model` (its model.toml's, or the server's):
+        what every front door calls on what a request declares, once it has looked the model up
+        (an unknown model is 404 whatever the body), before it decodes a payload."""
         max_rows = self.limits.rows_for(self.repository.entry(model.name).config)
         check_request(model, tensors, outputs, self.limits, max_rows)
 

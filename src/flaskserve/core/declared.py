@@ -35,6 +35,8 @@ _MAX_BYTES = 2**63 - 1
 #: 2,000-sentence embedding request, Triton clients' batches of a few hundred), while a model is
 #: handed thousands of rows at most, not the 200,000 that 2 MB of JSON can declare.
 DEFAULT_MAX_ROWS = 4096
+#: Every transport's refusal of a request without inputs (a V2 body, a gRPC message).
+NO_INPUTS = "the inference request needs a non-empty 'inputs' list"
 HOW_TO_RAISE = (
     "send the rows in several requests, or raise the limit with `max_request_rows` in the "
     "model's model.toml or the server's --max-batch-rows"

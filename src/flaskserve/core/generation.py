@@ -79,9 +79,7 @@ def _accounted(
     except Exception as exc:
         raise ModelFailed(model.name, model.version, exc) from exc
     finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()  # a client that left: stop the generation, free its place in the batch
+        close_stream(stream)  # a client that left: stop the generation, free its batch place
         ended = time.monotonic()
         seconds = time.perf_counter() - started
         for step in dataplane.steps:
@@ -124,9 +122,29 @@ def until_stop(stream: TextStream, stop: Iterable[str]) -> Iterator[TextEvent]:
             text, pending = (pending[:ready], pending[ready:]) if ready > 0 else ("", pending)
             yield TextEvent(text, event.prompt_tokens, event.completion_tokens)
     finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        close_stream(stream)
+
+
+def close_stream(stream: Iterable[Any]) -> None:
+    """Close a stream its reader leaves (a client that went away, a refusal after the first
+    event): a generator's `finally` stops the generation and frees its place in the batch; a
+    stream without `close` holds nothing to free."""
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+
+
+def rest_of(first: TextEvent, stream: TextStream) -> tuple[str, TextEvent]:
+    """The whole text of a stream whose `first` event was read already (a door reads it to
+    refuse before it answers anything) and its last event; the stream is closed either way."""
+    parts, last = [first.text], first
+    try:
+        for event in stream:
+            parts.append(event.text)
+            last = event
+    finally:
+        close_stream(stream)
+    return "".join(parts), last
 
 
 def collect(stream: TextStream) -> tuple[str, TextEvent]:
@@ -165,9 +183,7 @@ def pieces_stream(
             yield TextEvent(text, prompt_tokens, made)
         yield TextEvent("", prompt_tokens, made, "stop")
     finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
+        close_stream(iterator)
 
 
 def generative_model(

@@ -39,17 +39,27 @@ def check_signature(
     if len(shapes) != len(specs):
         missing = [name for name in specs if name not in shapes]
         raise InvalidInput(f"model {model.name!r} needs input(s) {', '.join(missing)}")
+    check_datatypes(model, datatypes)
     for name, shape in shapes.items():
         spec = specs[name]
-        declared = datatypes.get(name, spec.datatype)
-        if declared != spec.datatype:
-            raise InvalidInput(
-                f"input {name!r} is {declared} but model {model.name!r} expects {spec.datatype}"
-            )
         if not shape_fits(shape, spec.shape):
             raise InvalidInput(
                 f"input {name!r} has shape {_shape_text(shape)} but model "
                 f"{model.name!r} expects {_shape_text(spec.shape)} (-1 means any size)"
+            )
+
+
+def check_datatypes(model: Model, datatypes: Mapping[str, str]) -> None:
+    """Raise `InvalidInput` unless each input in `datatypes` (name -> the datatype the client
+    declared) is declared with `model`'s datatype for it; names the model has no input for are
+    left to `check_signature`, so a caller may check the datatypes alone (a generation stream,
+    whose sampling settings travel as inputs outside the signature)."""
+    specs = model.input_by_name
+    for name, declared in datatypes.items():
+        spec = specs.get(name)
+        if spec is not None and declared != spec.datatype:
+            raise InvalidInput(
+                f"input {name!r} is {declared} but model {model.name!r} expects {spec.datatype}"
             )
 
 

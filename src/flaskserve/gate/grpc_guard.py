@@ -33,7 +33,8 @@ from flaskserve.core.errors import FlaskServeError
 from flaskserve.gate import policy
 from flaskserve.gate.gate import Gate, Knock
 from flaskserve.observability import metrics
-from flaskserve.protocol.grpc.servicer import PROTOCOL, Call
+from flaskserve.protocol.grpc.calls import PROTOCOL
+from flaskserve.protocol.grpc.servicer import Call
 
 OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ModelReady", "ServerMetadata"})
 MODEL_RPCS = frozenset({"ModelMetadata", "ModelInfer"})

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from flaskserve.core.declared import DeclaredTensor
+from flaskserve.core.declared import NO_INPUTS, DeclaredTensor
 from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import Arrays, Model, datatype_of
 from flaskserve.protocol.binary import decode_binary_tensor, encode_binary_tensor
@@ -103,7 +103,7 @@ def _wire_tensors(request: dict[str, Any], binary: memoryview) -> list[_WireTens
     """Every input's header, with its binary slice checked against the body; nothing decoded."""
     raw_inputs = request.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise InvalidInput("the inference request needs a non-empty 'inputs' list")
+        raise InvalidInput(NO_INPUTS)
     tensors: list[_WireTensor] = []
     seen: set[str] = set()
     offset = 0

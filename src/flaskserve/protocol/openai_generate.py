@@ -27,14 +27,13 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, ModelNotFound
-from flaskserve.core.generation import open_stream
+from flaskserve.core.generation import close_stream, open_stream, rest_of
 from flaskserve.core.model import GenerationRequest, TextEvent, TextStream
+from flaskserve.core.sampling import SETTINGS, InvalidSetting, sampling
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.openai import OpenAIError, error_body, request_body, reshape_errors
 from flaskserve.protocol.v2 import json_response
 
-#: The most `stop` strings a request may give (OpenAI's limit).
-MAX_STOPS = 4
 #: Headers of a stream: no cache and no proxy buffering, so each token reaches the client.
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -71,7 +70,7 @@ def _serve(dataplane: DataPlane, body: Any, chat: bool) -> Response:
     try:
         first = next(stream)  # a failure before any token is still a plain error status
     except BaseException:
-        _close(stream)
+        close_stream(stream)
         raise
     completion_id = ("chatcmpl-" if chat else "cmpl-") + context.request_id
     reply = _Reply(completion_id, name, chat)
@@ -86,12 +85,6 @@ def _serve(dataplane: DataPlane, body: Any, chat: bool) -> Response:
     )
 
 
-def _close(stream: TextStream) -> None:
-    close = getattr(stream, "close", None)
-    if close is not None:
-        close()
-
-
 class _Reply:
     """Builds OpenAI's answer objects for one completion."""
 
@@ -103,15 +96,7 @@ class _Reply:
         self.object = "chat.completion" if chat else "text_completion"
 
     def whole(self, first: TextEvent, stream: TextStream) -> dict[str, Any]:
-        parts = [first.text]
-        last = first
-        try:
-            for event in stream:
-                parts.append(event.text)
-                last = event
-        finally:
-            _close(stream)
-        text = "".join(parts)
+        text, last = rest_of(first, stream)
         choice: dict[str, Any] = {"index": 0, "finish_reason": last.finish_reason or "stop"}
         if self.chat:
             choice["message"] = {"role": "assistant", "content": text}
@@ -146,7 +131,7 @@ class _Reply:
             yield _sse(error_body(exc.client_message(self.id), exc.status_code))
             return
         finally:
-            _close(stream)
+            close_stream(stream)
         if usage:
             yield _sse(self._frame([], usage_of(last)))
         yield b"data: [DONE]\n\n"
@@ -208,53 +193,15 @@ def parse_request(body: Any, chat: bool) -> tuple[str, GenerationRequest]:
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise OpenAIError("'stream_options' must be an object", 400, "stream_options")
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    fields: dict[str, Any] = {
-        "max_tokens": _integer(limit, "max_tokens", 1),
-        "temperature": _number(body.get("temperature"), "temperature", 0.0, 2.0, 1.0),
-        "top_p": _number(body.get("top_p"), "top_p", 0.0, 1.0, 1.0),
-        "seed": _integer(body.get("seed"), "seed", None),
-        "stop": _stops(body.get("stop")),
-    }
-    if fields["top_p"] == 0.0:
-        raise OpenAIError("'top_p' must be above 0 (1 keeps every token)", 400, "top_p")
+    settings = {key: body.get(key) for key in SETTINGS}
+    settings["max_tokens"] = body.get("max_completion_tokens", body.get("max_tokens"))
+    try:
+        fields = sampling(settings)
+    except InvalidSetting as exc:
+        raise OpenAIError(exc.message, 400, exc.param) from None
     if chat:
         return name, GenerationRequest(messages=_messages(body.get("messages")), **fields)
     return name, GenerationRequest(prompt=_prompt(body.get("prompt")), **fields)
-
-
-def _integer(value: Any, param: str, minimum: int | None) -> int | None:
-    if value is None:
-        return None
-    if type(value) is not int or (minimum is not None and value < minimum):
-        floor = f" >= {minimum}" if minimum is not None else ""
-        raise OpenAIError(f"'{param}' must be an integer{floor}", 400, param)
-    return value
-
-
-def _number(value: Any, param: str, low: float, high: float, default: float) -> float:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise OpenAIError(f"'{param}' must be a number from {low:g} to {high:g}", 400, param)
-    return float(value)
-
-
-def _stops(value: Any) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    stops = [value] if isinstance(value, str) else value
-    if (
-        not isinstance(stops, list)
-        or len(stops) > MAX_STOPS
-        or not all(isinstance(s, str) and s for s in stops)
-    ):
-        raise OpenAIError(
-            f"'stop' must be a non-empty string or a list of up to {MAX_STOPS} of them",
-            400,
-            "stop",
-        )
-    return tuple(stops)
 
 
 def _prompt(value: Any) -> str:

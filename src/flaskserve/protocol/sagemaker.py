@@ -93,9 +93,10 @@ def _admit_csv(dataplane: DataPlane, name: str, text: str) -> None:
             _numbers(row, line)
             columns = len(row)
         rows += 1
-    if rows:  # the shape V1 reads from these rows, so both refuse alike
-        spec = model.inputs[0]
-        dataplane.check(model, [declare(spec.name, spec.datatype, [rows, columns])], None)
+    if not rows:
+        raise InvalidInput("the text/csv body needs at least one non-empty row, one per prediction")
+    spec = model.inputs[0]  # the shape V1 reads from these rows, so both refuse alike
+    dataplane.check(model, [declare(spec.name, spec.datatype, [rows, columns])], None)
 
 
 def _csv_rows(text: str) -> list[list[Any]]:

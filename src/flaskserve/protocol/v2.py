@@ -118,16 +118,11 @@ def create_blueprint(
             if not isinstance(options, dict):
                 raise InvalidInput("the index request body must be a JSON object, e.g. {}")
             ready_only = options.get("ready") is True
-        rows = repository.index()
-        if ready_only:
-            rows = [row for row in rows if row["state"] == "READY"]
-        return json_response(rows)
+        return json_response(control.index(ready_only))
 
     @bp.post("/repository/models/<name>/load")
     def load_model(name: str) -> Response:
-        entry = control.load(name)
-        if entry.default is None:
-            raise InvalidInput(f"model {name!r} failed to load: {entry.reason}")
+        control.load(name)
         return json_response({})
 
     @bp.post("/repository/models/<name>/unload")

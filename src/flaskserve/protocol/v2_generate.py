@@ -16,7 +16,7 @@ last `data: {"error": "..."}` event, as the extension says.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -24,14 +24,16 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, InvalidInput
-from flaskserve.core.generation import open_stream
+from flaskserve.core.generation import close_stream, open_stream, rest_of
 from flaskserve.core.model import GenerationRequest, Model, TextEvent, TextStream
+from flaskserve.core.sampling import SETTINGS, sampling
 from flaskserve.protocol.codec import loads
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.v2 import json_response
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-_SAMPLING = ("max_tokens", "temperature", "top_p", "seed", "stop", "stop_words")
+#: The sampling settings a request may give (`stop_words`, TensorRT-LLM's name, for `stop`).
+_SAMPLING = (*SETTINGS, "stop_words")
 
 
 def create_blueprint(dataplane: DataPlane) -> Blueprint:
@@ -42,14 +44,8 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
     def generate(name: str, version: str | None = None) -> Response:
         """Generate text with a generative model (KServe/Triton generate extension)."""
         model, first, stream = _start(dataplane, name, version)
-        parts, last = [first.text], first
-        try:
-            for event in stream:
-                parts.append(event.text)
-                last = event
-        finally:
-            _close(stream)
-        return json_response(_answer(model, "".join(parts), last))
+        text, last = rest_of(first, stream)
+        return json_response(_answer(model, text, last))
 
     @bp.post("/<name>/generate_stream")
     @bp.post("/<name>/versions/<version>/generate_stream")
@@ -74,7 +70,7 @@ def _start(
     try:
         first = next(stream)
     except BaseException:
-        _close(stream)
+        close_stream(stream)
         raise
     return model, first, stream
 
@@ -91,7 +87,7 @@ def _events(model: Model, first: TextEvent, stream: TextStream) -> Iterator[byte
     except FlaskServeError as exc:
         yield _sse({"error": exc.client_message(http_context().request_id)})
     finally:
-        _close(stream)
+        close_stream(stream)
 
 
 def _answer(model: Model, text: str, event: TextEvent) -> dict[str, Any]:
@@ -105,12 +101,6 @@ def _answer(model: Model, text: str, event: TextEvent) -> dict[str, Any]:
         answer["prompt_tokens"] = event.prompt_tokens
         answer["completion_tokens"] = event.completion_tokens
     return answer
-
-
-def _close(stream: TextStream) -> None:
-    close = getattr(stream, "close", None)
-    if close is not None:
-        close()
 
 
 def _sse(payload: Any) -> bytes:
@@ -131,32 +121,5 @@ def parse_request(body: Any) -> GenerationRequest:
         raise InvalidInput("'parameters' must be a JSON object")
     settings: dict[str, Any] = {k: body[k] for k in _SAMPLING if k in body}
     settings.update({k: parameters[k] for k in _SAMPLING if k in parameters})
-    return GenerationRequest(prompt=prompt, **_sampling(settings))
-
-
-def _sampling(settings: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in ("max_tokens", "seed"):
-        value = settings.get(key)
-        if value is not None:
-            if type(value) is not int or (key == "max_tokens" and value < 1):
-                floor = " >= 1" if key == "max_tokens" else ""
-                raise InvalidInput(f"parameter {key!r} must be an integer{floor}")
-            out[key] = value
-    for key, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
-        value = settings.get(key)
-        if value is None:
-            continue
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if not number or not low <= value <= high:
-            raise InvalidInput(f"parameter {key!r} must be a number from {low:g} to {high:g}")
-        if key == "top_p" and value == 0:
-            raise InvalidInput("parameter 'top_p' must be above 0")
-        out[key] = float(value)
-    stop = settings.get("stop", settings.get("stop_words"))
-    if stop is not None:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-            raise InvalidInput("parameter 'stop' must be a string or a list of strings")
-        out["stop"] = tuple(s for s in stops if s)
-    return out
+    settings.setdefault("stop", settings.get("stop_words"))
+    return GenerationRequest(prompt=prompt, **sampling(settings))

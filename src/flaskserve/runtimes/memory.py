@@ -3,10 +3,10 @@
 Loading a model makes large temporaries that are freed once it is built (ONNX Runtime parses
 the whole protobuf before it builds the session's weights; skops reads its zip; scikit-learn
 imports hundreds of modules). glibc keeps freed memory in the process's heap for reuse rather
-than returning it, so a worker serving the default models kept about 20 MiB it no longer used
-(docs/benchmarks.md, "Memory per worker"). `malloc_trim(0)` returns the heap's free pages; it
-takes a few milliseconds, once per model loaded. Where the C library has no `malloc_trim`
-(musl, macOS) this does nothing.
+than returning it: without this, a worker serving the default models keeps about 20 MiB it
+no longer uses (docs/benchmarks.md, "Memory per worker"). `malloc_trim(0)` returns the heap's
+free pages; it takes a few milliseconds, once per model loaded. Where the C library has no
+`malloc_trim` (musl, macOS) this does nothing.
 
 `return_large_blocks` keeps large blocks out of the heap for good: glibc serves a request of at
 least `M_MMAP_THRESHOLD` bytes with its own mapping, unmapped when freed, but raises that

@@ -16,27 +16,23 @@ answered INTERNAL with one sentence.
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 import grpc
 from google.protobuf import json_format
 
-from flaskserve.core.context import InferenceContext, StatisticsReport, request_id_from
+from flaskserve.core.context import InferenceContext, StatisticsReport
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
-from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelFailed
 from flaskserve.protocol.grpc import messages, streaming
+from flaskserve.protocol.grpc.calls import inference_context, metadata_of, told
 from flaskserve.protocol.grpc.tensors import (
     declare_inputs,
     decode_request,
     encode_response,
     requested_outputs,
 )
-
-log = logging.getLogger("flaskserve.grpc")
 
 #: HTTP status of a `FlaskServeError` -> the gRPC status code it is answered with.
 STATUS_CODES = {
@@ -49,12 +45,6 @@ STATUS_CODES = {
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-INTERNAL_MESSAGE = "internal server error; the server log has details"
-#: Seconds left beyond which a call counts as having no deadline: gRPC reports a call sent
-#: without one as about 9.2e18 seconds left, too long for any timed wait.
-NO_DEADLINE = 365 * 24 * 3600.0
-PROTOCOL = "grpc"
-REQUEST_ID_METADATA = "x-request-id"
 
 
 class Call(Protocol):
@@ -119,9 +109,7 @@ class InferenceServicer:
         for name, (request_type, response_type) in messages.method_types().items():
             if name == streaming.RPC:
                 methods[name] = grpc.stream_stream_rpc_method_handler(
-                    lambda requests, context: streaming.stream_infer(
-                        self, requests, context, streaming.new_context_from(context)
-                    ),
+                    lambda requests, context: streaming.stream_infer(self, requests, context),
                     request_deserializer=request_type.FromString,
                     response_serializer=response_type.SerializeToString,
                 )
@@ -138,30 +126,17 @@ class InferenceServicer:
     ) -> Callable[[Any, grpc.ServicerContext], Any]:
         def serve(request: Any, context: grpc.ServicerContext) -> Any:
             model, version = _target(request)
-            metadata = {
-                key: value for key, value in context.invocation_metadata() if isinstance(value, str)
-            }
-            inference = InferenceContext(
-                PROTOCOL,
-                request_id_from(metadata.get(REQUEST_ID_METADATA)),
-                deadline=_deadline(context),
-            )
+            metadata = metadata_of(context)
+            inference = inference_context(context, metadata)
             call = self.hooks(rpc, model, version, metadata, inference)
             status, response = 200, None
             try:
                 call.admit()
                 response = method(request, inference)
                 return response
-            except FlaskServeError as exc:
-                status = exc.status_code
-                if isinstance(exc, ModelFailed):
-                    exc.log_to(log, inference.request_id)
-                code = STATUS_CODES.get(status, grpc.StatusCode.INTERNAL)
-                context.abort(code, exc.client_message(inference.request_id))
-            except Exception:
-                status = 500
-                log.exception("unhandled error in %s", rpc)
-                context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+            except Exception as exc:
+                status, message = told(exc, rpc, inference.request_id)
+                context.abort(STATUS_CODES.get(status, grpc.StatusCode.INTERNAL), message)
             finally:
                 bytes_out = response.ByteSize() if response is not None else 0
                 call.done(status, request.ByteSize(), bytes_out)
@@ -216,9 +191,7 @@ class InferenceServicer:
 
     def RepositoryIndex(self, request: Any, context: InferenceContext) -> Any:
         response = messages.RepositoryIndexResponse()
-        for row in self.repository.index():
-            if request.ready and row["state"] != "READY":
-                continue
+        for row in self.control.index(request.ready):
             response.models.add(
                 name=row["name"],
                 version=row.get("version", ""),
@@ -228,20 +201,12 @@ class InferenceServicer:
         return response
 
     def RepositoryModelLoad(self, request: Any, context: InferenceContext) -> Any:
-        entry = self.control.load(request.model_name)
-        if entry.default is None:
-            raise InvalidInput(f"model {request.model_name!r} failed to load: {entry.reason}")
+        self.control.load(request.model_name)
         return messages.RepositoryModelLoadResponse()
 
     def RepositoryModelUnload(self, request: Any, context: InferenceContext) -> Any:
         self.control.unload(request.model_name)
         return messages.RepositoryModelUnloadResponse()
-
-
-def _deadline(context: grpc.ServicerContext) -> float | None:
-    """The client's deadline as a `time.monotonic()` value; None when it set none."""
-    left = context.time_remaining()
-    return None if left is None or left > NO_DEADLINE else time.monotonic() + left
 
 
 def _target(request: Any) -> tuple[str | None, str | None]:

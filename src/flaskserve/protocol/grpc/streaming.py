@@ -17,40 +17,36 @@ closes the running generation, which frees its place in the model's batch.
 
 from __future__ import annotations
 
-import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import grpc
 import numpy as np
 
-from flaskserve.core.context import InferenceContext, request_id_from
-from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelFailed
-from flaskserve.core.generation import TEXT_INPUT, TEXT_OUTPUT, open_stream
+from flaskserve.core.context import InferenceContext
+from flaskserve.core.errors import InvalidInput
+from flaskserve.core.generation import TEXT_INPUT, TEXT_OUTPUT, close_stream, open_stream
 from flaskserve.core.model import GenerationRequest, Model, TextEvent
+from flaskserve.core.sampling import sampling
+from flaskserve.core.signature import check_datatypes
 from flaskserve.protocol.grpc import messages
+from flaskserve.protocol.grpc.calls import inference_context, metadata_of, told
 from flaskserve.protocol.grpc.tensors import declare_inputs, decode_request, encode_response
-
-log = logging.getLogger("flaskserve.grpc")
 
 RPC = "ModelStreamInfer"
 #: The gate sees each request of a stream as one inference call.
 HOOKS_RPC = "ModelInfer"
-_INTS = ("max_tokens", "seed")
-_FLOATS = ("temperature", "top_p")
 
 
 def stream_infer(
-    servicer: Any,
-    requests: Iterable[Any],
-    context: grpc.ServicerContext,
-    new_context: Callable[[Any], InferenceContext],
+    servicer: Any, requests: Iterable[Any], context: grpc.ServicerContext
 ) -> Iterator[Any]:
-    """Serve each request of the stream in turn (see the module docstring)."""
-    metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
+    """Serve each request of the stream in turn (see the module docstring); each has the
+    context a `ModelInfer` call would (its id from the request, else the call's)."""
+    metadata = metadata_of(context)
     for request in requests:
-        inference = new_context(request)
+        inference = inference_context(context, metadata, request.id)
         call = servicer.hooks(
             HOOKS_RPC, request.model_name or None, request.model_version or None,
             metadata, inference,
@@ -61,18 +57,9 @@ def stream_infer(
             for response in _serve(servicer, request, inference):
                 sent += response.ByteSize()
                 yield response
-        except FlaskServeError as exc:
-            status = exc.status_code
-            if isinstance(exc, ModelFailed):
-                exc.log_to(log, inference.request_id)
-            message = exc.client_message(inference.request_id)
+        except Exception as exc:
+            status, message = told(exc, RPC, inference.request_id)
             yield messages.ModelStreamInferResponse(error_message=message)
-        except Exception:
-            status = 500
-            log.exception("unhandled error in %s", RPC)
-            yield messages.ModelStreamInferResponse(
-                error_message="internal server error; the server log has details"
-            )
         finally:
             call.done(status, request.ByteSize(), sent)
 
@@ -84,7 +71,7 @@ def _serve(servicer: Any, request: Any, inference: InferenceContext) -> Iterator
         response = servicer.ModelInfer(request, inference)
         yield messages.ModelStreamInferResponse(infer_response=response)
         return
-    wanted = generation_request(request)
+    wanted = generation_request(request, model)
     served, stream = open_stream(servicer.dataplane, name, version, wanted, inference)
     try:
         for event in stream:
@@ -93,9 +80,7 @@ def _serve(servicer: Any, request: Any, inference: InferenceContext) -> Iterator
                     infer_response=_text_response(served, request.id, event)
                 )
     finally:
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        close_stream(stream)
 
 
 def _text_response(model: Model, request_id: str, event: TextEvent) -> Any:
@@ -112,15 +97,19 @@ def _text_response(model: Model, request_id: str, event: TextEvent) -> Any:
     return response
 
 
-def generation_request(request: Any) -> GenerationRequest:
-    """The prompt (input `text_input`) and sampling settings of a stream request; each input
-    holds one value, checked on its declared shape before anything is decoded."""
+def generation_request(request: Any, model: Model) -> GenerationRequest:
+    """The prompt (input `text_input`) and sampling settings of a stream request for `model`;
+    each input holds one value and the prompt has the datatype of `model`'s `text_input`, as
+    `ModelInfer` would say, both checked on what the request declares before anything is
+    decoded (the sampling inputs are not in the model's signature: the data plane's whole
+    check does not apply)."""
     declared = declare_inputs(request)
     for tensor in declared:
         if math.prod(tensor.shape) > 1:
             raise InvalidInput(
                 f"input {tensor.name!r} must hold one value, not shape {list(tensor.shape)}"
             )
+    check_datatypes(model, {tensor.name: tensor.datatype for tensor in declared})
     decoded = decode_request(request, declared)
     if TEXT_INPUT not in decoded.inputs:
         raise InvalidInput(f"a generative model takes its prompt as the BYTES input {TEXT_INPUT!r}")
@@ -136,33 +125,4 @@ def generation_request(request: Any) -> GenerationRequest:
     if prompt.size != 1:
         raise InvalidInput(f"{TEXT_INPUT!r} must hold one prompt, not {prompt.size}")
     text = prompt[0].decode("utf-8") if isinstance(prompt[0], bytes) else str(prompt[0])
-    fields: dict[str, Any] = {}
-    try:
-        for key in _INTS:
-            if key in settings:
-                fields[key] = int(settings[key])
-        for key in _FLOATS:
-            if key in settings:
-                fields[key] = float(settings[key])
-    except (TypeError, ValueError):
-        raise InvalidInput(f"{key!r} must be a number") from None
-    if "stop" in settings:
-        stop = settings["stop"]
-        stop = stop.decode("utf-8") if isinstance(stop, bytes) else str(stop)
-        fields["stop"] = (stop,) if stop else ()
-    if fields.get("max_tokens", 1) < 1:
-        raise InvalidInput("'max_tokens' must be at least 1")
-    if not 0 <= fields.get("temperature", 1.0) <= 2 or not 0 < fields.get("top_p", 1.0) <= 1:
-        raise InvalidInput("'temperature' must be in [0, 2] and 'top_p' in (0, 1]")
-    return GenerationRequest(prompt=text, **fields)
-
-
-def new_context_from(context: grpc.ServicerContext) -> Callable[[Any], InferenceContext]:
-    """An `InferenceContext` per request of a stream (its id from the request or the call)."""
-    metadata = {k: v for k, v in context.invocation_metadata() if isinstance(v, str)}
-
-    def make(request: Any) -> InferenceContext:
-        given = request.id or metadata.get("x-request-id")
-        return InferenceContext("grpc", request_id_from(given))
-
-    return make
+    return GenerationRequest(prompt=text, **sampling(settings))

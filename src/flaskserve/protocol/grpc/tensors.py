@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from flaskserve.core.declared import DeclaredTensor, declare
+from flaskserve.core.declared import NO_INPUTS, DeclaredTensor, declare
 from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import DATATYPES, Arrays, Model, datatype_of
 from flaskserve.protocol.binary import decode_binary_tensor, encode_binary_tensor
@@ -53,7 +53,7 @@ class DecodedRequest:
 def declare_inputs(request: Any) -> list[DeclaredTensor]:
     """Each input of a `ModelInferRequest` as it declares itself; nothing is decoded."""
     if not request.inputs:
-        raise InvalidInput("the inference request needs at least one entry in 'inputs'")
+        raise InvalidInput(NO_INPUTS)
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise InvalidInput(
