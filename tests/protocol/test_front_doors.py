@@ -201,6 +201,7 @@ ADMIN_DOORS = {
     "http-repository-unload": http_admin("POST", "/v2/repository/models/letters/unload"),
     "http-all-statistics": http_admin("GET", "/v2/models/stats"),
     "http-usage": http_admin("GET", "/v2/usage"),
+    "http-metrics": http_admin("GET", "/metrics"),
     "grpc-repository-index": grpc_admin("RepositoryIndex", service_pb2.RepositoryIndexRequest()),
     "grpc-repository-load": grpc_admin(
         "RepositoryModelLoad", service_pb2.RepositoryModelLoadRequest(model_name="letters")
