@@ -73,8 +73,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield running
 
 
-#: Each door, the model it serves, and the inputs it can express besides FINE and the gate's
-#: cases (unknown model, no key, another model's key), which every door can.
+#: Each door, the model it serves, and the inputs it can express besides those of the gate and
+#: the repository (`EVERY_DOOR`, and `RATE_LIMITED` and `NOT_READY` where a model runs).
 TENSOR_KINDS = (HUGE_DIMS, HUGE_ROWS, MANY_DIMS, NEGATIVE, HUGE, WRONG_TYPE, EMPTY)
 NESTED_KINDS = (MANY_DIMS, HUGE, WRONG_TYPE, EMPTY)
 DOORS: dict[str, tuple[Door, str, tuple[str, ...]]] = {
@@ -175,6 +175,17 @@ def test_every_front_door_refuses_the_same_hostile_input_the_same_way_in_its_own
     assert answer.status == status, answer.message
     assert WORDS.get((door, case), words) in answer.message
     assert "Traceback" not in answer.message and "internal" not in answer.message
+
+
+@pytest.mark.parametrize("case", [UNKNOWN, NOT_READY])
+def test_a_model_no_door_can_run_is_one_sentence_on_every_door(served: Served, case: str) -> None:
+    """The repository says why, once: every door that runs a model passes its words on."""
+    told = {
+        door: send(served, sent_for(case, model)).message
+        for door, (send, model, _) in DOORS.items()
+        if door not in DESCRIBES
+    }
+    assert len(set(told.values())) == 1, told
 
 
 # -- admin routes with a plain key -----------------------------------------------------------------
