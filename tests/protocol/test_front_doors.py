@@ -73,8 +73,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         yield running
 
 
-#: Each door, the model it serves, and the inputs it can express besides FINE and the gate's
-#: cases (unknown model, no key, another model's key), which every door can.
+#: Each door, the model it serves, and the inputs it can express besides those of the gate and
+#: the repository (`EVERY_DOOR`, and `RATE_LIMITED` and `NOT_READY` where a model runs).
 TENSOR_KINDS = (HUGE_DIMS, HUGE_ROWS, MANY_DIMS, NEGATIVE, HUGE, WRONG_TYPE, EMPTY)
 NESTED_KINDS = (MANY_DIMS, HUGE, WRONG_TYPE, EMPTY)
 DOORS: dict[str, tuple[Door, str, tuple[str, ...]]] = {
@@ -177,6 +177,17 @@ def test_every_front_door_refuses_the_same_hostile_input_the_same_way_in_its_own
     assert "Traceback" not in answer.message and "internal" not in answer.message
 
 
+@pytest.mark.parametrize("case", [UNKNOWN, NOT_READY])
+def test_a_model_no_door_can_run_is_one_sentence_on_every_door(served: Served, case: str) -> None:
+    """The repository says why, once: every door that runs a model passes its words on."""
+    told = {
+        door: send(served, sent_for(case, model)).message
+        for door, (send, model, _) in DOORS.items()
+        if door not in DESCRIBES
+    }
+    assert len(set(told.values())) == 1, told
+
+
 # -- admin routes with a plain key -----------------------------------------------------------------
 
 
@@ -201,6 +212,7 @@ ADMIN_DOORS = {
     "http-repository-unload": http_admin("POST", "/v2/repository/models/letters/unload"),
     "http-all-statistics": http_admin("GET", "/v2/models/stats"),
     "http-usage": http_admin("GET", "/v2/usage"),
+    "http-metrics": http_admin("GET", "/metrics"),
     "grpc-repository-index": grpc_admin("RepositoryIndex", service_pb2.RepositoryIndexRequest()),
     "grpc-repository-load": grpc_admin(
         "RepositoryModelLoad", service_pb2.RepositoryModelLoadRequest(model_name="letters")

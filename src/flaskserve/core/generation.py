@@ -134,6 +134,16 @@ def close_stream(stream: Iterable[Any]) -> None:
         close()
 
 
+def first_event(stream: TextStream) -> TextEvent:
+    """The first event of a stream, read before a door answers anything, so that a failure to
+    start is still a plain error status, never a cut stream; the stream is closed if it fails."""
+    try:
+        return next(stream)
+    except BaseException:
+        close_stream(stream)
+        raise
+
+
 def rest_of(first: TextEvent, stream: TextStream) -> tuple[str, TextEvent]:
     """The whole text of a stream whose `first` event was read already (a door reads it to
     refuse before it answers anything) and its last event; the stream is closed either way."""

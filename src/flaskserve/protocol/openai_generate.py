@@ -27,7 +27,7 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, ModelNotFound
-from flaskserve.core.generation import close_stream, open_stream, rest_of
+from flaskserve.core.generation import close_stream, first_event, open_stream, rest_of
 from flaskserve.core.model import GenerationRequest, TextEvent, TextStream
 from flaskserve.core.sampling import SETTINGS, InvalidSetting, sampling
 from flaskserve.protocol.http_context import http_context
@@ -67,11 +67,7 @@ def _serve(dataplane: DataPlane, body: Any, chat: bool) -> Response:
         _, stream = open_stream(dataplane, name, None, wanted, context)
     except ModelNotFound as exc:
         raise OpenAIError(exc.message, 404, "model", "model_not_found") from None
-    try:
-        first = next(stream)  # a failure before any token is still a plain error status
-    except BaseException:
-        close_stream(stream)
-        raise
+    first = first_event(stream)
     completion_id = ("chatcmpl-" if chat else "cmpl-") + context.request_id
     reply = _Reply(completion_id, name, chat)
     if not body.get("stream"):

@@ -24,7 +24,7 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, InvalidInput
-from flaskserve.core.generation import close_stream, open_stream, rest_of
+from flaskserve.core.generation import close_stream, first_event, open_stream, rest_of
 from flaskserve.core.model import GenerationRequest, Model, TextEvent, TextStream
 from flaskserve.core.sampling import SETTINGS, sampling
 from flaskserve.protocol.codec import loads
@@ -67,12 +67,7 @@ def _start(
     """Parse the request and start its generation; refusals raise before any response."""
     wanted = parse_request(loads(request.get_data()))
     model, stream = open_stream(dataplane, name, version, wanted, http_context())
-    try:
-        first = next(stream)
-    except BaseException:
-        close_stream(stream)
-        raise
-    return model, first, stream
+    return model, first_event(stream), stream
 
 
 def _events(model: Model, first: TextEvent, stream: TextStream) -> Iterator[bytes]:

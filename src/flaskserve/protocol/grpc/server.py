@@ -33,9 +33,8 @@ WAITING_CALLS = 256
 class GrpcServer:
     """A started gRPC server; `stop` refuses new calls at once and lets running ones finish."""
 
-    def __init__(self, server: grpc.Server, address: str) -> None:
+    def __init__(self, server: grpc.Server) -> None:
         self._server = server
-        self.address = address
         self._stopped: threading.Event | None = None
         self._lock = threading.Lock()
 
@@ -81,4 +80,4 @@ def start(
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     server.start()
-    return GrpcServer(server, address)
+    return GrpcServer(server)
