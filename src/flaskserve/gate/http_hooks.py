@@ -9,7 +9,8 @@ Order on a request, cheapest refusal first; none of 1-2 reads the body, so a cli
 valid key cannot make the server wait for (or buffer) one:
 
 1. the gate's key, scope, admin, rate-limit and token-quota checks (`Gate.identify`, then
-   `Gate.permit`: 401, 403, 429), with the endpoint's access from `gate.policy`;
+   `Gate.permit`: 401, 403, 429), with the access the route declared
+   (`protocol.route_policy`);
 2. a chunked body (no Content-Length) over `--max-request-bytes` gets 413, as a sized one does;
 3. admission: an inference request reads its body, then waits at most `--max-queue-ms` for one
    of the worker's `--threads` slots, else 503 + `Retry-After: 1` (`gate.admission`).
