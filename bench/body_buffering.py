@@ -1,12 +1,14 @@
 """W1 on two flaskserve source trees side by side: the engine adapter's cost, measured in one run.
 
-    python bench/body_buffering.py --baseline-src ../main/src [--rounds 3] [--duration 10]
+    python bench/body_buffering.py --baseline-src ../main/src [--rounds 3] [--duration 10] [--hello]
 
 Starts `flaskserve serve --workers 2` (the default models) from this checkout's `src` and from
 `--baseline-src`, then runs wrk (`-t1`, keep-alive, bench/wrk_body.lua) on W1 (the digits
 model, one row) at c=1 and c=32, alternating the two servers within each round so that a
 machine's drift hits both alike. Prints the median of the rounds as a Markdown table
-(docs/benchmarks.md, "Choosing the body buffering").
+(docs/benchmarks.md, "Choosing the body buffering"). With `--hello`, the Flask hello route on
+Granian (`bench/plain_app.py`, `GET /home/bench`, `--workers 2`) joins each round at the same
+concurrencies, and the table gives each tree's req/s as a share of it (the HTTP ceiling).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from run import (  # noqa: E402
+    BIN,
     Running,
     Target,
     cpu_jiffies,
@@ -49,6 +52,27 @@ def target(name: str, src: str) -> Target:
     )
 
 
+HELLO = "hello (Granian)"
+
+
+def hello_target() -> Target:
+    return Target(
+        "hello-granian",
+        "Flask hello route, Granian",
+        [str(BIN / "granian"), "--interface", "wsgi", "--workers", "2", "--host", "127.0.0.1",
+         "--port", "{PORT}", "plain_app:app"],
+        "/home/bench",
+        cwd=HERE,
+        expect=b"hello,bench",
+    )
+
+
+def url_of(name: str, server: Running) -> str:
+    if name == HELLO:
+        return server.target.url
+    return f"http://127.0.0.1:{server.target.port}/v2/models/digits/infer"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline-src", type=Path, required=True)
@@ -56,6 +80,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=PYTHONPATH",
                         help="one more server, e.g. with another package on its path")
+    parser.add_argument("--hello", action="store_true",
+                        help="measure the Flask hello route on Granian too, as the ceiling")
     args = parser.parse_args()
     trees = {"baseline": str(args.baseline_src.resolve()), "this tree": str(HERE.parent / "src")}
     trees.update(variant.split("=", 1) for variant in args.variant)
@@ -64,25 +90,26 @@ def main() -> None:
         log_dir = Path(tmp)
         running = {name: Running(target(name.replace(" ", "-"), src), log_dir, 180)
                    for name, src in trees.items()}
+        if args.hello:
+            running[HELLO] = Running(hello_target(), log_dir, 180)
         try:
             first = next(iter(running.values()))
             meta = model_metadata(first.target.port, "digits")
             assert meta is not None, "no digits model"
             body = log_dir / "w1.json"
             body.write_bytes(v2_body(meta, digits_row()))
-            for server in running.values():  # warm up
-                wrk(f"{server.target.url.rsplit('/v2', 1)[0]}/v2/models/digits/infer", 32, 3,
-                    body)
+            for name, server in running.items():  # warm up
+                wrk(url_of(name, server), 32, 3, None if name == HELLO else body)
             for round_no in range(args.rounds):
                 order = list(running.items())
                 if round_no % 2:
                     order.reverse()
                 for conc in CONCURRENCY:
                     for name, server in order:
-                        url = f"http://127.0.0.1:{server.target.port}/v2/models/digits/infer"
                         pids = process_tree(server.process.pid)
                         before = cpu_jiffies(pids)
-                        summary = wrk(url, conc, args.duration, body)
+                        summary = wrk(url_of(name, server), conc, args.duration,
+                                      None if name == HELLO else body)
                         jiffies = cpu_jiffies(pids) - before
                         summary["rps"] = summary["requests"] / (summary["duration_us"] / 1e6)
                         # The server's CPU per request (all its processes): what the machine's
@@ -99,17 +126,22 @@ def main() -> None:
             for server in running.values():
                 server.stop()
     print()
-    print("| tree | c | req/s | p50 ms | p99 ms | p99/p50 | server CPU per request |")
-    print("|---|---|---|---|---|---|---|")
+    shown = [*trees, *([HELLO] if args.hello else [])]
+    print("| tree | c | req/s | p50 ms | p99 ms | p99/p50 | server CPU per request |"
+          + (" req/s / hello |" if args.hello else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|" if args.hello else ""))
     for conc in CONCURRENCY:
-        for name in trees:
+        hello_rps = (statistics.median(r["rps"] for r in results[(HELLO, conc)])
+                     if args.hello else None)
+        for name in shown:
             runs = results[(name, conc)]
             rps = statistics.median(r["rps"] for r in runs)
             p50 = statistics.median(r["p50_us"] for r in runs) / 1000
             p99 = statistics.median(r["p99_us"] for r in runs) / 1000
             cpu = statistics.median(r["cpu_us"] for r in runs)
+            share = f" {rps / hello_rps:.3f} |" if hello_rps else ""
             print(f"| {name} | {conc} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {p99 / p50:.1f} | "
-                  f"{cpu:.0f} us |")
+                  f"{cpu:.0f} us |{share}")
     print(f"\n{args.rounds} interleaved rounds of {args.duration:g} s, medians; "
           f"{os.cpu_count()} cores.")
 

@@ -96,12 +96,15 @@ def breakdown(app: Any, environ: dict[str, Any], body: bytes, count: int) -> dic
     the whole app with parts taken out (the difference is what the part costs in place)."""
     from flask import Flask, Response
 
+    from flaskserve.app import services_of
     from flaskserve.core.batching import run_model
     from flaskserve.core.observers import NoObserver
     from flaskserve.observability import metrics
     from flaskserve.protocol.infer import encode_infer_response, parse_infer_request
 
-    dataplane = app.extensions["flaskserve"]
+    services = services_of(app)
+    assert services is not None
+    dataplane = services.dataplane
     model = dataplane.repository.get("digits", None)
 
     def admit(tensors: Any, outputs: Any) -> Any:

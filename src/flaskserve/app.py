@@ -1,8 +1,12 @@
-"""`create_app`: the Flask application that serves a model repository over every front door."""
+"""`create_app`: the Flask application that serves a model repository over every front door,
+and `services_of`: what an app serves with (its data plane, repository control, statistics and
+gate), for what runs beside it (the gRPC door, the reloader).
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -11,11 +15,13 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from flaskserve import gate
 from flaskserve.core import observers
+from flaskserve.core.context import StatisticsReport
 from flaskserve.core.coordination import RepositoryControl, generations
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import FlaskServeError, ModelFailed
 from flaskserve.core.repository import Loader, ModelRepository
 from flaskserve.gate import browser, policy
+from flaskserve.gate.gate import Gate
 from flaskserve.gate.steps import request_limits, steps
 from flaskserve.observability import endpoint as metrics_endpoint
 from flaskserve.observability import requests as request_hooks
@@ -23,7 +29,7 @@ from flaskserve.observability import statistics
 from flaskserve.observability.metrics import PrometheusObserver
 from flaskserve.protocol import openai, openai_generate, sagemaker, v1, v2, v2_generate
 from flaskserve.protocol.hook_chain import HookChain
-from flaskserve.protocol.http_context import REQUEST_ID_KEY
+from flaskserve.protocol.http_context import current
 from flaskserve.protocol.v2 import json_response
 from flaskserve.runtimes.context import RuntimeOptions
 from flaskserve.runtimes.registry import loader
@@ -33,6 +39,24 @@ from flaskserve.storage import open_mirror
 from flaskserve.web import home, openapi
 
 log = logging.getLogger("flaskserve")
+#: The `app.extensions` key of an app's `Services` (read them with `services_of`).
+_SERVICES = "flaskserve"
+
+
+@dataclass(frozen=True)
+class Services:
+    """What one app serves with, made once by `create_app` and shared by its front doors."""
+
+    dataplane: DataPlane
+    control: RepositoryControl
+    statistics: StatisticsReport
+    gate: Gate
+
+
+def services_of(app: Flask) -> Services | None:
+    """The services `create_app` gave `app`; None for an app it did not make."""
+    found = app.extensions.get(_SERVICES)
+    return found if isinstance(found, Services) else None
 
 
 def open_repository(settings: Settings) -> ModelRepository:
@@ -99,13 +123,10 @@ def create_app(
     app = Flask("flaskserve")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     dataplane = DataPlane(repository, steps(settings), request_limits(settings))
-    app.extensions["flaskserve"] = dataplane
     control = RepositoryControl(
         repository, state_dir, baseline, enabled=model_control_enabled(settings)
     )
-    app.extensions["flaskserve.control"] = control
     statistics_report = partial(statistics.report, repository)
-    app.extensions["flaskserve.statistics"] = statistics_report
     app.register_blueprint(v2.create_blueprint(dataplane, control, statistics_report))
     app.register_blueprint(v1.create_blueprint(dataplane))
     app.register_blueprint(openai.create_blueprint(dataplane))
@@ -113,7 +134,7 @@ def create_app(
     app.register_blueprint(v2_generate.create_blueprint(dataplane))
     app.register_blueprint(sagemaker.create_blueprint(dataplane))
     app.register_blueprint(home.create_blueprint(dataplane, settings))
-    access = policy.access_of if settings.auth else None
+    access = (lambda endpoint, _path: policy.access_of(app, endpoint)) if settings.auth else None
     app.register_blueprint(openapi.create_blueprint(dataplane, access))
     app.register_blueprint(metrics_endpoint.create_blueprint(dataplane))
     hooks = HookChain()  # ours run as one Flask hook of each kind: see protocol.hook_chain
@@ -121,8 +142,9 @@ def create_app(
     # Before the service gate: a request a browser was tricked into sending costs no key lookup.
     browser.install(app, settings, hooks)
     # After the observability hooks, so requests this refuses (401/429/503) are still counted.
-    gate.install(app, dataplane, settings, hooks)
+    the_gate = gate.install(app, dataplane, settings, hooks)
     hooks.install(app)
+    app.extensions[_SERVICES] = Services(dataplane, control, statistics_report, the_gate)
     _register_error_handlers(app)
     return app
 
@@ -131,7 +153,7 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(FlaskServeError)
     def flaskserve_error(exc: FlaskServeError) -> Response:
         """Every refusal and failure a client can be told about, from any layer or hook."""
-        request_id = request.environ.get(REQUEST_ID_KEY) or "-"
+        request_id = current().request_id or "-"
         if isinstance(exc, ModelFailed):
             exc.log_to(log, request_id)
         response = json_response({"error": exc.client_message(request_id)}, exc.status_code)

@@ -9,6 +9,7 @@ import pytest
 
 from flaskserve.app import create_app
 from flaskserve.gate.keys import add_key
+from flaskserve.protocol.route_policy import open_route
 from flaskserve.settings import Settings
 from raw_http import exchange
 from servers import FLASKSERVE, Server, free_port, stop_process_group
@@ -178,3 +179,29 @@ def test_an_empty_auth_setting_stops_serve_at_start(digits_repo, how) -> None:
         pytest.fail("flaskserve serve started with an empty FLASKSERVE_AUTH")
     assert process.returncode != 0
     assert b"FLASKSERVE_AUTH is set but empty" in output
+
+
+def test_routes_an_application_adds_need_a_key_unless_declared_open(digits_repo, tmp_path) -> None:
+    keys_file = tmp_path / "keys.toml"
+    key = add_key(keys_file, "alice", models=("digits",))
+    app = create_app(Settings(repository=str(digits_repo), auth=str(keys_file)))
+
+    @app.get("/mine")
+    def mine() -> str:
+        return "mine"
+
+    @app.get("/static/notes.txt")  # under a path prefix flaskserve's own assets use
+    def notes() -> str:
+        return "notes"
+
+    @app.get("/about")
+    @open_route
+    def about() -> str:
+        return "about"
+
+    client = app.test_client()
+    for path in ("/mine", "/static/notes.txt"):
+        assert client.get(path).status_code == 401, path
+        assert client.get(path, headers=auth(key)).status_code == 200, path
+    assert client.get("/about").status_code == 200
+    assert client.get("/assets/playground.js").status_code == 200  # flaskserve's own assets

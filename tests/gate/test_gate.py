@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from flaskserve.core.context import InferenceContext
 from flaskserve.core.errors import Forbidden, Overloaded, RateLimited, Unauthorized
 from flaskserve.gate import metering, policy
-from flaskserve.gate.admission import Admission
+from flaskserve.gate.admission import Admission, Ticket
 from flaskserve.gate.gate import QUOTA_RETRY_AFTER, Gate, Knock
 from flaskserve.gate.keys import KeyStore, add_key
 from flaskserve.gate.limits import LocalBuckets
@@ -196,13 +196,13 @@ def test_a_generation_by_a_key_with_its_token_quota_spent_is_refused_429(keys: K
 
 def test_admission_refuses_503_when_every_slot_stays_taken(keys: Keys) -> None:
     gate = make_gate(keys, slots=1)
-    first: dict[str, Any] = {}
+    first = Ticket()
     gate.admission.enter(first)
     with pytest.raises(Overloaded) as caught:
-        gate.admission.enter({})
+        gate.admission.enter(Ticket())
     assert caught.value.status_code == 503
     gate.admission.leave(first)
-    gate.admission.enter({})
+    gate.admission.enter(Ticket())
 
 
 def test_a_served_inference_is_metered_and_counted_with_the_data_planes_usage(

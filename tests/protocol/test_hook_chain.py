@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Response, request
 
 from flaskserve.app import create_app
-from flaskserve.protocol.http_context import REQUEST_ID_KEY
+from flaskserve.protocol.http_context import current
 from flaskserve.settings import Settings
 
 BODY = {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]}
@@ -25,7 +25,7 @@ def test_an_applications_own_hooks_run_after_flaskserves(digits_repo) -> None:
 
     @app.before_request
     def mine() -> Response | None:
-        seen.append(request.environ[REQUEST_ID_KEY])  # set by flaskserve's hook, which ran first
+        seen.append(current().request_id or "")  # set by flaskserve's hook, which ran first
         if request.headers.get("X-Block"):
             return Response("blocked by the application", status=418)
         return None

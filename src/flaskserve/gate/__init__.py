@@ -5,7 +5,8 @@
 - `hooks` (HTTP) and `grpc_guard` (gRPC): the gate's adapters, translating a transport's request
   into the gate's calls and nothing else;
 - `keys`: the hashed keys file and constant-time lookup (`flaskserve keys add|list|revoke`);
-- `auth`: which routes are open, which need a key, a model's permission or an admin key;
+- `policy`: reads what each route declared (`protocol.route_policy`): open, a key, a model's
+  permission or an admin key;
 - `limits`: per-key token buckets shared by the workers, the batch-row limit;
 - `metering`: per-key, per-model usage journaled per request and folded into SQLite;
 - `prometheus`: the same usage as counters labelled by key id;

@@ -2,7 +2,8 @@
 bounded time for a slot, then get 503 + `Retry-After: 1`.
 
 The engine adapter (`engine`) runs the app in a pool of `--threads` + a few threads, and
-notes in the environ when a request (its body read) joined that pool's queue (`QUEUED_KEY`).
+notes in the request's state when a request (its body read) joined that pool's queue
+(`RequestState.queued`).
 The wait for a slot counts from then: a request that cannot get a slot within `--max-queue-ms`
 of joining the queue is refused at once, costing microseconds, so a backlog drains quickly
 instead of every request in it being served late (as Triton's `max_queue_size` does).
@@ -19,17 +20,29 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Protocol
 
 from flaskserve.core.errors import Overloaded
 
-#: WSGI environ key set while a request holds a slot.
-SLOT_KEY = "flaskserve.admission.slot"
-#: WSGI environ key: `time.monotonic()` when the engine queued the request for a thread.
-QUEUED_KEY = "flaskserve.admission.queued"
-#: WSGI environ key set on a request whose response is a stream (`http_hooks`): it counts as
-#: running on its app until the stream is closed, so a reload lets it finish (`serving.reload`).
-STREAMING_KEY = "flaskserve.streaming"
+
+class Holder(Protocol):
+    """What asks for a slot: an HTTP request's state (`protocol.http_context.RequestState`), or
+    a `Ticket` (a gRPC call)."""
+
+    #: Holds a slot now.
+    slot: bool
+    #: `time.monotonic()` when the request was queued for a thread; None: when it asks.
+    queued: float | None
+
+
+class Ticket:
+    """A `Holder` of its own, for a call that has no HTTP request state (gRPC)."""
+
+    __slots__ = ("queued", "slot")
+
+    def __init__(self, queued: float | None = None) -> None:
+        self.slot = False
+        self.queued = queued
 
 
 class Admission:
@@ -52,20 +65,20 @@ class Admission:
         """Requests waiting for a slot now."""
         return len(self._waiters)
 
-    def enter(self, environ: dict[str, Any]) -> None:
-        """Take a slot for the request of `environ`, or raise `Overloaded` after waiting
-        `max_wait_s` for one."""
-        if SLOT_KEY in environ:
+    def enter(self, holder: Holder) -> None:
+        """Take a slot for `holder`, or raise `Overloaded` after waiting `max_wait_s` for
+        one."""
+        if holder.slot:
             return
         with self._lock:
             if self._free and not self._waiters:
                 self._free -= 1
-                environ[SLOT_KEY] = True
+                holder.slot = True
                 return
             waiter = threading.Lock()
             waiter.acquire()
             self._waiters.append(waiter)
-        started = environ.get(QUEUED_KEY) or time.monotonic()
+        started = holder.queued or time.monotonic()
         timeout = max(0.0, started + self.max_wait_s - time.monotonic()) if self.max_wait_s else -1
         if not waiter.acquire(timeout=timeout):
             with self._lock:
@@ -79,24 +92,26 @@ class Admission:
                         f"the server is overloaded: this request waited {waited:.1f}s for a "
                         "worker; retry after the time in Retry-After"
                     )
-        environ[SLOT_KEY] = True
+        holder.slot = True
 
-    def leave(self, environ: dict[str, Any]) -> None:
-        """Give back the slot the request of `environ` holds, if it holds one: to the oldest
-        waiter, else to the free ones."""
-        if not environ.pop(SLOT_KEY, False):
+    def leave(self, holder: Holder) -> None:
+        """Give back the slot `holder` holds, if it holds one: to the oldest waiter, else to
+        the free ones."""
+        if not holder.slot:
             return
+        holder.slot = False
         with self._lock:
             if self._waiters:
                 self._waiters.popleft().release()
             else:
                 self._free += 1
 
-    def defer(self, environ: dict[str, Any]) -> Callable[[], None]:
-        """Move the slot the request of `environ` holds out of it (so the request's teardown
-        keeps it) into the returned function, which gives it back once, when called: a stream
-        holds its slot until the server closes it."""
-        held = {SLOT_KEY: environ.pop(SLOT_KEY, False)}
+    def defer(self, holder: Holder) -> Callable[[], None]:
+        """Move the slot `holder` holds out of it (so the request's teardown keeps it) into the
+        returned function, which gives it back once, when called: a stream holds its slot until
+        the server closes it."""
+        held = Ticket()
+        held.slot, holder.slot = holder.slot, False
 
         def release() -> None:
             self.leave(held)

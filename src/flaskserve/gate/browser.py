@@ -36,6 +36,7 @@ from flask import Flask, Response, request
 
 from flaskserve.core.errors import FlaskServeError, Forbidden
 from flaskserve.protocol.hook_chain import HookChain
+from flaskserve.protocol.http_context import current, state_of
 from flaskserve.settings import Settings
 
 #: Body types a page on another site can send without a CORS preflight.
@@ -58,7 +59,6 @@ CONTENT_SECURITY_POLICY = (
     "frame-ancestors 'none'"
 )
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-_ORIGIN_KEY = "flaskserve.cors_origin"
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 _OWN, _ALLOWED, _FOREIGN = "own", "allowed", "foreign"
 
@@ -218,7 +218,7 @@ def _guard(app: Flask, policy: Policy) -> Callable[[], Response | None]:
                     "that origin with --cors-origins"
                 )
             if verdict == _ALLOWED:
-                environ[_ORIGIN_KEY] = origin
+                state_of(environ).cors_origin = origin
                 if method == "OPTIONS" and "HTTP_ACCESS_CONTROL_REQUEST_METHOD" in environ:
                     return _preflight()
         if method not in _SAFE_METHODS:
@@ -287,7 +287,7 @@ def _headers(policy: Policy) -> Callable[[Response], Response]:
                 headers["Vary"] = "Origin"
             elif "origin" not in vary.lower():
                 headers["Vary"] = vary + ", Origin"
-            origin = request.environ.get(_ORIGIN_KEY)
+            origin = current().cors_origin
             if origin is not None:
                 headers["Access-Control-Allow-Origin"] = origin
                 headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from flaskserve.core.context import InferenceContext
 from flaskserve.core.errors import Forbidden, RateLimited, Unauthorized
@@ -33,22 +32,12 @@ from flaskserve.gate.admission import Admission
 from flaskserve.gate.keys import ApiKey, KeyStore
 from flaskserve.gate.limits import LocalBuckets, SharedBuckets
 from flaskserve.observability import metrics, tallies
+from flaskserve.protocol.route_policy import Access
 
-if TYPE_CHECKING:
-    from flask import Flask
-
-#: `app.extensions` key of an app's `Gate` (read it with `gate_of`).
-GATE_KEY = "flaskserve.gate"
 #: Retry-After (seconds) of a spent token quota: it does not refill by itself.
 QUOTA_RETRY_AFTER = 3600
 INVALID_KEY = "the API key is not valid (unknown or revoked); ask the operator for a key"
 INVALID_KEY_CHALLENGE = 'Bearer realm="flaskserve", error="invalid_token"'
-
-
-def gate_of(app: Flask) -> Gate | None:
-    """The gate `gate.install` put in front of `app`; None for an app without one."""
-    found = app.extensions.get(GATE_KEY)
-    return found if isinstance(found, Gate) else None
 
 
 def _no_model() -> str | None:
@@ -62,7 +51,7 @@ class Knock:
     #: The key the client presented (`policy.key_from`), None when it sent none.
     presented: str | None
     #: What the endpoint needs: `policy.OPEN`, `policy.KEY`, `policy.MODEL` or `policy.ADMIN`.
-    access: str
+    access: Access
     #: The endpoint as the client named it (a path, an RPC), for the admin refusal's message.
     target: str
     #: How a client of this transport sends a key, for the 401's message.

@@ -7,9 +7,11 @@ its rate and its usage are one across both protocols.
 
 - open: ServerLive, ServerReady, ModelReady, ServerMetadata (health and what a client probes);
 - a key allowed on the model: ModelMetadata, ModelInfer, and ModelStatistics naming a model;
-- an admin key: RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload, and
-  ModelStatistics of every model (no name). Without keys, load and unload need
+- an admin key: RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload, ModelStatistics
+  of every model (no name), and any RPC not in the table. Without keys, load and unload need
   `--model-control`, as over HTTP.
+
+The table (`RPCS`) declares each RPC in the HTTP routes' vocabulary (`protocol.route_policy`).
 
 The key comes in the call's metadata as `authorization: Bearer <key>` (or `x-api-key`).
 ModelInfer is rate limited and takes one of the worker's admission slots (the gate's, shared
@@ -31,16 +33,30 @@ from collections.abc import Mapping
 from flaskserve.core.context import InferenceContext
 from flaskserve.core.errors import FlaskServeError
 from flaskserve.gate import policy
+from flaskserve.gate.admission import Ticket
 from flaskserve.gate.gate import Gate, Knock
 from flaskserve.observability import metrics
 from flaskserve.protocol.grpc.calls import PROTOCOL
 from flaskserve.protocol.grpc.servicer import Call
+from flaskserve.protocol.route_policy import ADMIN, MODEL, OPEN, Access, RoutePolicy
 
-OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ModelReady", "ServerMetadata"})
-MODEL_RPCS = frozenset({"ModelMetadata", "ModelInfer"})
-#: A model's statistics need a key allowed on it; every model's, an admin key.
+_OPEN = RoutePolicy(OPEN)
+_ADMIN = RoutePolicy(ADMIN)
 STATISTICS_RPC = "ModelStatistics"
-INFER_RPC = "ModelInfer"
+#: What each RPC needs and is. A generation's token quota is decided per call, by its model.
+RPCS: dict[str, RoutePolicy] = {
+    "ServerLive": _OPEN,
+    "ServerReady": _OPEN,
+    "ModelReady": _OPEN,
+    "ServerMetadata": _OPEN,
+    "ModelMetadata": RoutePolicy(MODEL),
+    "ModelInfer": RoutePolicy(MODEL, inference=True, protocol=PROTOCOL),
+    #: A model's statistics need a key allowed on it; every model's, an admin key (`access_of`).
+    "ModelStatistics": RoutePolicy(MODEL),
+    "RepositoryIndex": _ADMIN,
+    "RepositoryModelLoad": _ADMIN,
+    "RepositoryModelUnload": _ADMIN,
+}
 #: The 401's advice to a gRPC client.
 HOW_TO_SEND = "send the metadata 'authorization: Bearer <key>'"
 
@@ -50,13 +66,12 @@ def presented_key(metadata: Mapping[str, str]) -> str | None:
     return policy.key_from(metadata.get("authorization"), metadata.get("x-api-key"))
 
 
-def access_of(rpc: str, model: str | None) -> str:
-    """What `rpc` (about `model`) needs: `policy.OPEN`, `policy.MODEL` or `policy.ADMIN`."""
-    if rpc in OPEN_RPCS:
-        return policy.OPEN
-    if rpc in MODEL_RPCS or (rpc == STATISTICS_RPC and model):
-        return policy.MODEL
-    return policy.ADMIN
+def access_of(rpc: str, model: str | None) -> Access:
+    """What `rpc` (about `model`) needs: `OPEN`, `MODEL` or `ADMIN` (an RPC not in `RPCS`, and
+    the statistics of every model)."""
+    if rpc == STATISTICS_RPC and not model:
+        return ADMIN
+    return RPCS.get(rpc, _ADMIN).access
 
 
 class GrpcGuard:
@@ -91,7 +106,7 @@ class GuardedCall:
         self.gate = gate
         self.model = model
         self.context = context
-        self.inference = rpc == INFER_RPC
+        self.inference = RPCS.get(rpc, _ADMIN).inference
         self.knock = Knock(
             presented_key(metadata),
             access_of(rpc, model),
@@ -102,8 +117,8 @@ class GuardedCall:
             generates=self.inference and _generative(gate, model, version),
         )
         self.started = time.perf_counter()
-        #: Holds the admission slot while the call has one (`Admission` keys it like a request).
-        self.slot: dict[str, object] = {}
+        #: Holds the admission slot while the call has one.
+        self.slot = Ticket()
         if self.inference:
             #: (model, version) metric labels, as the HTTP routes use them.
             self.labels = metrics.model_labels(gate.repository, model, version)

@@ -9,7 +9,8 @@ Order on a request, cheapest refusal first; none of 1-2 reads the body, so a cli
 valid key cannot make the server wait for (or buffer) one:
 
 1. the gate's key, scope, admin, rate-limit and token-quota checks (`Gate.identify`, then
-   `Gate.permit`: 401, 403, 429), with the endpoint's access from `gate.policy`;
+   `Gate.permit`: 401, 403, 429), with the access the route declared
+   (`protocol.route_policy`);
 2. a chunked body (no Content-Length) over `--max-request-bytes` gets 413, as a sized one does;
 3. admission: an inference request reads its body, then waits at most `--max-queue-ms` for one
    of the worker's `--threads` slots, else 503 + `Retry-After: 1` (`gate.admission`).
@@ -29,21 +30,19 @@ from typing import Any
 from flask import Blueprint, Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from flaskserve.core.context import InferenceContext
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InvalidInput, NotFound
 from flaskserve.gate import dashboard_data, metering, policy, received, usage_report
-from flaskserve.gate.admission import SLOT_KEY, STREAMING_KEY, Admission
-from flaskserve.gate.gate import GATE_KEY, Gate, Knock, gate_of
+from flaskserve.gate.admission import Admission
+from flaskserve.gate.gate import Gate, Knock
 from flaskserve.gate.keys import KeyStore
 from flaskserve.gate.limits import open_buckets
 from flaskserve.protocol.hook_chain import HookChain
-from flaskserve.protocol.http_context import CONTEXT_KEY, http_context
+from flaskserve.protocol.http_context import current, http_context, route
+from flaskserve.protocol.route_policy import admin_route
 from flaskserve.protocol.v2 import json_response
 from flaskserve.settings import Settings
 
-#: WSGI environ keys: the access log can show the key id next to the request id.
-KEY_ID_KEY = "flaskserve.key_id"
 #: The 401's advice to an HTTP client.
 HOW_TO_SEND = "send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'"
 
@@ -73,7 +72,6 @@ def install(
         admission=Admission(settings.threads, settings.max_queue_ms / 1000.0),
         repository=dataplane.repository,
     )
-    app.extensions[GATE_KEY] = gate
     if gate.metered:
         app.wsgi_app = received.count_input(app.wsgi_app)  # type: ignore[method-assign,assignment]
     app.register_blueprint(_usage_blueprint(gate))
@@ -82,18 +80,17 @@ def install(
     )
     target: Flask | HookChain = hooks if hooks is not None else app
     target.before_request(_gate(gate))
-    target.teardown_request(lambda _: gate.admission.leave(request.environ))
+    target.teardown_request(lambda _: gate.admission.leave(current()))
     target.after_request(_streams_keep_their_slot(gate.admission))
     target.after_request(_metering(gate))
     return gate
 
 
-def admits_body(app: Flask, environ: dict[str, Any]) -> bool:
-    """Whether `app` may read the body of the request of `environ`: not when it has API keys and
-    the request presents no valid one, since it is then refused (401) before its body is read
-    (every route that reads a body needs a key). The engine asks before it reads the body
-    (`engine`), so a client without a key cannot make a worker buffer one."""
-    gate = gate_of(app)
+def admits_body(gate: Gate | None, environ: dict[str, Any]) -> bool:
+    """Whether the app behind `gate` may read the body of the request of `environ`: not when it
+    has API keys and the request presents no valid one, since it is then refused (401) before
+    its body is read (every route that reads a body needs a key). The engine asks before it
+    reads the body (`engine`), so a client without a key cannot make a worker buffer one."""
     if gate is None:
         return True
     return gate.admits_body(
@@ -103,30 +100,31 @@ def admits_body(app: Flask, environ: dict[str, Any]) -> bool:
 
 def _gate(gate: Gate) -> Callable[[], None]:
     def check() -> None:
-        endpoint = request.endpoint
-        if endpoint is None:  # no such route: Flask answers 404/405
+        state = current()
+        declared = route(state)
+        if declared is None:  # no such route: Flask answers 404/405
             return
-        inference = endpoint in policy.INFERENCE_ENDPOINTS
+        inference = declared.inference
         context = http_context() if inference else None
         knock = Knock(
             policy.presented_key(request),
-            policy.access_of(endpoint, request.path),
+            declared.access,
             request.path,
             HOW_TO_SEND,
-            model=lambda: policy.requested_model(request, gate.served()),
+            model=lambda: policy.requested_model(request, gate.served(), declared),
             inference=inference,
-            generates=endpoint in policy.GENERATE_ENDPOINTS,
+            generates=declared.generates,
         )
         key = gate.identify(knock, context)
-        if key is not None:  # the access line names the key, refused or not
-            request.environ[KEY_ID_KEY] = key.id
+        if key is not None:  # the request's state names the key, refused or not
+            state.key_id = key.id
         gate.permit(knock, key)
         coding = request.environ.get("HTTP_TRANSFER_ENCODING", "")
         if "chunked" in coding.lower():
             _check_chunked_size(request.max_content_length)
         if inference:
             request.get_data()  # cached for the route; see `gate.admission`
-            gate.admission.enter(request.environ)
+            gate.admission.enter(state)
 
     return check
 
@@ -134,9 +132,10 @@ def _gate(gate: Gate) -> Callable[[], None]:
 def _streams_keep_their_slot(admission: Admission) -> Callable[[Response], Response]:
     def keep(response: Response) -> Response:
         if response.is_streamed:
-            request.environ[STREAMING_KEY] = True  # a reload lets it finish (serving.reload)
-            if SLOT_KEY in request.environ:
-                response.call_on_close(admission.defer(request.environ))
+            state = current()
+            state.streaming = True  # a reload lets it finish (serving.reload)
+            if state.slot:
+                response.call_on_close(admission.defer(state))
         return response
 
     return keep
@@ -155,16 +154,17 @@ def _check_chunked_size(limit: int | None) -> None:
 
 def _metering(gate: Gate) -> Callable[[Response], Response]:
     def meter(response: Response) -> Response:
-        if request.endpoint not in policy.INFERENCE_ENDPOINTS:
+        state = current()
+        declared = route(state)
+        if declared is None or not declared.inference:
             return response
-        environ = request.environ
-        context: InferenceContext | None = environ.get(CONTEXT_KEY)
+        context = state.context
         if not gate.billable(context):
             return response
         served = context is not None and context.served is not None
         # The model named is read now: at close the request (and its body) is gone.
-        named = None if served else policy.requested_model(request, gate.served())
-        bytes_in = received.received(environ)
+        named = None if served else policy.requested_model(request, gate.served(), declared)
+        bytes_in = received.received(state)
         # Never of a stream: Werkzeug would read the whole stream into memory to measure it.
         bytes_out = 0 if response.is_streamed else (response.calculate_content_length() or 0)
         status = response.status_code
@@ -181,6 +181,7 @@ def _usage_blueprint(gate: Gate) -> Blueprint:
     bp = Blueprint("gate", __name__)
 
     @bp.get("/v2/usage")
+    @admin_route
     def usage() -> Response:
         if gate.meter is None:
             raise NotFound(

@@ -1,6 +1,8 @@
 """Which routes need which key, and reading the key a request presents.
 
-With `--auth keys.toml` every route needs a valid key except these, which stay open:
+Each route declares what it needs where it is defined (`protocol.route_policy`: `open_route`,
+`model_route`, `admin_route`, `inference_route`); this module reads those declarations. With
+`--auth keys.toml` every route needs a valid key except these, which stay open:
 
 - health and readiness, for load balancers and Kubernetes probes: `/v2/health/live`,
   `/v2/health/ready`, `/v2/models/<m>[/versions/<v>]/ready`, `/v1/models/<m>`, `/ping`;
@@ -21,79 +23,44 @@ from that parse, never the body itself). `GET /v1/models` needs a valid key. The
 routes (index, load, unload), the statistics of all models (`/v2/models/stats`), `/v2/usage`
 and `/metrics` (whose per-key series say what every customer used) need an admin key. Any other
 route, including routes an application adds to the app, needs a valid key: open is the
-exception, listed here.
+exception, declared on the route.
 """
 
 from __future__ import annotations
 
-from flask import Request
+from flask import Flask, Request
 
 from flaskserve.gate.keys import ApiKey
 from flaskserve.protocol import openai
+from flaskserve.protocol.route_policy import (
+    ADMIN,
+    KEY,
+    MODEL,
+    OPEN,
+    Access,
+    RoutePolicy,
+    policy_of,
+)
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
 
-OPEN = "open"
-ADMIN = "admin"
-MODEL = "model"
-KEY = "key"
-
-OPEN_ENDPOINTS = frozenset(
-    {
-        "v2.live",
-        "v2.ready",
-        "v2.server_metadata",
-        "v2.model_ready",
-        "v1.model_status",
-        "sagemaker.ping",
-        "home.index",
-        "home.model_page",
-        "home.static",
-        "home.greet",
-        "home.dashboard",
-        "static",
-    }
-)
-OPEN_PATHS = frozenset({"/", "/docs", "/openapi.json"})
-OPEN_PREFIXES = ("/static/", "/assets/", "/docs/")
-#: The routes that run a model; these are metered, rate limited and shed under overload.
-#: OpenAI's text generation routes (protocol/openai_generate.py).
-GENERATE_BODY_ENDPOINTS = frozenset(
-    {"openai_generate.chat_completions", "openai_generate.completions"}
-)
-INFERENCE_ENDPOINTS = (
-    frozenset({"v2.infer", "v1.predict", "sagemaker.invocations", "openai.embeddings"})
-    | GENERATE_BODY_ENDPOINTS
-    | {"v2_generate.generate", "v2_generate.generate_stream"}
-)
-#: Every route that runs a generation (token quotas apply to these).
-GENERATE_ENDPOINTS = GENERATE_BODY_ENDPOINTS | {
-    "v2_generate.generate",
-    "v2_generate.generate_stream",
-}
-#: Inference routes that name their model in the JSON body's `model` field, as OpenAI's do.
-BODY_MODEL_ENDPOINTS = frozenset({"openai.embeddings"}) | GENERATE_BODY_ENDPOINTS
-MODEL_ENDPOINTS = INFERENCE_ENDPOINTS | {"v2.model_metadata", "v2.model_statistics"}
-ADMIN_ENDPOINTS = frozenset(
-    {
-        "v2.repository_index",
-        "v2.load_model",
-        "v2.unload_model",
-        "v2.all_model_statistics",
-        "gate.usage",
-    }
-)
-ADMIN_PATHS = frozenset({"/metrics"})
+__all__ = [
+    "ADMIN",
+    "KEY",
+    "MODEL",
+    "OPEN",
+    "access_of",
+    "key_from",
+    "not_allowed",
+    "presented_key",
+    "requested_model",
+]
 
 
-def access_of(endpoint: str, path: str) -> str:
-    """OPEN, ADMIN, MODEL (a key allowed on the model) or KEY (any valid key)."""
-    if endpoint in MODEL_ENDPOINTS:
-        return MODEL
-    if endpoint in OPEN_ENDPOINTS or path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
-        return OPEN
-    if endpoint in ADMIN_ENDPOINTS or path in ADMIN_PATHS:
-        return ADMIN
-    return KEY
+def access_of(app: Flask, endpoint: str) -> Access:
+    """What `endpoint` of `app` needs, as its route declared it (`protocol.route_policy`):
+    OPEN, ADMIN, MODEL (a key allowed on the model) or KEY (any valid key, the default)."""
+    declared = policy_of(app, endpoint)
+    return declared.access if declared is not None else KEY
 
 
 def presented_key(request: Request) -> str | None:
@@ -116,16 +83,16 @@ def not_allowed(key: ApiKey, model: str | None) -> str:
     return f"API key {key.id!r} may not use model {model!r}; it may use: {', '.join(key.models)}"
 
 
-def requested_model(request: Request, served: list[str]) -> str | None:
-    """The model a model route is about: from the URL, from the JSON body's `model` for OpenAI's
-    routes, or for SageMaker's `/invocations` from its target-model header, else the only model
-    served (None when that is ambiguous)."""
+def requested_model(request: Request, served: list[str], declared: RoutePolicy) -> str | None:
+    """The model a model route (`declared`) is about: from the URL, from the JSON body's `model`
+    for OpenAI's routes, or for SageMaker's `/invocations` from its target-model header, else
+    the only model served (None when that is ambiguous)."""
     name = (request.view_args or {}).get("name")
     if name is not None:
         return str(name)
-    if request.endpoint in BODY_MODEL_ENDPOINTS:
+    if declared.model_in == "body":
         return openai.requested_model(request)
-    if request.endpoint == "sagemaker.invocations":
+    if declared.model_in == "target":
         named = request.headers.get(TARGET_MODEL_HEADER)
         if named:
             return named

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-#: WSGI environ key of the request's `CountingInput`.
-INPUT_KEY = "flaskserve.service.input"
+from flaskserve.protocol.http_context import RequestState, state_of
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -54,14 +53,15 @@ def count_input(app: WsgiApp) -> WsgiApp:
     """`app` with its WSGI input counted (see `received`)."""
 
     def counted(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        counter = environ[INPUT_KEY] = CountingInput(environ["wsgi.input"])
+        counter = state_of(environ).input = CountingInput(environ["wsgi.input"])
         environ["wsgi.input"] = counter
         return app(environ, start_response)
 
     return counted
 
 
-def received(environ: dict[str, Any]) -> int:
-    """Body bytes the application read from this request so far (0 when not counted)."""
-    counter = environ.get(INPUT_KEY)
+def received(state: RequestState) -> int:
+    """Body bytes the application read from the request of `state` so far (0 when not
+    counted)."""
+    counter = state.input
     return counter.count if counter is not None else 0

@@ -6,6 +6,7 @@ from flask import Blueprint, Response
 
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.observability import metrics
+from flaskserve.protocol.route_policy import admin_route
 
 
 def create_blueprint(dataplane: DataPlane) -> Blueprint:
@@ -13,6 +14,7 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
     metrics.record_states(dataplane.repository)
 
     @bp.get("/metrics")
+    @admin_route
     def scrape() -> Response:
         metrics.record_states(dataplane.repository)
         body, content_type = metrics.exposition()

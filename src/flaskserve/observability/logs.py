@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from flaskserve.observability.requests import MODEL_KEY, REQUEST_ID_KEY
+from flaskserve.protocol.http_context import STATE_KEY, RequestState
 
 #: Control characters (and, for the text access line, `"`, which would end a quoted field).
 _CONTROLS = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
@@ -55,14 +55,15 @@ def access_record(
 ) -> dict[str, Any]:
     """The JSON access line of one request, from its WSGI environ."""
     query = environ.get("QUERY_STRING")
+    state: RequestState | None = environ.get(STATE_KEY)
     return {
         "timestamp": _timestamp(time.time()),
         "method": _escaped(environ.get("REQUEST_METHOD")),
         "path": escape(environ.get("PATH_INFO", "") + (f"?{query}" if query else "")),
         "status": int(status) if str(status).isdigit() else status,
         "duration_ms": round(duration_seconds * 1000, 3),
-        "model": _escaped(environ.get(MODEL_KEY)),
-        "request_id": _escaped(environ.get(REQUEST_ID_KEY)),
+        "model": _escaped(state.model if state is not None else None),
+        "request_id": _escaped(state.request_id if state is not None else None),
         "client": _escaped(environ.get("REMOTE_ADDR")),
     }
 

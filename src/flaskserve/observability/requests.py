@@ -3,7 +3,8 @@
 Every response carries `X-Request-ID` (the client's, when it sent a sensible one, else a fresh
 one). Inference routes, whichever protocol they speak, are counted and timed here, once, so the
 protocol blueprints stay about their wire format. The model name and request id are left in the
-WSGI environ, where the access log middleware (`serving.access_log`) reads them.
+request's state (`protocol.http_context`), where the access log middleware
+(`serving.access_log`) reads them.
 """
 
 from __future__ import annotations
@@ -17,18 +18,14 @@ from flaskserve.core.dataplane import DataPlane
 from flaskserve.observability import metrics
 from flaskserve.protocol import openai
 from flaskserve.protocol.hook_chain import HookChain
-from flaskserve.protocol.http_context import CONTEXT_KEY, PROTOCOL_OF_ENDPOINT, REQUEST_ID_KEY
+from flaskserve.protocol.http_context import route, state_of
+from flaskserve.protocol.route_policy import RoutePolicy
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
 
-__all__ = ["MODEL_KEY", "REQUEST_ID_KEY", "install", "new_request_id"]
+__all__ = ["install", "new_request_id"]
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_ENVIRON = "HTTP_X_REQUEST_ID"
-#: WSGI environ key the access loggers read (beside `REQUEST_ID_KEY`).
-MODEL_KEY = "flaskserve.model"
-_STARTED_KEY = "flaskserve.started"
-_PROTOCOL_KEY = "flaskserve.protocol"
-_LABELS_KEY = "flaskserve.labels"
 
 
 def install(app: Flask, dataplane: DataPlane, hooks: HookChain | None = None) -> None:
@@ -42,33 +39,34 @@ def install(app: Flask, dataplane: DataPlane, hooks: HookChain | None = None) ->
 
     def start() -> None:
         environ = request.environ
+        state = state_of(environ)
         # not request.headers: built per request
-        request_id = environ[REQUEST_ID_KEY] = request_id_from(environ.get(_REQUEST_ID_ENVIRON))
-        protocol = PROTOCOL_OF_ENDPOINT.get(request.endpoint or "")
-        if protocol is None:
+        request_id = state.request_id = request_id_from(environ.get(_REQUEST_ID_ENVIRON))
+        declared = route(state)
+        if declared is None or declared.protocol is None:
             return
-        environ[_PROTOCOL_KEY] = protocol
-        environ[CONTEXT_KEY] = InferenceContext(protocol, request_id)
-        environ[_STARTED_KEY] = time.perf_counter()
-        name = _model_name(protocol, dataplane)
-        environ[MODEL_KEY] = name
-        labels = environ[_LABELS_KEY] = model_label(name)
+        state.context = InferenceContext(declared.protocol, request_id)
+        state.started = time.perf_counter()
+        name = state.model = _model_name(declared, dataplane)
+        labels = state.labels = model_label(name)
         metrics.request_started(labels[0])
 
     def finish(response: Response) -> Response:
-        environ = request.environ
-        response.headers[REQUEST_ID_HEADER] = environ.get(REQUEST_ID_KEY) or new_request_id()
-        protocol = environ.get(_PROTOCOL_KEY)
-        if protocol is not None:
-            model, version = environ[_LABELS_KEY]
-            if protocol == "openai":  # its model is in the body, read (if at all) by now
+        state = state_of(request.environ)
+        response.headers[REQUEST_ID_HEADER] = state.request_id or new_request_id()
+        declared = state.route
+        if state.labels is not None and declared is not None and declared.protocol is not None:
+            model, version = state.labels
+            if declared.model_in == "body":  # read (if at all) by now
                 model, version = model_label(openai.parsed_model(request))
-            elapsed = time.perf_counter() - environ[_STARTED_KEY]
+            elapsed = time.perf_counter() - state.started
+            protocol = declared.protocol
             metrics.request_answered(model, version, protocol, str(response.status_code), elapsed)
         return response
 
     def end(_exc: BaseException | None) -> None:
-        labels = request.environ.pop(_LABELS_KEY, None)
+        state = state_of(request.environ)
+        labels, state.labels = state.labels, None
         if labels is not None:
             metrics.request_ended(labels[0])
 
@@ -77,10 +75,10 @@ def install(app: Flask, dataplane: DataPlane, hooks: HookChain | None = None) ->
     target.teardown_request(end)
 
 
-def _model_name(protocol: str, dataplane: DataPlane) -> str | None:
-    if protocol == "openai":  # named in the body, which is not read before the key is checked
+def _model_name(declared: RoutePolicy, dataplane: DataPlane) -> str | None:
+    if declared.model_in == "body":  # not read before the key is checked
         return None
-    if protocol != "sagemaker":
+    if declared.model_in == "url":
         return (request.view_args or {}).get("name")
     named = request.headers.get(TARGET_MODEL_HEADER)
     if named:

@@ -30,7 +30,8 @@ from flaskserve.core.declared import declare
 from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelNotFound, RequestTooLarge
 from flaskserve.core.model import Model, TensorSpec
 from flaskserve.protocol.codec import dumps, loads
-from flaskserve.protocol.http_context import http_context
+from flaskserve.protocol.http_context import UNPARSED, http_context, state_of
+from flaskserve.protocol.route_policy import inference_route
 from flaskserve.protocol.v2 import json_response
 
 OWNER = "flaskserve"
@@ -43,8 +44,6 @@ ERROR_TYPES = {
     429: "rate_limit_error",
 }
 ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
-#: WSGI environ key of the parsed body, so the gate, the metrics and the route parse it once.
-_BODY_KEY = "flaskserve.openai.body"
 
 
 class OpenAIError(FlaskServeError):
@@ -60,11 +59,12 @@ class OpenAIError(FlaskServeError):
 
 
 def request_body(req: Request) -> Any:
-    """The JSON body of `req`, parsed once per request; a 400 when it is not JSON."""
-    environ = req.environ
-    if _BODY_KEY not in environ:
-        environ[_BODY_KEY] = loads(req.get_data())
-    return environ[_BODY_KEY]
+    """The JSON body of `req`, parsed once per request (kept in its state, so the gate, the
+    metrics and the route parse it once); a 400 when it is not JSON."""
+    state = state_of(req.environ)
+    if state.body is UNPARSED:
+        state.body = loads(req.get_data())
+    return state.body
 
 
 def requested_model(req: Request) -> str | None:
@@ -81,7 +81,7 @@ def requested_model(req: Request) -> str | None:
 def parsed_model(req: Request) -> str | None:
     """The body's `model` when something already parsed the body, without reading it: what the
     metrics may look at, since a request refused before its body must not have it read."""
-    body = req.environ.get(_BODY_KEY)
+    body = state_of(req.environ).body
     model = body.get("model") if isinstance(body, dict) else None
     return model if isinstance(model, str) else None
 
@@ -129,6 +129,7 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
     repository = dataplane.repository
 
     @bp.post("/embeddings")
+    @inference_route("openai", model_in="body")
     def embeddings() -> Response:
         """Embed text with an embedding model (OpenAI's embeddings API)."""
         return json_response(create_embeddings(dataplane, request_body(request)))

@@ -32,21 +32,26 @@ from flaskserve.core.model import GenerationRequest, TextEvent, TextStream
 from flaskserve.core.sampling import SETTINGS, InvalidSetting, sampling
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.openai import OpenAIError, error_body, request_body, reshape_errors
+from flaskserve.protocol.route_policy import inference_route
 from flaskserve.protocol.v2 import json_response
 
 #: Headers of a stream: no cache and no proxy buffering, so each token reaches the client.
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: Both routes run a generation of the model named in the JSON body.
+generation_route = inference_route("openai", generates=True, model_in="body")
 
 
 def create_blueprint(dataplane: DataPlane) -> Blueprint:
     bp = Blueprint("openai_generate", __name__, url_prefix="/v1")
 
     @bp.post("/chat/completions")
+    @generation_route
     def chat_completions() -> Response:
         """Continue a chat with a generative model (OpenAI's chat completions API)."""
         return _serve(dataplane, request_body(request), chat=True)
 
     @bp.post("/completions")
+    @generation_route
     def completions() -> Response:
         """Continue a prompt with a generative model (OpenAI's legacy completions API)."""
         return _serve(dataplane, request_body(request), chat=False)

@@ -20,6 +20,7 @@ from flaskserve.core.declared import declare
 from flaskserve.core.errors import InvalidInput
 from flaskserve.protocol.codec import loads
 from flaskserve.protocol.infer import HEADER_LENGTH
+from flaskserve.protocol.route_policy import inference_route, open_route
 from flaskserve.protocol.v1 import predict_instances
 from flaskserve.protocol.v2 import infer_response, json_response
 
@@ -31,6 +32,7 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
     repository = dataplane.repository
 
     @bp.get("/ping")
+    @open_route
     def ping() -> Response:
         is_ready = bool(repository.entries()) and repository.is_ready()
         return json_response(
@@ -38,6 +40,7 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
         )
 
     @bp.post("/invocations")
+    @inference_route("sagemaker", model_in="target")
     def invocations() -> Response:
         name = _target_model(dataplane)
         body = request.get_data()

@@ -23,6 +23,7 @@ from flaskserve.core.model import Arrays, Model
 from flaskserve.protocol.codec import decode_json_data, loads
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.openai import model_object
+from flaskserve.protocol.route_policy import inference_route, open_route
 from flaskserve.protocol.v2 import json_response
 
 
@@ -31,6 +32,7 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
     repository = dataplane.repository
 
     @bp.get("/models/<name>")
+    @open_route
     def model_status(name: str) -> Response:
         try:
             model: Model | None = repository.get(name)
@@ -43,6 +45,7 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
         )
 
     @bp.post("/models/<name>:predict")
+    @inference_route("v1")
     def predict(name: str) -> Response:
         body = loads(request.get_data())
         if not isinstance(body, dict) or "instances" not in body:

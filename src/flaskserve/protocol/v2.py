@@ -27,6 +27,7 @@ from flaskserve.protocol.infer import (
     output_names,
     parse_infer_request,
 )
+from flaskserve.protocol.route_policy import admin_route, inference_route, model_route, open_route
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -71,45 +72,54 @@ def create_blueprint(
     repository = dataplane.repository
 
     @bp.get("")
+    @open_route
     def server_metadata() -> Response:
         return json_response(dataplane.server_metadata())
 
     @bp.get("/health/live")
+    @open_route
     def live() -> Response:
         return json_response({"live": True})
 
     @bp.get("/health/ready")
+    @open_route
     def ready() -> Response:
         is_ready = repository.is_ready()
         return json_response({"ready": is_ready}, 200 if is_ready else 503)
 
     @bp.get("/models/<name>")
     @bp.get("/models/<name>/versions/<version>")
+    @model_route
     def model_metadata(name: str, version: str | None = None) -> Response:
         return json_response(dataplane.model_metadata(name, version))
 
     @bp.get("/models/<name>/ready")
     @bp.get("/models/<name>/versions/<version>/ready")
+    @open_route
     def model_ready(name: str, version: str | None = None) -> Response:
         is_ready = repository.is_model_ready(name, version)
         return json_response({"name": name, "ready": is_ready}, 200 if is_ready else 503)
 
     @bp.post("/models/<name>/infer")
     @bp.post("/models/<name>/versions/<version>/infer")
+    @inference_route("v2")
     def infer(name: str, version: str | None = None) -> Response:
         return infer_response(dataplane, name, version)
 
     # The statistics extension. `/models/stats` is matched before `/models/<name>`.
     @bp.get("/models/stats")
+    @admin_route
     def all_model_statistics() -> Response:
         return json_response(statistics(None, None))
 
     @bp.get("/models/<name>/stats")
     @bp.get("/models/<name>/versions/<version>/stats")
+    @model_route
     def model_statistics(name: str, version: str | None = None) -> Response:
         return json_response(statistics(name, version))
 
     @bp.post("/repository/index")
+    @admin_route
     def repository_index() -> Response:
         body = request.get_data()
         ready_only = False
@@ -121,11 +131,13 @@ def create_blueprint(
         return json_response(control.index(ready_only))
 
     @bp.post("/repository/models/<name>/load")
+    @admin_route
     def load_model(name: str) -> Response:
         control.load(name)
         return json_response({})
 
     @bp.post("/repository/models/<name>/unload")
+    @admin_route
     def unload_model(name: str) -> Response:
         control.unload(name)
         return json_response({})

@@ -29,6 +29,7 @@ from flaskserve.core.model import GenerationRequest, Model, TextEvent, TextStrea
 from flaskserve.core.sampling import SETTINGS, sampling
 from flaskserve.protocol.codec import loads
 from flaskserve.protocol.http_context import http_context
+from flaskserve.protocol.route_policy import inference_route
 from flaskserve.protocol.v2 import json_response
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -41,6 +42,7 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
 
     @bp.post("/<name>/generate")
     @bp.post("/<name>/versions/<version>/generate")
+    @inference_route("v2", generates=True)
     def generate(name: str, version: str | None = None) -> Response:
         """Generate text with a generative model (KServe/Triton generate extension)."""
         model, first, stream = _start(dataplane, name, version)
@@ -49,6 +51,7 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
 
     @bp.post("/<name>/generate_stream")
     @bp.post("/<name>/versions/<version>/generate_stream")
+    @inference_route("v2", generates=True)
     def generate_stream(name: str, version: str | None = None) -> Response:
         """Stream generated text as server-sent events (KServe/Triton generate extension)."""
         model, first, stream = _start(dataplane, name, version)

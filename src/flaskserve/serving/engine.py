@@ -37,8 +37,8 @@ from typing import Any
 
 import orjson
 
-from flaskserve.gate.admission import QUEUED_KEY
 from flaskserve.observability.logs import escape
+from flaskserve.protocol.http_context import STATE_KEY, RequestState
 
 log = logging.getLogger("flaskserve")
 #: Pool threads beyond `--threads`: cheap routes (health, metrics, model metadata) still get a
@@ -237,7 +237,7 @@ class WsgiOverRsgi:
         """Run the app in the pool; stream its answer here when the thread did not send it."""
         loop = self._loop or asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
-        environ[QUEUED_KEY] = time.monotonic()
+        environ[STATE_KEY] = RequestState(time.monotonic())
         app = self.app
         # One context for the request's whole life: a streamed body's chunks are made by
         # whichever pool thread is free, and Flask's `stream_with_context` pushes its request

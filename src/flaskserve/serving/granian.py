@@ -145,7 +145,7 @@ def _worker_loader(
             settings.max_request_bytes,
             settings.body_timeout_ms / 1000,
             on_loop=worker.engine_listening,
-            admits_body=lambda environ: http_hooks.admits_body(live.current.app, environ),
+            admits_body=lambda environ: http_hooks.admits_body(live.current.gate, environ),
         )
 
     return load

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask
 
-from flaskserve.gate.gate import gate_of
+from flaskserve.app import services_of
 from flaskserve.settings import Settings
 
 if TYPE_CHECKING:
@@ -21,23 +21,20 @@ def start_grpc(app: Flask, settings: Settings) -> GrpcServer | None:
     meter; None when the port is 0 or the app is not a flaskserve app."""
     if not settings.grpc_port:
         return None
-    dataplane = app.extensions.get("flaskserve")
-    control = app.extensions.get("flaskserve.control")
-    gate = gate_of(app)
-    if dataplane is None or control is None or gate is None:
+    services = services_of(app)
+    if services is None:
         log.warning("--grpc-port ignored: the app serves no flaskserve model repository")
         return None
     from flaskserve.gate.grpc_guard import GrpcGuard
     from flaskserve.protocol.grpc import server
 
-    guard = GrpcGuard(gate)
     return server.start(
-        dataplane,
-        control,
+        services.dataplane,
+        services.control,
         settings.host,
         settings.grpc_port,
         settings.threads,
         settings.max_request_bytes,
-        app.extensions["flaskserve.statistics"],
-        guard,
+        services.statistics,
+        GrpcGuard(services.gate),
     )

@@ -31,11 +31,12 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask
 from werkzeug.wsgi import ClosingIterator
 
+from flaskserve.app import Services, services_of
 from flaskserve.core.repository import READY, ModelRepository
-from flaskserve.gate.admission import STREAMING_KEY
-from flaskserve.gate.gate import gate_of
+from flaskserve.protocol.http_context import STATE_KEY
 
 if TYPE_CHECKING:
+    from flaskserve.gate.gate import Gate
     from flaskserve.protocol.grpc.server import GrpcServer
 
 log = logging.getLogger("flaskserve")
@@ -49,14 +50,21 @@ class Generation:
     def __init__(self, app: Flask, grpc: GrpcServer | None = None) -> None:
         self.app = app
         self.grpc = grpc
+        #: The app's services; None for an app `create_app` did not make.
+        self.services: Services | None = services_of(app)
         #: One item per request running on this app (`LiveApp`): deque appends and pops are
         #: atomic, and cost a tenth of what a lock does on the request path.
         self.running: deque[None] = deque()
 
     @property
+    def gate(self) -> Gate | None:
+        """The app's gate (keys, limits, admission), which the engine asks before a body."""
+        return self.services.gate if self.services is not None else None
+
+    @property
     def repository(self) -> ModelRepository | None:
-        dataplane = self.app.extensions.get("flaskserve")
-        return dataplane.repository if dataplane is not None else None
+        services = self.services
+        return services.dataplane.repository if services is not None else None
 
     def failures(self) -> dict[str, str]:
         """Each model, or model version, that is not ready, with the reason."""
@@ -89,12 +97,9 @@ class Generation:
             log.warning("requests still running on the replaced app after %.0f s", grace_s)
         if stopped is not None:
             stopped.wait(grace_s)
-        control = self.app.extensions.get("flaskserve.control")
-        if control is not None:
-            control.close()
-        gate = gate_of(self.app)
-        if gate is not None:
-            gate.close()
+        if self.services is not None:
+            self.services.control.close()
+            self.services.gate.close()
         repository = self.repository
         if repository is not None:
             for entry in repository.entries():
@@ -119,7 +124,8 @@ class LiveApp:
         except BaseException:
             running.pop()
             raise
-        if environ.get(STREAMING_KEY):  # running until the server closes the stream
+        state = environ.get(STATE_KEY)
+        if state is not None and state.streaming:  # running until the server closes the stream
             return ClosingIterator(result, running.pop)
         running.pop()
         return result

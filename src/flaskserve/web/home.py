@@ -19,6 +19,7 @@ from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import ModelNotFound
 from flaskserve.core.model import TensorSpec
 from flaskserve.core.repository import ModelEntry
+from flaskserve.protocol.route_policy import open_route
 from flaskserve.protocol.v2 import json_response
 from flaskserve.settings import Settings
 from flaskserve.version import __version__
@@ -84,6 +85,7 @@ def create_blueprint(dataplane: DataPlane, settings: Settings | None = None) -> 
     repository = dataplane.repository
 
     @bp.get("/")
+    @open_route
     def index() -> Response | str:
         models = [model_summary(entry, hide) for entry in repository.entries()]
         if wants_json():
@@ -91,6 +93,7 @@ def create_blueprint(dataplane: DataPlane, settings: Settings | None = None) -> 
         return render_template("index.html", models=models, version=__version__)
 
     @bp.get("/models/<name>")
+    @open_route
     def model_page(name: str) -> tuple[str, int] | str:
         try:
             entry = repository.entry(name)
@@ -127,12 +130,14 @@ def create_blueprint(dataplane: DataPlane, settings: Settings | None = None) -> 
         )
 
     @bp.get("/dashboard")
+    @open_route
     def dashboard() -> str:
         """The live dashboard; its charts poll `/dashboard/data` (gate.dashboard_data)."""
         page_data = {"auth": hide, "data": "/dashboard/data", "interval_ms": 2000}
         return render_template("dashboard.html", page_data=page_data, version=__version__)
 
     @bp.get("/home/<name>")
+    @open_route
     def greet(name: str) -> Response:
         return Response(f"hello,{name}", mimetype="text/plain")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, render_template
 
 from flaskserve.core.dataplane import DataPlane
+from flaskserve.protocol.route_policy import open_route
 from flaskserve.protocol.v2 import json_response
 from flaskserve.version import __version__
 from flaskserve.web.openapi.document import Access, build_document, openapi_path
@@ -25,10 +26,12 @@ def create_blueprint(dataplane: DataPlane, access: Access | None = None) -> Blue
     bp = Blueprint("docs", __name__, template_folder="../templates")
 
     @bp.get("/openapi.json")
+    @open_route
     def openapi() -> Response:
         return json_response(build_document(current_app, dataplane, access))
 
     @bp.get("/docs")
+    @open_route
     def docs_page() -> str:
         return render_template("docs.html", version=__version__)
 
