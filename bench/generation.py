@@ -39,7 +39,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -65,6 +64,8 @@ LABELS = {
 }
 #: The KV cache every continuous batcher here gets: the runtime's defaults.
 CACHE = {"num_blocks": 64, "page_size": 64, "max_batch_tokens": 256}
+#: The peers get scribe's one torch thread too, and no hub.
+PEER_ENV = {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 Result = tuple[float, int, float]  # TTFT s, completion tokens, seconds
 
 
@@ -185,12 +186,6 @@ def http_runner(url: str, model: str, tokens: int,
     return run_one
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class Server:
     """A server in its own process group, stopped (SIGTERM, then SIGKILL) by `stop`."""
 
@@ -271,13 +266,13 @@ def targets(model_dir: Path, port: int, args: argparse.Namespace) -> dict[str, A
                                         "warning", "--cb-num-blocks", str(CACHE["num_blocks"]),
                                         "--cb-block-size", str(CACHE["page_size"]),
                                         "--cb-max-batch-tokens", str(CACHE["max_batch_tokens"])],
-                                       "/health", str(sampling), {"HF_HUB_OFFLINE": "1"}, {})
+                                       "/health", str(sampling), PEER_ENV, {})
     python = litserve_python(args)
     if args.setup_litserve and not python.exists():
         setup_litserve(python)
     if python.exists():
         found["litserve"] = ([str(python), str(HERE / "litserve_generate.py")], "/health",
-                             "scribe", {"MODEL_DIR": version, "PORT": str(port)}, {})
+                             "scribe", {"MODEL_DIR": version, "PORT": str(port), **PEER_ENV}, {})
     else:
         found["litserve"] = (f"LitServe's venv {python.parent.parent} is missing (run "
                              "bench/generation.py --setup-litserve once: pip install "
@@ -287,6 +282,8 @@ def targets(model_dir: Path, port: int, args: argparse.Namespace) -> dict[str, A
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every target at every level, `args.rounds` interleaved rounds; the best of each."""
+    from run import free_port
+
     from flaskserve.models import scribe
 
     scratch = Path(tempfile.mkdtemp(prefix="flaskserve-genbench-"))
