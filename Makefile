@@ -69,10 +69,13 @@ $(bench_stamp): pyproject.toml Makefile | $(BIN)/python
 # issue 12's targets met / not met; 3 interleaved rounds, medians. Writes docs/benchmarks.md and
 # docs/benchmarks.png: about 15 minutes on a quiet 2-core machine (up to 25 when it must wait for
 # idle cores). ARGS="--rounds 1" takes a third; ARGS="--only w1,slow" runs some parts.
+# Then generation (part `gen`, bench/generation.py, about 7 minutes): 1, 8 and 32 streams on
+# flaskserve, its raw limit, `transformers serve` and LitServe (whose venv, under $$PEERS_DIR,
+# is created the first time: litserve alone, reusing this venv's torch); ARGS="--only gen".
 bench: $(bench_stamp)
 	@command -v wrk >/dev/null || { $$([ "$$(id -u)" = 0 ] || echo sudo) apt-get update -q && \
 		$$([ "$$(id -u)" = 0 ] || echo sudo) apt-get install -y -q wrk; }
-	$(BIN)/python bench/run.py $(ARGS)
+	$(BIN)/python bench/run.py --setup-litserve $(ARGS)
 
 # The peers (MLServer, BentoML, LitServe, plain Flask) and flaskserve through the shared harness,
 # its table into docs/benchmarks.md (docs/peers/ keeps the result files). The first run creates

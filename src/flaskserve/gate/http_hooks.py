@@ -23,7 +23,7 @@ after the response (`Gate.record`). The gate leaves the key id in the request's
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -165,16 +165,43 @@ def _metering(gate: Gate) -> Callable[[Response], Response]:
         # The model named is read now: at close the request (and its body) is gone.
         named = None if served else policy.requested_model(request, gate.served(), declared)
         bytes_in = received.received(state)
-        # Never of a stream: Werkzeug would read the whole stream into memory to measure it.
-        bytes_out = 0 if response.is_streamed else (response.calculate_content_length() or 0)
         status = response.status_code
+        if response.is_streamed:  # counted as its pieces pass: measuring first would buffer it
+            sent = _Sent(response.response)
+            response.response = sent
+            out: Callable[[], int] = lambda: sent.bytes  # noqa: E731
+        else:
+            length = response.calculate_content_length() or 0
+            out = lambda: length  # noqa: E731
         # Once the server has written the response (WSGI close), not before: a worker killed
         # between building an answer and sending it must not bill the client for it; and a
-        # stream has counted the tokens it sent by then.
-        response.call_on_close(lambda: gate.record(context, named, status, bytes_in, bytes_out))
+        # stream has counted the tokens (and bytes) it sent by then.
+        response.call_on_close(lambda: gate.record(context, named, status, bytes_in, out()))
         return response
 
     return meter
+
+
+class _Sent:
+    """A streamed body that counts the bytes of the pieces it hands on: the bytes a stream sent
+    (a client that left mid-stream got only what passed) are known at its close."""
+
+    __slots__ = ("bytes", "pieces")
+
+    def __init__(self, pieces: Iterable[str] | Iterable[bytes]) -> None:
+        self.pieces = pieces
+        self.bytes = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for piece in self.pieces:
+            data = piece.encode() if isinstance(piece, str) else piece  # as Werkzeug sends it
+            self.bytes += len(data)
+            yield data
+
+    def close(self) -> None:
+        close = getattr(self.pieces, "close", None)
+        if close is not None:
+            close()
 
 
 def _usage_blueprint(gate: Gate) -> Blueprint:

@@ -38,7 +38,9 @@ MODEL_TOML = """\
 # English-like text. Served by the transformers runtime with continuous batching.
 runtime = "transformers"
 max_tokens = 200
-threads = 2
+# One torch thread: the batch's loop, the HTTP threads and the clients share the cores, and a
+# second intra-op thread waiting for a busy core cost more than it gave (docs/benchmarks.md).
+threads = 1
 """
 
 RECIPE = (

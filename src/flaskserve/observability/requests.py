@@ -2,9 +2,10 @@
 
 Every response carries `X-Request-ID` (the client's, when it sent a sensible one, else a fresh
 one). Inference routes, whichever protocol they speak, are counted and timed here, once, so the
-protocol blueprints stay about their wire format. The model name and request id are left in the
-request's state (`protocol.http_context`), where the access log middleware
-(`serving.access_log`) reads them.
+protocol blueprints stay about their wire format; a streamed response is timed until it is
+closed (its last piece sent, or its client gone), not until its headers. The model name and
+request id are left in the request's state (`protocol.http_context`), where the access log
+middleware (`serving.access_log`) reads them.
 """
 
 from __future__ import annotations
@@ -59,9 +60,17 @@ def install(app: Flask, dataplane: DataPlane, hooks: HookChain | None = None) ->
             model, version = state.labels
             if declared.model_in == "body":  # read (if at all) by now
                 model, version = model_label(openai.parsed_model(request))
-            elapsed = time.perf_counter() - state.started
+            started, status = state.started, str(response.status_code)
             protocol = declared.protocol
-            metrics.request_answered(model, version, protocol, str(response.status_code), elapsed)
+            if response.is_streamed:  # it lasts until its last piece is sent (or it is cut)
+                response.call_on_close(
+                    lambda: metrics.request_answered(
+                        model, version, protocol, status, time.perf_counter() - started
+                    )
+                )
+            else:
+                elapsed = time.perf_counter() - started
+                metrics.request_answered(model, version, protocol, status, elapsed)
         return response
 
     def end(_exc: BaseException | None) -> None:

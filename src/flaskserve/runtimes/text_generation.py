@@ -220,7 +220,7 @@ class Engine:
                 raise RuntimeError("the generation engine is stopping")
             yield TextEvent("", len(prompt_ids), 0)
             while True:
-                output = outputs.get()
+                output = _latest(outputs)
                 if output is None:
                     raise RuntimeError("the generation engine stopped")
                 if output.error:
@@ -296,6 +296,21 @@ class Engine:
             self.manager.stop(block=True, timeout=10)
         except Exception as exc:  # unloading must not fail on a stop that went wrong
             log.warning("stopping the generation engine: %s", exc)
+
+
+def _latest(outputs: queue.SimpleQueue[Any]) -> Any:
+    """The newest of a stream's waiting outputs (waiting for one when there is none). Each output
+    holds every token made so far, so a stream whose reader fell behind (a busy server, a slow
+    client) skips to the newest and sends the tokens in between as one piece, instead of paying
+    a decode and a piece for each; the last output (finished, failed, or the engine's stop) is
+    never skipped."""
+    output = outputs.get()
+    while output is not None and not output.error and not output.is_finished():
+        try:
+            output = outputs.get_nowait()
+        except queue.Empty:
+            break
+    return output
 
 
 def _sample(logits: Any, request: GenerationRequest, generator: Any) -> int:

@@ -17,9 +17,9 @@ request that presents no valid key gets its 401 at once, so a client without a k
 make a worker buffer a body).
 
 A response with a Content-Length (every non-streamed Flask response) is joined and sent by the
-thread that made it. Any other response is streamed chunk by chunk as the app yields it, each
-`next()` in the pool and each send on the loop; when the client is gone the app's iterator is
-closed (WSGI `close()`), as it is after every response.
+thread that made it. Any other response is streamed chunk by chunk as the app yields it: a pool
+thread makes the chunks and the loop sends them, a few chunks ahead at most; when the client is
+gone the app's iterator is closed (WSGI `close()`), as it is after every response.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
@@ -46,6 +46,8 @@ log = logging.getLogger("flaskserve")
 SPARE_THREADS = 4
 #: A response with a Content-Length up to this is sent in one piece; larger ones stream.
 BUFFERED_RESPONSE_BYTES = 1 << 20
+#: Chunks of a streamed response made but not yet sent, at most (`WsgiOverRsgi._stream`).
+STREAM_WINDOW = 8
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -269,47 +271,49 @@ class WsgiOverRsgi:
         headers: list[tuple[str, str]],
         body: Iterable[bytes],
     ) -> None:
-        """Send `body` chunk by chunk as the app yields it, each chunk made in the request's
-        `context`; close it at the end, or as soon as the client is gone. The app failing
-        mid-stream is an error logged with its traceback (the client only sees the response
-        cut short); the client going away is not."""
-        transport = proto.response_stream(status, headers)
-        chunks: Iterator[bytes] = iter(body)
-        try:
-            while True:
-                try:
-                    chunk = await self._in_pool(context.run, _next, chunks)
-                except Exception:
-                    log.exception("the app failed streaming %s; the response was cut short", where)
-                    return
-                if chunk is _STREAM_END:
-                    return
-                if chunk:
-                    try:
-                        await transport.send_bytes(chunk)
-                    except Exception:  # the client went away: nothing to tell anyone
-                        log.debug("client left during the stream of %s", where, exc_info=True)
-                        return
-        finally:
-            close = getattr(body, "close", None)
-            if close is not None:
-                await self._in_pool(context.run, close)
-
-    def _in_pool(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Send `body` chunk by chunk as the app yields it. One pool thread makes the chunks (in
+        the request's `context`) and hands each to the loop, which sends it: one thread hop per
+        chunk, and the next chunk is made while this one is sent. At most `STREAM_WINDOW`
+        chunks wait unsent (a client that reads nothing holds no more); when the client is
+        gone the maker stops at its next chunk and closes the body, as it does at the end. The
+        app failing mid-stream is an error logged with its traceback (the client only sees the
+        response cut short); the client going away is not."""
         loop = self._loop or asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
+        transport = proto.response_stream(status, headers)
+        ready: asyncio.Queue[Any] = asyncio.Queue()
+        room = threading.Semaphore(STREAM_WINDOW)
+        gone = threading.Event()
 
-        def job() -> None:
+        def make() -> None:
             try:
-                result = fn(*args)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(_settle, done, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, done, result, None)
+                for chunk in body:
+                    if chunk:
+                        room.acquire()
+                        if gone.is_set():
+                            break
+                        loop.call_soon_threadsafe(ready.put_nowait, chunk)
+                    elif gone.is_set():
+                        break
+            except Exception:
+                log.exception("the app failed streaming %s; the response was cut short", where)
+            finally:
+                try:
+                    _close(body)
+                finally:
+                    loop.call_soon_threadsafe(ready.put_nowait, _STREAM_END)
 
         assert self._pool is not None
-        self._pool.submit(job)
-        return done
+        self._pool.submit(lambda: context.run(make))
+        try:
+            while (chunk := await ready.get()) is not _STREAM_END:
+                await transport.send_bytes(chunk)
+                room.release()
+        except Exception:  # the client went away: nothing to tell anyone
+            log.debug("client left during the stream of %s", where, exc_info=True)
+            gone.set()
+            room.release()
+            while await ready.get() is not _STREAM_END:  # until the maker closed the body
+                room.release()
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -319,10 +323,6 @@ def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None)
         future.set_exception(exc)
     else:
         future.set_result(result)
-
-
-def _next(chunks: Iterator[bytes]) -> Any:
-    return next(chunks, _STREAM_END)
 
 
 def _length(text: str | None) -> int | None:
