@@ -107,6 +107,26 @@ def test_counts_add_up_exactly_across_two_workers_and_unloads_show(
         message="four scrapes in a row see the model unloaded",
     )
 
+    # A SIGHUP reload: each worker builds its app again, loading every model, and keeps the
+    # unload; scrapes agree whichever worker answers. A load then shows on every scrape.
+    os.kill(server.process.pid, signal.SIGHUP)
+    eventually(
+        lambda: total(scrape(url), "flaskserve_model_load_duration_seconds_count") == 4,
+        timeout=60, message="both workers have reloaded",
+    )
+    eventually(
+        lambda: len({total(scrape(url), "flaskserve_model_ready", model="digits", version="1")
+                     for _ in range(4)}) == 1,
+        message="four scrapes in a row agree after the reload",
+    )
+    assert requests.post(f"{url}/v2/repository/models/digits/load",
+                         timeout=30).status_code == 200
+    eventually(
+        lambda: all(total(scrape(url), "flaskserve_model_ready", model="digits",
+                          version="1") == 1 for _ in range(4)),
+        message="four scrapes in a row see the model loaded again",
+    )
+
 
 def test_unknown_models_share_one_label(digits_repo) -> None:
     client = create_app(Settings(repository=str(digits_repo))).test_client()
