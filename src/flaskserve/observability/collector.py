@@ -138,7 +138,7 @@ class TalliesCollector:
         yield depth
         if keys:  # with `--auth` only
             yield from _key_families(CounterMetricFamily, keys)
-        # As prometheus_client's multiprocess mode showed them: a family once it has a series.
+        # A family appears once it has a series: a server with no generative model shows none.
         for name, help_key, kind, bounds in _RARE:
             if rare[kind]:
                 yield _rare_histogram(HistogramMetricFamily, name, _HELP[help_key], bounds,
