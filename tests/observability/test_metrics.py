@@ -107,6 +107,26 @@ def test_counts_add_up_exactly_across_two_workers_and_unloads_show(
         message="four scrapes in a row see the model unloaded",
     )
 
+    # A SIGHUP reload: each worker builds its app again, loading every model, and keeps the
+    # unload; scrapes agree whichever worker answers. A load then shows on every scrape.
+    os.kill(server.process.pid, signal.SIGHUP)
+    eventually(
+        lambda: total(scrape(url), "flaskserve_model_load_duration_seconds_count") == 4,
+        timeout=60, message="both workers have reloaded",
+    )
+    eventually(
+        lambda: len({total(scrape(url), "flaskserve_model_ready", model="digits", version="1")
+                     for _ in range(4)}) == 1,
+        message="four scrapes in a row agree after the reload",
+    )
+    assert requests.post(f"{url}/v2/repository/models/digits/load",
+                         timeout=30).status_code == 200
+    eventually(
+        lambda: all(total(scrape(url), "flaskserve_model_ready", model="digits",
+                          version="1") == 1 for _ in range(4)),
+        message="four scrapes in a row see the model loaded again",
+    )
+
 
 def test_unknown_models_share_one_label(digits_repo) -> None:
     client = create_app(Settings(repository=str(digits_repo))).test_client()
@@ -125,34 +145,32 @@ def test_operator_folder_is_cleaned_and_dead_workers_leave_no_live_gauges(
 ) -> None:
     folder = tmp_path / "prometheus"
     folder.mkdir()
-    (folder / "counter_999999.db").write_bytes(b"stale from a previous run")
+    (folder / "counters_999999.stats").write_bytes(b"stale from a previous run")
     server = start_server([str(digits_repo), "--workers", "2"],
                           env={"PROMETHEUS_MULTIPROC_DIR": str(folder)})
-    assert not (folder / "counter_999999.db").exists()
+    assert not (folder / "counters_999999.stats").exists()
     for _ in range(10):
         with requests.Session() as session:
             assert session.post(f"{server.url}/v2/models/digits/infer", json=v2_body(),
                                 timeout=10).status_code == 200
-    def pids(pattern: str) -> set[int]:
-        return {int(path.stem.rsplit("_", 1)[1]) for path in folder.glob(pattern)}
+    def pids() -> set[int]:
+        return {int(path.stem.rsplit("_", 1)[1]) for path in folder.glob("counters_*.stats")}
 
-    eventually(  # each worker records its model load time when it has booted
-        lambda: len(pids("histogram_*.db")) >= 2, message="both workers have booted"
+    eventually(  # each worker records its model's load time and readiness when it has booted
+        lambda: len(pids()) >= 2, message="both workers have booted"
     )
-    workers = pids("histogram_*.db")
-    served = pids("counters_*.stats")  # the per-request tallies (observability.tallies)
-    assert len(workers) == 2 and served, "workers write their metrics to the operator's folder"
-    victim = min(served)
+    workers = pids()
+    assert len(workers) == 2, "workers write their metrics to the operator's folder"
+    victim = min(workers)
     os.kill(victim, signal.SIGKILL)
-    eventually(
-        lambda: pids("histogram_*.db") - workers,
-        message="a replacement has booted",
-    )
-    assert victim in pids("counters_*.stats"), "the dead worker's tallies are kept"
+    eventually(lambda: pids() - workers, message="a replacement has booted")
+    assert victim in pids(), "the dead worker's tallies are kept"
     samples = scrape(server.url)
     # The dead worker's counts stay: nothing served is forgotten.
     assert total(samples, "flaskserve_requests_total", model="digits") == 10
+    assert total(samples, "flaskserve_model_load_duration_seconds_count", model="digits") == 3
     assert total(samples, "flaskserve_requests_in_flight") == 0
+    assert total(samples, "flaskserve_model_ready", model="digits", version="1") == 1
 
 
 def test_made_up_versions_share_one_label_and_do_not_grow_metrics(

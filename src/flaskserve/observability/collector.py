@@ -3,7 +3,8 @@
 The request path writes one record per event (`tallies`); a scrape sums every worker's records
 and turns them into the counters, histograms and gauges listed in docs/metrics.md: requests,
 latency, queue and compute time, batch size, the in-flight and queue-depth gauges, and the
-per-key usage counters (`flaskserve_key_*`, with `--auth`).
+per-key usage counters (`flaskserve_key_*`, with `--auth`), model load times and readiness, and
+the generation timings and tokens.
 """
 
 from __future__ import annotations
@@ -32,7 +33,22 @@ _HELP = {
     "key_compute": "Seconds requests spent in the data plane, per API key id and model.",
     "key_tokens": "Tokens of generative models per API key id, model and kind (prompt, "
     "completion).",
+    "load": "Time to load one model version, once per load in every worker.",
+    "ready": "1 when the model version is READY, 0 when it is not (failed to load, unloaded).",
+    "first_token": "Time from a generation request's arrival to its first token.",
+    "per_token": "Mean time between output tokens after the first, one observation per "
+    "generation.",
+    "tokens": "Tokens of generative models by kind (prompt, completion); rate() gives tokens/s.",
 }
+#: (name, help, record kind, buckets) of the histograms of the rare events: model loads and
+#: generations.
+_RARE = (
+    ("flaskserve_model_load_duration_seconds", "load", "l", tallies.LOAD_BUCKETS),
+    ("flaskserve_generation_time_to_first_token_seconds", "first_token", "g",
+     tallies.TOKEN_BUCKETS),
+    ("flaskserve_generation_time_per_output_token_seconds", "per_token", "t",
+     tallies.TOKEN_BUCKETS),
+)
 #: (name, help, index of the value in a key record) of the per-key counters by key and model.
 _KEY_SUMS = (
     ("flaskserve_key_inference_items", "key_items", tallies.KEY_ITEMS),
@@ -42,8 +58,8 @@ _KEY_SUMS = (
 
 
 class TalliesCollector:
-    """The per-request metrics and per-key usage of every worker (`tallies`), as Prometheus
-    families."""
+    """Every metric of every worker (`tallies`) as Prometheus families: per-request metrics,
+    per-key usage, model loads and readiness, generations."""
 
     def collect(self) -> Any:
         from prometheus_client.core import (
@@ -69,6 +85,11 @@ class TalliesCollector:
             "flaskserve_queue_depth", _HELP["depth"], labels=["model", "version"]
         )
         keys: dict[tuple[str, ...], Any] = {}
+        rare: dict[str, dict[tuple[str, ...], Any]] = {kind: {} for _, _, kind, _ in _RARE}
+        ready = GaugeMetricFamily("flaskserve_model_ready", _HELP["ready"],
+                                  labels=["model", "version"])
+        tokens = CounterMetricFamily("flaskserve_generation_tokens", _HELP["tokens"],
+                                     labels=["kind", "model", "version"])
         for key, values in sorted(totals.items()):
             kind, labels = key[0], list(key[1:])
             if kind == "r":
@@ -89,6 +110,15 @@ class TalliesCollector:
                 depth.add_metric(labels, values[tallies.COUNT])
             elif kind == "k":
                 keys[tuple(labels)] = values
+            elif kind == tallies.STATE:
+                ready.add_metric(labels, values[tallies.COUNT])
+            elif kind in rare:
+                if values[tallies.COUNT]:
+                    rare[kind][tuple(labels)] = values
+                if kind == "g":
+                    tokens.add_metric(["completion", *labels],
+                                      values[tallies.GEN_COMPLETION_TOKENS])
+                    tokens.add_metric(["prompt", *labels], values[tallies.GEN_PROMPT_TOKENS])
         yield requests
         yield _histogram(HistogramMetricFamily, "flaskserve_request_duration_seconds",
                          _HELP["latency"], ["model", "version", "protocol"], latency)
@@ -108,6 +138,14 @@ class TalliesCollector:
         yield depth
         if keys:  # with `--auth` only
             yield from _key_families(CounterMetricFamily, keys)
+        # A family appears once it has a series: a server with no generative model shows none.
+        for name, help_key, kind, bounds in _RARE:
+            if rare[kind]:
+                yield _rare_histogram(HistogramMetricFamily, name, _HELP[help_key], bounds,
+                                      rare[kind])
+        for family in (ready, tokens):
+            if family.samples:
+                yield family
 
 
 def _key_families(family: Any, records: dict[tuple[str, ...], Any]) -> Any:
@@ -163,6 +201,22 @@ def _histogram(
     for labels, values in series.items():
         metric.add_metric(
             list(labels), _cumulative(LATENCY_BUCKETS, values[1:]), sum_value=values[0] / 1e9
+        )
+    return metric
+
+
+def _rare_histogram(
+    family: Any, name: str, help_text: str, bounds: tuple[float, ...],
+    series: dict[tuple[str, ...], Any],
+) -> Any:
+    """A histogram by model and version from records keeping (COUNT, NS, buckets...)."""
+    metric = family(name, help_text, labels=["model", "version"])
+    end = tallies.BUCKETS + len(bounds) + 1
+    for labels, values in series.items():
+        metric.add_metric(
+            list(labels),
+            _cumulative(bounds, list(values[tallies.BUCKETS : end])),
+            sum_value=values[tallies.NS] / 1e9,
         )
     return metric
 

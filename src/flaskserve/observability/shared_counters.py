@@ -20,7 +20,7 @@ import mmap
 import os
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 SUFFIX = ".stats"
 _USED = struct.Struct("<Q")
@@ -112,6 +112,19 @@ class CounterTable:
             for index, delta in enumerate(deltas):
                 values[index] += delta
             struct.pack_into(f"<{len(deltas)}q", self._buffer, offset, *values[: len(deltas)])
+
+    def update(
+        self, changes: Sequence[tuple[Key, Sequence[tuple[int, int]]]], *, assign: bool = False
+    ) -> None:
+        """Add each (index, delta) to the values of its key (with `assign`: set each value), for
+        every key of `changes` under one lock: an event that touches several records (a
+        generation's timings and tokens, every model's readiness) takes the lock once."""
+        with self._lock:
+            for key, pairs in changes:
+                offset, values = self._records.get(key) or self._append(key)
+                for index, delta in pairs:
+                    value = values[index] = delta if assign else values[index] + delta
+                    _ONE.pack_into(self._buffer, offset + 8 * index, value)
 
     def change(self, key: Key, delta: int) -> None:
         """Add `delta` to value 0 of `key` (a gauge)."""

@@ -115,7 +115,7 @@ def serve_granian(app_factory: Callable[[], Flask], settings: Settings) -> None:
 
     raise_open_files_limit()
     # Before the fork: the workers' metrics must all land in one shared folder.
-    cleanup = metrics.prepare_multiprocess_dir()
+    cleanup = metrics.prepare_shared_dir()
     try:
         server = Granian("flaskserve", **granian_options(settings))
         # Run after Granian set its own signal handlers: SIGHUP reloads each worker in place.
@@ -132,7 +132,6 @@ def _worker_loader(
         """In a new worker, after the fork: what it serves, and what runs on SIGHUP and when it
         stops."""
         signals = worker.listen()
-        metrics.sweep_dead_workers()  # a worker this one replaces may have been killed
         app = app_factory()
         live = reload.LiveApp(reload.Generation(app, start_grpc(app, settings)))
         reloader = reload.Reloader(

@@ -28,7 +28,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from flaskserve.gate import metering
-from flaskserve.observability import metrics
+from flaskserve.observability import tallies
 
 if TYPE_CHECKING:
     from flaskserve.serving.reload import Reloader
@@ -129,7 +129,7 @@ def _watch(read_fd: int, reloader: Reloader, grace_s: float) -> None:
 def exiting() -> None:
     """After the worker's last request: write the usage it holds, drop its live gauges."""
     metering.close_all()
-    metrics.worker_exited(os.getpid())
+    tallies.worker_exiting()
     log.info("Worker exiting (pid: %d)", os.getpid())
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(OSError, ValueError):  # a closed stream: nothing to flush
