@@ -34,7 +34,9 @@ def test_core_and_runtimes_import_without_the_web_stack(module: str) -> None:
 
 def test_the_package_root_still_offers_its_version_and_api() -> None:
     import flaskserve
+    from flaskserve.protocol import route_policy
     from flaskserve.version import __version__
 
     assert flaskserve.__version__ == __version__
     assert callable(flaskserve.create_app) and flaskserve.ModelServer is not None
+    assert flaskserve.open_route is route_policy.open_route

@@ -15,6 +15,7 @@ from flaskserve.version import __version__
 if TYPE_CHECKING:
     from flaskserve.app import create_app
     from flaskserve.core.model import Model, Tensor, TensorSpec
+    from flaskserve.protocol.route_policy import open_route
     from flaskserve.server import ModelServer
     from flaskserve.settings import Settings
 
@@ -26,9 +27,19 @@ _LAZY = {
     "TensorSpec": "flaskserve.core.model",
     "ModelServer": "flaskserve.server",
     "Settings": "flaskserve.settings",
+    "open_route": "flaskserve.protocol.route_policy",
 }
 
-__all__ = ["Model", "ModelServer", "Settings", "Tensor", "TensorSpec", "__version__", "create_app"]
+__all__ = [
+    "Model",
+    "ModelServer",
+    "Settings",
+    "Tensor",
+    "TensorSpec",
+    "__version__",
+    "create_app",
+    "open_route",
+]
 
 
 def __getattr__(name: str) -> Any:
