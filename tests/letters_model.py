@@ -8,18 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-LETTERS_TOML = """\
-runtime = "python"
-entrypoint = "letters:Letters"
-[[inputs]]
-name = "sentence"
-datatype = "BYTES"
-shape = [-1]
-[[outputs]]
-name = "vector"
-datatype = "FP32"
-shape = [-1, 26]
-"""
+from python_models import python_toml, write_python_model
+
+LETTERS_TOML = python_toml(
+    "letters:Letters", {"sentence": ("BYTES", [-1])}, {"vector": ("FP32", [-1, 26])}
+)
 LETTERS_PY = """\
 import numpy as np
 
@@ -36,6 +29,4 @@ class Letters:
 
 def write_letters(root: Path) -> None:
     """`root/letters`: the model folder, version 1."""
-    (root / "letters" / "1").mkdir(parents=True)
-    (root / "letters" / "model.toml").write_text(LETTERS_TOML, encoding="utf-8")
-    (root / "letters" / "1" / "letters.py").write_text(LETTERS_PY, encoding="utf-8")
+    write_python_model(root, "letters", LETTERS_TOML, LETTERS_PY)

@@ -84,13 +84,13 @@ def test_sagemaker_containers_listen_on_8080_or_the_bound_port(tmp_path: Path) -
     assert explicit.port == 5000
 
 
-def test_serve_without_a_repository_serves_the_embedded_digits_model(start_server) -> None:
+def test_serve_without_a_repository_serves_the_embedded_digits_model(
+    start_server, digits_data
+) -> None:
     server = start_server(["--workers", "1"], timeout=180)  # it trains the model first
     metadata = requests.get(f"{server.url}/v2/models/digits", timeout=5).json()
     assert metadata["outputs"][0] == {"name": "label", "datatype": "INT64", "shape": [-1]}
-    from sklearn.datasets import load_digits
-
-    features, labels = load_digits(return_X_y=True)
+    features, labels = digits_data
     body = {
         "inputs": [
             {"name": "input", "shape": [5, 64], "datatype": "FP32", "data": features[:5].tolist()}

@@ -10,21 +10,7 @@ import pytest
 from flaskserve.core.errors import ModelNotFound, ModelNotReady
 from flaskserve.core.repository import ModelRepository
 from flaskserve.runtimes.registry import load_model
-
-ECHO_TOML = """\
-runtime = "python"
-entrypoint = "echo:Echo"
-{extra}
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1]
-
-[[outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1]
-"""
+from python_models import python_toml, write_python_model
 
 ECHO_PY = """\
 class Echo:
@@ -34,13 +20,11 @@ class Echo:
 
 
 def write_echo(root: Path, name: str, versions: dict[int, int], extra: str = "") -> Path:
-    model_dir = root / name
-    model_dir.mkdir(parents=True)
-    (model_dir / "model.toml").write_text(ECHO_TOML.format(extra=extra))
+    """An echo model whose version N multiplies by `versions[N]`; `extra` goes in model.toml."""
+    toml = python_toml("echo:Echo", {"x": ("FP32", [-1])}, {"y": ("FP32", [-1])}, extra)
     for version, factor in versions.items():
-        (model_dir / str(version)).mkdir()
-        (model_dir / str(version) / "echo.py").write_text(ECHO_PY.format(factor=factor))
-    return model_dir
+        write_python_model(root, name, toml, ECHO_PY.format(factor=factor), version=version)
+    return root / name
 
 
 def repository(root: Path) -> ModelRepository:

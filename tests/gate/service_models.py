@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SLOW_TOML = """\
-runtime = "python"
-entrypoint = "slow:Slow"
-[[inputs]]
-name = "seconds"
-datatype = "FP32"
-shape = [-1]
-[[outputs]]
-name = "seconds"
-datatype = "FP32"
-shape = [-1]
-"""
+from python_models import calls_started, python_toml, write_python_model
 
+SLOW_TOML = python_toml("slow:Slow", {"seconds": ("FP32", [-1])}, {"seconds": ("FP32", [-1])})
 SLOW_PY = """\
 import time
 from pathlib import Path
@@ -32,22 +22,12 @@ class Slow:
         return {"seconds": seconds}
 """
 
-VERSIONED_TOML = """\
-runtime = "python"
-entrypoint = "versioned:Versioned"
-[[inputs]]
-name = "x"
-datatype = "INT64"
-shape = [-1]
-[[outputs]]
-name = "version"
-datatype = "INT64"
-shape = [-1]
-[batching]
-max_batch_size = 16
-max_delay_ms = 2
-"""
-
+VERSIONED_TOML = python_toml(
+    "versioned:Versioned",
+    {"x": ("INT64", [-1])},
+    {"version": ("INT64", [-1])},
+    extra="[batching]\nmax_batch_size = 16\nmax_delay_ms = 2",
+)
 VERSIONED_PY = """\
 import time
 
@@ -62,21 +42,16 @@ class Versioned:
 
 
 def write_slow(root: Path) -> None:
-    (root / "slow" / "1").mkdir(parents=True)
-    (root / "slow" / "model.toml").write_text(SLOW_TOML)
-    (root / "slow" / "1" / "slow.py").write_text(SLOW_PY)
+    write_python_model(root, "slow", SLOW_TOML, SLOW_PY)
 
 
 def slow_predicts_started(root: Path) -> int:
-    started = root / "slow" / "1" / "started"
-    return len(started.read_text().splitlines()) if started.exists() else 0
+    return calls_started(root / "slow" / "1")
 
 
 def write_versioned(root: Path, version: int) -> None:
-    folder = root / "versioned" / str(version)
-    folder.mkdir(parents=True)
-    (root / "versioned" / "model.toml").write_text(VERSIONED_TOML)
-    (folder / "versioned.py").write_text(VERSIONED_PY.format(version=version))
+    source = VERSIONED_PY.format(version=version)
+    write_python_model(root, "versioned", VERSIONED_TOML, source, version=version)
 
 
 def slow_body(seconds: float, rows: int = 1) -> dict:

@@ -23,6 +23,8 @@ from service_models import (
     write_versioned,
 )
 
+from python_models import python_toml, write_python_model
+from servers import Server
 from waiting import eventually
 
 
@@ -51,18 +53,7 @@ def test_sigterm_finishes_every_in_flight_request_then_exits(tmp_path, start_ser
         pass
 
 
-HEAVY_TOML = """\
-runtime = "python"
-entrypoint = "heavy:Heavy"
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1]
-[[outputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1]
-"""
+HEAVY_TOML = python_toml("heavy:Heavy", {"x": ("FP32", [-1])}, {"x": ("FP32", [-1])})
 
 #: A model whose process takes a minute to tear down at interpreter exit, as ML libraries' many
 #: modules and objects take seconds (torch, imported when skops loads a scikit-learn model).
@@ -114,9 +105,7 @@ def _recv(sock: socket.socket) -> bytes:
 def test_sigterm_stops_an_idle_server_well_before_the_graceful_timeout(
     tmp_path, start_server
 ) -> None:
-    (tmp_path / "heavy" / "1").mkdir(parents=True)
-    (tmp_path / "heavy" / "model.toml").write_text(HEAVY_TOML)
-    (tmp_path / "heavy" / "1" / "heavy.py").write_text(HEAVY_PY)
+    write_python_model(tmp_path, "heavy", HEAVY_TOML, HEAVY_PY)
     server = start_server([str(tmp_path), "--workers", "2"])  # --graceful-timeout 30
     server.wait_for_log("model heavy version 1 is ready", count=2)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
@@ -211,13 +200,20 @@ def answered_more(results: list[list], count: int) -> list[int]:
     return marks
 
 
-def test_new_version_swaps_in_without_a_failed_request(tmp_path, start_server) -> None:
-    write_versioned(tmp_path, 1)
-    server = start_server([str(tmp_path), "--workers", "2", "--threads", "4", "--model-control"])
+def serve_versioned(root: Path, start_server, *flags: str) -> tuple[Server, str]:
+    """Version 1 of the versioned model in `root`, served by two workers of four threads each
+    (and `flags`), both ready; returns the server and the model's infer URL."""
+    write_versioned(root, 1)
+    server = start_server([str(root), "--workers", "2", "--threads", "4", *flags])
+    # Ready means one worker answers; the second may still be booting.
     server.wait_for_log("model versioned version 1 is ready", count=2)
-    url = f"{server.url}/v2/models/versioned/infer"
+    return server, f"{server.url}/v2/models/versioned/infer"
+
+
+def test_new_version_swaps_in_without_a_failed_request(tmp_path, start_server) -> None:
+    server, url = serve_versioned(tmp_path, start_server, "--model-control")
     with running_clients(_hammer, 4, url, versioned_body(2)) as results:
-        eventually(lambda: all(len(out) >= 3 for out in results), message="every client is served")
+        answered_more(results, 3)
         write_versioned(tmp_path, 2)
         loaded = requests.post(f"{server.url}/v2/repository/models/versioned/load", timeout=30)
         # The other worker replays the load within a poll interval.
@@ -234,15 +230,11 @@ def test_new_version_swaps_in_without_a_failed_request(tmp_path, start_server) -
 
 
 def test_killed_worker_is_replaced_and_only_its_requests_fail(tmp_path, start_server) -> None:
-    write_versioned(tmp_path, 1)
-    server = start_server([str(tmp_path), "--workers", "2", "--threads", "4"])
-    # Ready means one worker answers; the second may still be booting.
-    server.wait_for_log("model versioned version 1 is ready", count=2)
+    server, url = serve_versioned(tmp_path, start_server)
     before = server.worker_pids()
     assert len(before) == 2
-    url = f"{server.url}/v2/models/versioned/infer"
     with running_clients(_hammer, 4, url, versioned_body()) as results:
-        eventually(lambda: all(len(out) >= 3 for out in results), message="every client is served")
+        answered_more(results, 3)
         victim = sorted(before)[0]
         os.kill(victim, signal.SIGKILL)
         eventually(
@@ -302,14 +294,11 @@ def test_sighup_reloads_every_worker_in_place_without_losing_a_request(
 ) -> None:
     # Replacing worker processes lost requests: a stopping worker closed the connections it
     # had accepted but not read. A reload in place closes no listener and no connection.
-    write_versioned(tmp_path, 1)
-    server = start_server([str(tmp_path), "--workers", "2", "--threads", "4"])
-    server.wait_for_log("model versioned version 1 is ready", count=2)
+    server, url = serve_versioned(tmp_path, start_server)
     workers = server.worker_pids()
     assert len(workers) == 2
-    url = f"{server.url}/v2/models/versioned/infer"
     with running_clients(_connect_each_time, 6, url, versioned_body()) as results:
-        eventually(lambda: all(len(out) >= 3 for out in results), message="every client is served")
+        answered_more(results, 3)
         write_versioned(tmp_path, 2)
         os.kill(server.process.pid, signal.SIGHUP)
         server.wait_for_log("Worker reloaded", count=2)

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import openai
-import orjson
 import pytest
 import requests
 import tritonclient.grpc as tg
+from completions import held_stream, raw_completion, receive_ticks
 
 from flaskserve.gate.keys import add_key
+from python_models import write_python_model
 from servers import Server, free_port
 from waiting import eventually
 
@@ -135,20 +136,10 @@ def test_a_spent_token_quota_is_refused_on_a_grpc_stream_too(keyed: tuple) -> No
 def test_a_client_that_leaves_is_billed_for_what_it_got(keyed: tuple, tmp_path: Path) -> None:
     server, keys = keyed
     marker = tmp_path / "closed"
-    body = orjson.dumps({"model": "endless", "prompt": str(marker), "stream": True})
+    body = {"model": "endless", "prompt": str(marker), "stream": True}
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            + f"Authorization: Bearer {keys['leaver']}\r\n".encode()
-            + b"Content-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        received = b""
-        while received.count(b"tick") < 3:
-            piece = sock.recv(4096)
-            assert piece, f"the server closed the stream: {received!r}"
-            received += piece
+        sock.sendall(raw_completion(body, keys["leaver"]))
+        receive_ticks(sock, 3)
     eventually(marker.exists, timeout=30, message="the generation stopped")
 
     def billed() -> bool:
@@ -166,14 +157,7 @@ def test_overload_is_refused_before_a_stream_starts(
         timeout=120,
     )
     gate = tmp_path / "open"
-    with requests.post(
-        server.url + "/v1/completions",
-        json={"model": "gated", "prompt": str(gate), "stream": True},
-        stream=True,
-        timeout=60,
-    ) as held:
-        lines = held.iter_lines()
-        assert b"first" in next(line for line in lines if line)
+    with held_stream(server, "gated", str(gate)) as lines:
         refused = requests.post(
             server.url + "/v1/chat/completions",
             json={"model": "tiny", "messages": [{"role": "user", "content": "x"}], "stream": True},
@@ -188,14 +172,7 @@ def test_overload_is_refused_before_a_stream_starts(
 def test_sigterm_lets_a_running_stream_finish(start_server, gen_repo: Path, tmp_path: Path) -> None:
     server = start_server([str(gen_repo), "--workers", "1", "--graceful-timeout", "30"])
     gate = tmp_path / "open"
-    with requests.post(
-        server.url + "/v1/completions",
-        json={"model": "gated", "prompt": str(gate), "stream": True},
-        stream=True,
-        timeout=60,
-    ) as running:
-        lines = running.iter_lines()
-        assert b"first" in next(line for line in lines if line)
+    with held_stream(server, "gated", str(gate)) as lines:
         os.killpg(server.process.pid, signal.SIGTERM)
         gate.write_text("open")
         rest = b"".join(lines)
@@ -229,21 +206,11 @@ class Unloadable:
 
 def test_a_sighup_reload_does_not_cut_a_running_stream(start_server, tmp_path: Path) -> None:
     root = tmp_path / "repo"
-    (root / "unloadable" / "1").mkdir(parents=True)
-    (root / "unloadable" / "1" / "unloadable.py").write_text(UNLOADABLE_PY)
-    (root / "unloadable" / "model.toml").write_text(
-        'runtime = "python"\nentrypoint = "unloadable:Unloadable"\n'
-    )
+    toml = 'runtime = "python"\nentrypoint = "unloadable:Unloadable"\n'
+    write_python_model(root, "unloadable", toml, UNLOADABLE_PY)
     server = start_server([str(root), "--workers", "1", "--graceful-timeout", "30"])
     gate = tmp_path / "open"
-    with requests.post(
-        server.url + "/v1/completions",
-        json={"model": "unloadable", "prompt": str(gate), "stream": True},
-        stream=True,
-        timeout=60,
-    ) as running:
-        lines = running.iter_lines()
-        assert b"first" in next(line for line in lines if line)
+    with held_stream(server, "unloadable", str(gate)) as lines:
         os.kill(server.process.pid, signal.SIGHUP)
         server.wait_for_log("Worker reloaded")
         # New requests run on the new app while the stream still runs on the old one.

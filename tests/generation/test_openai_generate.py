@@ -12,6 +12,7 @@ import openai
 import orjson
 import pytest
 import requests
+from completions import raw_completion, receive_ticks
 
 from servers import Server
 from waiting import eventually
@@ -135,19 +136,10 @@ def test_a_client_that_leaves_mid_stream_stops_its_generation(
     server: Server, tmp_path: Path
 ) -> None:
     marker = tmp_path / "closed"
-    body = orjson.dumps({"model": "endless", "prompt": str(marker), "stream": True})
+    body = {"model": "endless", "prompt": str(marker), "stream": True}
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            + b"Content-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
-        received = b""
-        while received.count(b"tick") < 3:
-            piece = sock.recv(4096)
-            assert piece, f"the server closed the stream: {received!r}"
-            received += piece
+        sock.sendall(raw_completion(body))
+        receive_ticks(sock, 3)
     eventually(marker.exists, timeout=30, message="the endless generation was closed")
 
 
@@ -179,15 +171,10 @@ def test_a_client_that_reads_nothing_does_not_block_other_streams(
     server: Server, tmp_path: Path
 ) -> None:
     marker = tmp_path / "closed"
-    body = orjson.dumps({"model": "flood", "prompt": str(marker), "stream": True})
+    body = {"model": "flood", "prompt": str(marker), "stream": True}
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as stalled:
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stalled.sendall(
-            b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            + b"Content-Type: application/json\r\n"
-            + f"Content-Length: {len(body)}\r\n\r\n".encode()
-            + body
-        )
+        stalled.sendall(raw_completion(body))
         assert b"HTTP/1.1 200" in stalled.recv(64)  # the flood started; nothing more is read
         for _ in range(3):
             other = requests.post(

@@ -30,27 +30,11 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from flaskserve.cli import main as flaskserve_cli
 from letters_model import LETTERS_PY, LETTERS_TOML
+from python_models import ECHO_PY, ECHO_TOML, write_python_model
 from servers import Server, free_port
 
 MANY = 200_000
 STRINGS = [f"s{i}" for i in range(MANY)]
-PAIR_TOML = """\
-runtime = "python"
-entrypoint = "pair:Pair"
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1, 2]
-[[outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1, 2]
-"""
-PAIR_PY = """\
-class Pair:
-    def predict(self, x):
-        return {"y": x}
-"""
 #: A generative Python model (its `predict` yields): what the text generation doors serve.
 PARROT_PY = """\
 class Parrot:
@@ -69,12 +53,6 @@ def add_key(path: Path, name: str, *options: str) -> str:
     result = CliRunner().invoke(flaskserve_cli, arguments)
     assert result.exit_code == 0, result.output
     return result.stdout.splitlines()[0]
-
-
-def write_model(root: Path, name: str, toml: str, module: str, source: str) -> None:
-    (root / name / "1").mkdir(parents=True)
-    (root / name / "model.toml").write_text(toml)
-    (root / name / "1" / f"{module}.py").write_text(source)
 
 
 class Served:
@@ -101,12 +79,12 @@ def serve_every_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     `pair` (FP32 [-1, 2]: CSV rows), `parrot` (generative: OpenAI chat and completions, the
     generate extension, gRPC streams) and `broken` (UNAVAILABLE: it fails to load)."""
     root = tmp_path_factory.mktemp("doors-repo")
-    write_model(root, "letters", LETTERS_TOML, "letters", LETTERS_PY)
+    write_python_model(root, "letters", LETTERS_TOML, LETTERS_PY)
     wide = LETTERS_TOML.replace("[[inputs]]", "max_request_rows = 10000\n[[inputs]]", 1)
-    write_model(root, "letters_wide", wide, "letters", LETTERS_PY)
-    write_model(root, "pair", PAIR_TOML, "pair", PAIR_PY)
-    write_model(root, "parrot", PARROT_TOML, "parrot", PARROT_PY)
-    write_model(root, "broken", BROKEN_TOML, "other", "")
+    write_python_model(root, "letters_wide", wide, LETTERS_PY)
+    write_python_model(root, "pair", ECHO_TOML, ECHO_PY)
+    write_python_model(root, "parrot", PARROT_TOML, PARROT_PY)
+    write_python_model(root, "broken", BROKEN_TOML, "", module="other")
     path = tmp_path_factory.mktemp("doors-keys") / "keys.toml"
     keys = {
         "anything": add_key(path, "anything"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import requests
 import tritonclient.http as triton
 
 from flaskserve.core.model import DATATYPES
+from python_models import python_toml, write_python_model
 from servers import Server
 
 pytestmark = pytest.mark.e2e  # one server answers the whole module
@@ -42,23 +44,19 @@ class Mirror:
 """
 
 
-def mirror_toml() -> str:
-    lines = ['runtime = "python"', 'entrypoint = "mirror:Mirror"']
-    for datatype in DATATYPES:
-        lines += ["[[inputs]]", f'name = "in_{datatype}"', f'datatype = "{datatype}"',
-                  "shape = [-1, -1]"]
-    for datatype in DATATYPES:
-        lines += ["[[outputs]]", f'name = "out_{datatype}"', f'datatype = "{datatype}"',
-                  "shape = [-1, -1]"]
-    return "\n".join(lines) + "\n"
+def mirror_toml(datatypes: Iterable[str] = DATATYPES) -> str:
+    """The mirror's model.toml: `in_<datatype>` and `out_<datatype>`, [-1, -1], per datatype."""
+    return python_toml(
+        "mirror:Mirror",
+        {f"in_{datatype}": (datatype, [-1, -1]) for datatype in datatypes},
+        {f"out_{datatype}": (datatype, [-1, -1]) for datatype in datatypes},
+    )
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, digits_model: Path):
     root = tmp_path_factory.mktemp("binary-repo")
-    (root / "mirror" / "1").mkdir(parents=True)
-    (root / "mirror" / "model.toml").write_text(mirror_toml())
-    (root / "mirror" / "1" / "mirror.py").write_text(MIRROR_PY)
+    write_python_model(root, "mirror", mirror_toml(), MIRROR_PY)
     shutil.copytree(digits_model, root / "digits")
     running = Server([str(root), "--workers", "1"])
     yield running

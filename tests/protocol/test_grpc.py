@@ -7,6 +7,7 @@ field numbers."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +25,10 @@ from tritonclient.utils import InferenceServerException
 
 from flaskserve.core.model import DATATYPES
 from flaskserve.gate.keys import add_key
-from flaskserve.models import digits
 from flaskserve.protocol.grpc import messages
 from flaskserve.protocol.grpc.descriptor import SERIALIZED
 from flaskserve.protocol.grpc.tensors import CONTENTS_FIELD
+from python_models import HELD_PY, HELD_TOML, calls_started, write_held, write_python_model
 from servers import Server, free_port
 from waiting import eventually
 
@@ -35,37 +36,6 @@ from waiting import eventually
 pytestmark = pytest.mark.timeout(300)
 
 MAX_REQUEST_BYTES = 1 << 20
-
-#: A python model that blocks until a file named `release` appears beside it, after writing a
-#: `started` file: a call a test can hold in flight for as long as it needs, without sleeping.
-GATE_PY = """\
-import time
-from pathlib import Path
-
-HERE = Path(__file__).parent
-
-
-class Gate:
-    def predict(self, x):
-        (HERE / "started").touch()
-        deadline = time.monotonic() + 60
-        while not (HERE / "release").exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return {"y": x + 1}
-"""
-GATE_TOML = """\
-runtime = "python"
-entrypoint = "gate:Gate"
-[[inputs]]
-name = "x"
-datatype = "INT32"
-shape = [-1]
-[[outputs]]
-name = "y"
-datatype = "INT32"
-shape = [-1]
-"""
-
 
 def grpc_client(port: int) -> tg.InferenceServerClient:
     client = tg.InferenceServerClient(f"127.0.0.1:{port}")
@@ -83,36 +53,30 @@ def _live(client: tg.InferenceServerClient):
     return live
 
 
+def answers_on_a_new_connection(port: int, timeout: float = 5) -> bool:
+    """Whether ServerLive answers a client that has just connected, within `timeout` s."""
+    client = tg.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        return bool(client.is_server_live(client_timeout=timeout))
+    except InferenceServerException:
+        return False
+    finally:
+        client.close()
+
+
 def status_of(call) -> str:
     with pytest.raises(InferenceServerException) as caught:
         call()
     return str(caught.value.status())
 
 
-def typed_mirror_toml() -> str:
-    lines = ['runtime = "python"', 'entrypoint = "mirror:Mirror"']
-    for side, prefix in (("inputs", "in_"), ("outputs", "out_")):
-        for datatype in CONTENTS_FIELD:
-            lines += [
-                f"[[{side}]]",
-                f'name = "{prefix}{datatype}"',
-                f'datatype = "{datatype}"',
-                "shape = [-1, -1]",
-            ]
-    return "\n".join(lines) + "\n"
-
-
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def repo(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> Path:
     root = tmp_path_factory.mktemp("grpc-repo")
-    (root / "mirror" / "1").mkdir(parents=True)
-    (root / "mirror" / "model.toml").write_text(mirror_toml())
-    (root / "mirror" / "1" / "mirror.py").write_text(MIRROR_PY)
+    write_python_model(root, "mirror", mirror_toml(), MIRROR_PY)
     # The same model without FP16, which has no typed contents field.
-    (root / "typed" / "1").mkdir(parents=True)
-    (root / "typed" / "model.toml").write_text(typed_mirror_toml())
-    (root / "typed" / "1" / "mirror.py").write_text(MIRROR_PY)
-    digits.build(root / "digits")
+    write_python_model(root, "typed", mirror_toml(CONTENTS_FIELD), MIRROR_PY)
+    shutil.copytree(digits_model, root / "digits")
     return root
 
 
@@ -389,9 +353,7 @@ def test_keys_in_call_metadata_gate_the_rpcs_and_usage_is_metered(
 
 
 def test_sigterm_lets_a_running_call_finish_and_refuses_new_ones(start_server, tmp_path) -> None:
-    (tmp_path / "gate" / "1").mkdir(parents=True)
-    (tmp_path / "gate" / "model.toml").write_text(GATE_TOML)
-    (tmp_path / "gate" / "1" / "gate.py").write_text(GATE_PY)
+    version = write_held(tmp_path, "gate")
     port = free_port()
     server = start_server(
         [str(tmp_path), "--workers", "2", "--grpc-port", str(port), "--graceful-timeout", "30"],
@@ -401,23 +363,15 @@ def test_sigterm_lets_a_running_call_finish_and_refuses_new_ones(start_server, t
     client = grpc_client(port)
     tensor = tg.InferInput("x", [3], "INT32")
     tensor.set_data_from_numpy(np.array([1, 2, 3], dtype=np.int32))
-    version = tmp_path / "gate" / "1"
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(client.infer, "gate", [tensor], client_timeout=60)
-        eventually(lambda: (version / "started").exists(), message="the slow call started")
+        eventually(lambda: calls_started(version) == 1, message="the slow call started")
         os.kill(server.process.pid, signal.SIGTERM)
 
-        def refused() -> bool:
-            fresh = tg.InferenceServerClient(f"127.0.0.1:{port}")
-            try:
-                fresh.is_server_live(client_timeout=2)
-            except InferenceServerException:
-                return True
-            finally:
-                fresh.close()
-            return False
-
-        eventually(refused, message="new calls are refused")
+        eventually(
+            lambda: not answers_on_a_new_connection(port, timeout=2),
+            message="new calls are refused",
+        )
         assert not running.done()
         (version / "release").touch()
         result = running.result(timeout=60)
@@ -428,9 +382,7 @@ def test_sigterm_lets_a_running_call_finish_and_refuses_new_ones(start_server, t
 def test_sighup_serves_new_calls_from_the_reloaded_model_and_lets_a_running_call_finish(
     start_server, tmp_path
 ) -> None:
-    (tmp_path / "gate" / "1").mkdir(parents=True)
-    (tmp_path / "gate" / "model.toml").write_text(GATE_TOML)
-    (tmp_path / "gate" / "1" / "gate.py").write_text(GATE_PY)
+    version = write_held(tmp_path, "gate")
     port = free_port()
     server = start_server([str(tmp_path), "--workers", "2", "--grpc-port", str(port)],
                           timeout=180)
@@ -438,15 +390,12 @@ def test_sighup_serves_new_calls_from_the_reloaded_model_and_lets_a_running_call
     client = grpc_client(port)
     tensor = tg.InferInput("x", [3], "INT32")
     tensor.set_data_from_numpy(np.array([1, 2, 3], dtype=np.int32))
-    version = tmp_path / "gate" / "1"
-    (tmp_path / "gate" / "2").mkdir()
-    # Version 2 adds 2 and waits for nothing (the file it waits for is the one it touches).
-    (tmp_path / "gate" / "2" / "gate.py").write_text(
-        GATE_PY.replace("x + 1", "x + 2").replace('"release"', '"started"')
-    )
+    # Version 2 adds 2 and waits for nothing (the file it waits for is the one it writes).
+    source = HELD_PY.replace("x + 1", "x + 2").replace('"release"', '"started"')
+    write_python_model(tmp_path, "gate", HELD_TOML, source, version=2)
     with ThreadPoolExecutor(1) as pool:
         running = pool.submit(client.infer, "gate", [tensor], client_timeout=60)
-        eventually(lambda: (version / "started").exists(), message="the slow call started")
+        eventually(lambda: calls_started(version) == 1, message="the slow call started")
         os.kill(server.process.pid, signal.SIGHUP)
         server.wait_for_log("Worker reloaded", count=2)
         fresh = grpc_client(port)
@@ -474,10 +423,8 @@ class Broken:
 def test_a_model_failure_is_logged_with_the_calls_request_id_which_the_client_hears(
     start_server, tmp_path
 ) -> None:
-    (tmp_path / "broken" / "1").mkdir(parents=True)
-    toml = GATE_TOML.replace("gate:Gate", "broken:Broken")
-    (tmp_path / "broken" / "model.toml").write_text(toml)
-    (tmp_path / "broken" / "1" / "broken.py").write_text(BROKEN_PY)
+    toml = HELD_TOML.replace("held:Held", "broken:Broken")
+    write_python_model(tmp_path, "broken", toml, BROKEN_PY)
     port = free_port()
     server = start_server([str(tmp_path), "--workers", "1", "--grpc-port", str(port)])
     client = grpc_client(port)

@@ -4,11 +4,13 @@ format of the published health.proto, not our own declaration of it."""
 
 from __future__ import annotations
 
+import shutil
+
 import grpc
 import pytest
 import requests
 
-from flaskserve.models import digits
+from python_models import python_toml, write_python_model
 from servers import free_port
 from waiting import eventually
 
@@ -22,18 +24,7 @@ INFERENCE = b"\n\x1einference.GRPCInferenceService"
 SERVING = b"\x08\x01"
 NOT_SERVING = b"\x08\x02"
 
-BROKEN_TOML = """\
-runtime = "python"
-entrypoint = "broken:Broken"
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1]
-[[outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1]
-"""
+BROKEN_TOML = python_toml("broken:Broken", {"x": ("FP32", [-1])}, {"y": ("FP32", [-1])})
 BROKEN_PY = """\
 class Broken:
     def __init__(self):
@@ -60,11 +51,11 @@ def wait_for_answer(channel: grpc.Channel, request: bytes, timeout: float = 120)
     return eventually(answer, timeout=timeout, message="a worker starts its gRPC server")
 
 
-def test_health_check_follows_readiness_and_refuses_unknown_services(start_server, tmp_path):
-    digits.build(tmp_path / "digits")
-    (tmp_path / "broken" / "1").mkdir(parents=True)
-    (tmp_path / "broken" / "model.toml").write_text(BROKEN_TOML)
-    (tmp_path / "broken" / "1" / "broken.py").write_text(BROKEN_PY)
+def test_health_check_follows_readiness_and_refuses_unknown_services(
+    start_server, tmp_path, digits_model
+):
+    shutil.copytree(digits_model, tmp_path / "digits")
+    write_python_model(tmp_path, "broken", BROKEN_TOML, BROKEN_PY)
     grpc_port = free_port()
     server = start_server(
         [str(tmp_path), "--workers", "1", "--grpc-port", str(grpc_port), "--model-control"],

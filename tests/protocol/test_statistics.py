@@ -5,6 +5,7 @@ read statistics that add up exactly to what was sent, whichever worker answers."
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,9 @@ import tritonclient.http as th
 from tritonclient.utils import InferenceServerException
 
 from flaskserve.gate.keys import add_key
-from flaskserve.models import digits
 from flaskserve.observability import tallies
 from flaskserve.observability.shared_counters import read_directory
+from python_models import python_toml, write_python_model
 from servers import Server, free_port
 
 pytestmark = pytest.mark.timeout(300)
@@ -31,18 +32,7 @@ class Double:
     def predict(self, x):
         return {"y": x * 2}
 """
-DOUBLE_TOML = """\
-runtime = "python"
-entrypoint = "double:Double"
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1, 4]
-[[outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1, 4]
-"""
+DOUBLE_TOML = python_toml("double:Double", {"x": ("FP32", [-1, 4])}, {"y": ("FP32", [-1, 4])})
 DIGITS_KEY = ("digits", "1", "digits")
 
 
@@ -79,12 +69,10 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, keys):
+def served(tmp_path_factory: pytest.TempPathFactory, keys, digits_model: Path):
     root = tmp_path_factory.mktemp("stats-repo")
-    digits.build(root / "digits")
-    (root / "double" / "1").mkdir(parents=True)
-    (root / "double" / "model.toml").write_text(DOUBLE_TOML)
-    (root / "double" / "1" / "double.py").write_text(DOUBLE_PY)
+    shutil.copytree(digits_model, root / "digits")
+    write_python_model(root, "double", DOUBLE_TOML, DOUBLE_PY)
     shared = tmp_path_factory.mktemp("stats-shared")
     grpc_port = free_port()
     server = Server(

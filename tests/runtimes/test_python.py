@@ -9,27 +9,15 @@ from flaskserve import ModelServer, Tensor
 from flaskserve.core.config import read_model_config
 from flaskserve.core.errors import ModelLoadError
 from flaskserve.runtimes import python as python_runtime
+from python_models import python_toml, write_python_model
 
-TOML = """\
-runtime = "python"
-entrypoint = "{entrypoint}"
-[[inputs]]
-name = "a"
-datatype = "INT64"
-shape = [-1]
-[[inputs]]
-name = "b"
-datatype = "INT64"
-shape = [-1]
-[[outputs]]
-name = "sum"
-datatype = "INT64"
-shape = [-1]
-[[outputs]]
-name = "product"
-datatype = "INT64"
-shape = [-1]
-"""
+INTEGERS = ("INT64", [-1])
+
+
+def arith_toml(entrypoint: str) -> str:
+    inputs = {"a": INTEGERS, "b": INTEGERS}
+    return python_toml(entrypoint, inputs, {"sum": INTEGERS, "product": INTEGERS})
+
 
 ARITH = """\
 class Arith:
@@ -43,10 +31,8 @@ class Arith:
 
 
 def load(tmp_path, entrypoint="arith:Arith", source=ARITH):
-    (tmp_path / "m" / "1").mkdir(parents=True)
-    (tmp_path / "m" / "model.toml").write_text(TOML.format(entrypoint=entrypoint))
-    (tmp_path / "m" / "1" / "arith.py").write_text(source)
-    return python_runtime.load(read_model_config(tmp_path / "m"), "1", tmp_path / "m" / "1")
+    version = write_python_model(tmp_path, "m", arith_toml(entrypoint), source, module="arith")
+    return python_runtime.load(read_model_config(tmp_path / "m"), "1", version)
 
 
 def test_class_from_the_version_folder_gets_one_argument_per_input(tmp_path) -> None:

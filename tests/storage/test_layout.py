@@ -13,25 +13,7 @@ import json
 import pytest
 
 from flaskserve.storage.s3_layout import S3Location, S3Object, layout_problem
-
-ECHO_TOML = """\
-runtime = "python"
-entrypoint = "echo:Echo"
-[[inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1, 2]
-[[outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1, 2]
-"""
-
-ECHO_PY = """\
-class Echo:
-    def predict(self, x):
-        return {"y": x}
-"""
+from python_models import ECHO_PY, ECHO_TOML
 
 LONG = "n" * 300  # longer than the 255 bytes a file or folder name may have
 LONG_BUT_FINE = "f" * 250

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from letters_model import write_letters
+from python_models import python_toml, write_python_model
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = ROOT / "test-output" / "screenshots"
@@ -25,31 +26,11 @@ CHROMIUM_ARGS = [
 ]
 
 #: A tabular model with three inputs of different datatypes: the JSON editor's case.
-TABULAR_TOML = """\
-runtime = "python"
-entrypoint = "tabular:Tabular"
-[[inputs]]
-name = "features"
-datatype = "FP64"
-shape = [-1, 3]
-[[inputs]]
-name = "counts"
-datatype = "INT32"
-shape = [-1, 2]
-[[inputs]]
-name = "flag"
-datatype = "BOOL"
-shape = [-1]
-[[outputs]]
-name = "score"
-datatype = "FP64"
-shape = [-1]
-[[outputs]]
-name = "positive"
-datatype = "BOOL"
-shape = [-1]
-"""
-
+TABULAR_TOML = python_toml(
+    "tabular:Tabular",
+    {"features": ("FP64", [-1, 3]), "counts": ("INT32", [-1, 2]), "flag": ("BOOL", [-1])},
+    {"score": ("FP64", [-1]), "positive": ("BOOL", [-1])},
+)
 TABULAR_PY = """\
 class Tabular:
     def predict(self, features, counts, flag):
@@ -58,19 +39,13 @@ class Tabular:
 """
 
 
-def write_python_model(root: Path, name: str, toml: str, module: str, source: str) -> None:
-    (root / name / "1").mkdir(parents=True)
-    (root / name / "model.toml").write_text(toml)
-    (root / name / "1" / f"{module}.py").write_text(source)
-
-
 @pytest.fixture(scope="session")
 def playground_repo(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> Path:
     """digits (drawing pad), letters (text with embeddings) and tabular (JSON editor)."""
     root = tmp_path_factory.mktemp("playground")
     shutil.copytree(digits_model, root / "digits")
     write_letters(root)
-    write_python_model(root, "tabular", TABULAR_TOML, "tabular", TABULAR_PY)
+    write_python_model(root, "tabular", TABULAR_TOML, TABULAR_PY)
     return root
 
 

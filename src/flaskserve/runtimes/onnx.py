@@ -47,7 +47,7 @@ from flaskserve.runtimes.memory import return_large_blocks
 from flaskserve.runtimes.options import (
     bool_option,
     choice_option,
-    chunk_rows,
+    configured_model,
     device_option,
     int_option,
 )
@@ -99,17 +99,10 @@ def load(
     session = create_session(file, config, options)
     inputs = _signature(config.inputs, session.get_inputs(), "input", file.name)
     outputs = _signature(config.outputs, session.get_outputs(), "output", file.name)
-    return Model(
-        name=config.name,
-        version=version,
-        inputs=inputs,
-        outputs=outputs,
-        predict_fn=_predictor(session, inputs, outputs, run_options(config)),
-        platform=PLATFORM,
-        max_batch_size=config.max_batch_size,
-        max_delay_ms=config.max_delay_ms,
+    predict = _predictor(session, inputs, outputs, run_options(config))
+    return configured_model(
+        config, version, inputs, outputs, predict, PLATFORM, DEFAULT_CHUNK_ROWS,
         parameters={"providers": session.get_providers()},
-        chunk_rows=chunk_rows(config, DEFAULT_CHUNK_ROWS),
     )
 
 

@@ -7,10 +7,12 @@ instead of a library exception at the first request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import ModelLoadError
+from flaskserve.core.model import Arrays, Model, TensorSpec
 
 #: `device` values: `auto` takes a GPU when the library sees one, else the CPU.
 DEVICES = ("cpu", "cuda", "auto")
@@ -54,3 +56,33 @@ def chunk_rows(config: ModelConfig, default: int) -> int:
     if configured is not None:
         return configured
     return config.max_batch_size or default
+
+
+def configured_model(
+    config: ModelConfig,
+    version: str,
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    predict: Callable[[Arrays], Mapping[str, Any]],
+    platform: str,
+    default_chunk_rows: int,
+    *,
+    parameters: dict[str, Any] | None = None,
+    count_tokens: Callable[[list[str]], int] | None = None,
+) -> Model:
+    """The `Model` a file runtime returns, its name, batching and chunking read from `config`
+    the same way by every runtime, so a knob in model.toml means one thing whatever the library
+    behind it."""
+    return Model(
+        name=config.name,
+        version=version,
+        inputs=inputs,
+        outputs=outputs,
+        predict_fn=predict,
+        platform=platform,
+        max_batch_size=config.max_batch_size,
+        max_delay_ms=config.max_delay_ms,
+        parameters=parameters or {},
+        count_tokens=count_tokens,
+        chunk_rows=chunk_rows(config, default_chunk_rows),
+    )

@@ -59,7 +59,7 @@ from flaskserve.runtimes.files import detail
 from flaskserve.runtimes.options import (
     bool_option,
     choice_option,
-    chunk_rows,
+    configured_model,
     device_option,
     int_option,
 )
@@ -101,18 +101,9 @@ def load(
         sentences = _sentences(input_name, arrays[input_name])
         return {output_name: encoder.encode(sentences, normalize)}
 
-    return Model(
-        name=config.name,
-        version=version,
-        inputs=inputs,
-        outputs=outputs,
-        predict_fn=predict,
-        platform=encoder.platform,
-        max_batch_size=config.max_batch_size,
-        max_delay_ms=config.max_delay_ms,
-        parameters={"source": str(folder)},
-        count_tokens=encoder.count_tokens,
-        chunk_rows=chunk_rows(config, DEFAULT_CHUNK_ROWS),
+    return configured_model(
+        config, version, inputs, outputs, predict, encoder.platform, DEFAULT_CHUNK_ROWS,
+        parameters={"source": str(folder)}, count_tokens=encoder.count_tokens,
     )
 
 

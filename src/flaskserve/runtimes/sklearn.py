@@ -24,7 +24,7 @@ from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
-from flaskserve.runtimes.options import chunk_rows
+from flaskserve.runtimes.options import configured_model
 from flaskserve.runtimes.skops_import import import_skops_io
 
 SKOPS_SUFFIXES = (".skops",)
@@ -69,17 +69,8 @@ def load(
             return shared(features)
         return {name: method(features) for name, method in methods.items()}
 
-    return Model(
-        name=config.name,
-        version=version,
-        inputs=inputs,
-        outputs=outputs,
-        predict_fn=predict,
-        platform=f"sklearn_{type(estimator).__name__}",
-        max_batch_size=config.max_batch_size,
-        max_delay_ms=config.max_delay_ms,
-        chunk_rows=chunk_rows(config, DEFAULT_CHUNK_ROWS),
-    )
+    platform = f"sklearn_{type(estimator).__name__}"
+    return configured_model(config, version, inputs, outputs, predict, platform, DEFAULT_CHUNK_ROWS)
 
 
 def model_file(config: ModelConfig, path: Path) -> Path:

@@ -36,7 +36,7 @@ from flaskserve.core.errors import ModelLoadError
 from flaskserve.core.model import Arrays, Model, TensorSpec
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail, model_file, sniff, zip_names
-from flaskserve.runtimes.options import bool_option, chunk_rows, device_option, int_option
+from flaskserve.runtimes.options import bool_option, configured_model, device_option, int_option
 
 PLATFORM_OF_SUFFIX = {".pt": "pytorch_torchscript", ".pt2": "pytorch_export"}
 #: Rows per module call when batching is off and model.toml sets no `chunk_rows`.
@@ -61,17 +61,10 @@ def load(
     predict = _predictor(module, device, inputs, outputs)
     if bool_option(config, "warmup", True):
         _check_signature(predict, inputs, outputs, file.name)
-    return Model(
-        name=config.name,
-        version=version,
-        inputs=inputs,
-        outputs=outputs,
-        predict_fn=predict,
-        platform=PLATFORM_OF_SUFFIX[file.suffix],
-        max_batch_size=config.max_batch_size,
-        max_delay_ms=config.max_delay_ms,
+    platform = PLATFORM_OF_SUFFIX[file.suffix]
+    return configured_model(
+        config, version, inputs, outputs, predict, platform, DEFAULT_CHUNK_ROWS,
         parameters={"device": str(device)},
-        chunk_rows=chunk_rows(config, DEFAULT_CHUNK_ROWS),
     )
 
 
