@@ -17,7 +17,7 @@ import pytest
 
 from flaskserve.core.batching import Batcher
 from flaskserve.core.dataplane import DataPlane
-from flaskserve.core.errors import InferenceFailed, ModelFailed, ModelNotReady
+from flaskserve.core.errors import InferenceFailed, InvalidInput, ModelFailed, ModelNotReady
 from flaskserve.core.model import Model, TensorSpec
 from flaskserve.core.repository import ModelRepository
 from flaskserve.core.request import InferenceRequest
@@ -431,6 +431,27 @@ def test_a_request_that_loses_the_race_with_a_version_swap_runs_on_the_new_versi
     model, outputs = dataplane.infer(request)
     assert model is not stale and model is repository.get("m")
     assert outputs["y"].tolist() == [[6.0, 8.0, 10.0]]
+
+
+def test_a_request_that_loses_the_race_with_a_swap_is_checked_against_the_new_signature() -> None:
+    """The door checked the request for the version it looked up; the version swapped in takes
+    other inputs, so the request is held to its signature (400) rather than handed to it."""
+    wide = [TensorSpec("x", "FP32", [-1, 4])]
+    built: list[Model] = []
+
+    def factory() -> Model:
+        inputs = wide if built else None
+        built.append(make_model(lambda arrays: double(arrays["x"]), inputs=inputs))
+        return built[-1]
+
+    repository = ModelRepository(None, loader=None)  # type: ignore[arg-type]
+    repository.register(factory)
+    dataplane = DataPlane(repository)
+    stale = dataplane.lookup("m")
+    request = InferenceRequest(stale, {"x": rows_of(1, 0)}, {"x": "FP32"}, checked=True)
+    repository.load("m")  # now served: x [-1, 4]
+    with pytest.raises(InvalidInput, match="shape"):
+        dataplane.infer(request)
 
 
 def test_a_request_to_an_unloaded_model_still_fails_with_503() -> None:
