@@ -99,29 +99,33 @@ def breakdown(app: Any, environ: dict[str, Any], body: bytes, count: int) -> dic
     from flaskserve.app import services_of
     from flaskserve.core.batching import run_model
     from flaskserve.core.observers import NoObserver
+    from flaskserve.core.request import InferenceRequest
     from flaskserve.observability import metrics
     from flaskserve.protocol.infer import encode_infer_response, parse_infer_request
 
     services = services_of(app)
     assert services is not None
     dataplane = services.dataplane
-    model = dataplane.repository.get("digits", None)
+    model = dataplane.lookup("digits")
 
-    def admit(tensors: Any, outputs: Any) -> Any:
-        return dataplane.admit("digits", None, tensors, outputs)
+    def check(tensors: Any, outputs: Any) -> None:
+        dataplane.check(model, tensors, outputs)
 
-    parsed = parse_infer_request(body, None, admit)
+    parsed = parse_infer_request(body, None, check)
     outputs = run_model(model, parsed.inputs, NoObserver())
     parts: dict[str, float] = {}
     parts["whole app"] = run(app, environ, body, count) * 1e6
     parts["parse (orjson + checks + numpy)"] = per_call(
-        lambda: parse_infer_request(body, None, admit), count
+        lambda: parse_infer_request(body, None, check), count
     )
     parts["model (predict + conform)"] = per_call(
         lambda: run_model(model, parsed.inputs, NoObserver()), count
     )
     parts["data plane + batching + model"] = per_call(
-        lambda: dataplane.infer("digits", None, parsed.inputs, parsed.datatypes), count
+        lambda: dataplane.infer(
+            InferenceRequest(model, parsed.inputs, parsed.datatypes, checked=True)
+        ),
+        count,
     )
     parts["encode (orjson)"] = per_call(
         lambda: encode_infer_response(model, outputs, parsed), count

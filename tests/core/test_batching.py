@@ -17,9 +17,10 @@ import pytest
 
 from flaskserve.core.batching import Batcher
 from flaskserve.core.dataplane import DataPlane
-from flaskserve.core.errors import InferenceFailed, ModelFailed, ModelNotReady
+from flaskserve.core.errors import InferenceFailed, InvalidInput, ModelFailed, ModelNotReady
 from flaskserve.core.model import Model, TensorSpec
 from flaskserve.core.repository import ModelRepository
+from flaskserve.core.request import InferenceRequest
 from waiting import eventually
 
 WAIT = 10.0  # upper bound for anything that should happen at once
@@ -395,7 +396,8 @@ def test_the_dataplane_batches_concurrent_requests_and_unloading_closes_the_batc
     results: dict[int, Any] = {}
 
     def infer(i: int) -> None:
-        _, results[i] = dataplane.infer("m", None, {"x": rows_of(1, i)}, {"x": "FP32"})
+        request = InferenceRequest(dataplane.lookup("m"), {"x": rows_of(1, i)}, {"x": "FP32"})
+        _, results[i] = dataplane.infer(request)
 
     threads = [threading.Thread(target=infer, args=(i,), daemon=True) for i in range(6)]
     threads[0].start()
@@ -422,27 +424,43 @@ def test_a_request_that_loses_the_race_with_a_version_swap_runs_on_the_new_versi
     repository = ModelRepository(None, loader=None)  # type: ignore[arg-type]
     repository.register(lambda: make_model(lambda arrays: double(arrays["x"])))
     dataplane = DataPlane(repository)
-    dataplane.infer("m", None, {"x": rows_of(1, 0)}, {"x": "FP32"})  # starts v1's batcher
-    stale = repository.get("m")
-    looked_up = repository.get
-
-    def get_then_swap(name: str, version: str | None = None) -> Model:
-        if repository.get is get_then_swap:
-            repository.get = looked_up  # type: ignore[method-assign]
-            repository.load("m")  # the swap closes the stale model's batcher
-            return stale
-        return looked_up(name, version)
-
-    repository.get = get_then_swap  # type: ignore[method-assign]
-    model, outputs = dataplane.infer("m", None, {"x": rows_of(1, 3)}, {"x": "FP32"})
+    stale = dataplane.lookup("m")
+    dataplane.infer(InferenceRequest(stale, {"x": rows_of(1, 0)}, {"x": "FP32"}))  # v1's batcher
+    request = InferenceRequest(stale, {"x": rows_of(1, 3)}, {"x": "FP32"}, checked=True)
+    repository.load("m")  # the swap closes the stale model's batcher
+    model, outputs = dataplane.infer(request)
     assert model is not stale and model is repository.get("m")
     assert outputs["y"].tolist() == [[6.0, 8.0, 10.0]]
+
+
+def test_a_request_that_loses_the_race_with_a_swap_is_checked_against_the_new_signature() -> None:
+    """The door checked the request for the version it looked up; the version swapped in takes
+    other inputs, so the request is held to its signature (400) rather than handed to it."""
+    wide = [TensorSpec("x", "FP32", [-1, 4])]
+    built: list[Model] = []
+
+    def factory() -> Model:
+        inputs = wide if built else None
+        built.append(make_model(lambda arrays: double(arrays["x"]), inputs=inputs))
+        return built[-1]
+
+    repository = ModelRepository(None, loader=None)  # type: ignore[arg-type]
+    repository.register(factory)
+    dataplane = DataPlane(repository)
+    stale = dataplane.lookup("m")
+    request = InferenceRequest(stale, {"x": rows_of(1, 0)}, {"x": "FP32"}, checked=True)
+    repository.load("m")  # now served: x [-1, 4]
+    with pytest.raises(InvalidInput, match="shape"):
+        dataplane.infer(request)
 
 
 def test_a_request_to_an_unloaded_model_still_fails_with_503() -> None:
     repository = ModelRepository(None, loader=None)  # type: ignore[arg-type]
     repository.register(lambda: make_model(lambda arrays: double(arrays["x"])))
     dataplane = DataPlane(repository)
+    request = InferenceRequest(dataplane.lookup("m"), {"x": rows_of(1, 0)}, {"x": "FP32"})
     repository.unload("m")
     with pytest.raises(ModelNotReady, match="unloaded"):
-        dataplane.infer("m", None, {"x": rows_of(1, 0)}, {"x": "FP32"})
+        dataplane.infer(request)  # looked up before the unload
+    with pytest.raises(ModelNotReady, match="unloaded"):
+        dataplane.lookup("m")

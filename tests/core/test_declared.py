@@ -14,6 +14,7 @@ from flaskserve.core.declared import RequestLimits, check_request, declare
 from flaskserve.core.errors import InvalidInput, ModelLoadError, RequestTooLarge
 from flaskserve.core.model import Model, TensorSpec
 from flaskserve.core.repository import ModelRepository
+from flaskserve.core.request import InferenceRequest
 from flaskserve.runtimes.registry import load_model
 
 
@@ -95,7 +96,7 @@ def test_max_request_rows_in_model_toml_replaces_the_servers_limit(tmp_path) -> 
     with pytest.raises(RequestTooLarge, match="at most 3"):
         dataplane.check(echo, [declare("x", "FP32", [4])], None)
     with pytest.raises(RequestTooLarge, match="at most 3"):  # arrays handed in directly too
-        dataplane.infer("echo", None, {"x": np.zeros(4, np.float32)}, {"x": "FP32"})
+        dataplane.infer(InferenceRequest(echo, {"x": np.zeros(4, np.float32)}, {"x": "FP32"}))
 
 
 @pytest.mark.parametrize("value", ["-1", "1.5", '"10"'])

@@ -24,6 +24,7 @@ from flaskserve.core.errors import (
 )
 from flaskserve.core.model import Model, TensorSpec
 from flaskserve.core.repository import ModelRepository
+from flaskserve.core.request import InferenceRequest
 
 
 class Recording:
@@ -104,8 +105,9 @@ def test_the_steps_given_at_construction_run_in_order_around_the_model_with_the_
     steps = [Recording("first", log), SetsDeadline("second", log), Recording("third", log)]
     dataplane = DataPlane(repository, steps)
     context = InferenceContext("test", "req-1")
+    request = InferenceRequest(dataplane.lookup("m"), ROW, TYPES, None, context)
 
-    model, outputs = dataplane.infer("m", None, ROW, TYPES, None, context)
+    model, outputs = dataplane.infer(request)
 
     assert outputs["y"].tolist() == [[2.0, 2.0]]
     assert [entry[:3] for entry in log] == [
@@ -129,7 +131,7 @@ def test_a_refusing_step_stops_the_inference_before_the_model_and_later_steps() 
     dataplane = DataPlane(served(lambda: model), [Refusing("limit", log), Recording("late", log)])
 
     with pytest.raises(InvalidInput, match="refused by a step"):
-        dataplane.infer("m", None, ROW, TYPES, None, InferenceContext("test"))
+        dataplane.infer(InferenceRequest(model, ROW, TYPES, None, InferenceContext("test")))
 
     assert [entry[:2] for entry in log] == [("limit", "before")]
     assert model.parameters["predict_seen"] == []
@@ -142,9 +144,11 @@ def test_after_steps_hear_of_a_failed_inference_with_no_model() -> None:
         raise RuntimeError("secret path /etc/x")
 
     dataplane = DataPlane(served(lambda: make_model(broken)), [Recording("usage", log)])
+    context = InferenceContext("test", "req-9")
+    request = InferenceRequest(dataplane.lookup("m"), ROW, TYPES, None, context)
 
     with pytest.raises(ModelFailed):
-        dataplane.infer("m", None, ROW, TYPES, None, InferenceContext("test", "req-9"))
+        dataplane.infer(request)
 
     assert log[-1] == ("usage", "after", "req-9", None, True)
 
@@ -165,7 +169,7 @@ def test_the_batcher_stops_on_unload_without_the_models_unload_function_being_re
     runtime_unload = model.unload_fn
     repository = served(lambda: model)
     dataplane = DataPlane(repository)
-    dataplane.infer("m", None, ROW, TYPES)  # starts the version's batcher
+    dataplane.infer(InferenceRequest(model, ROW, TYPES))  # starts the version's batcher
     (batcher,) = dataplane._batchers.values()
 
     assert model.unload_fn is runtime_unload

@@ -188,6 +188,18 @@ def test_a_model_no_door_can_run_is_one_sentence_on_every_door(served: Served, c
     assert len(set(told.values())) == 1, told
 
 
+@pytest.mark.parametrize("door", [door for door, (_, _, kinds) in DOORS.items() if EMPTY in kinds])
+def test_an_unknown_model_is_404_whatever_the_body_says_on_every_door(
+    served: Served, door: str
+) -> None:
+    """Each door looks the model up before it reads the body: a request for a model that is not
+    served is told so, not what else is wrong with it."""
+    send, _, _ = DOORS[door]
+    answer = send(served, Sent("nope", EMPTY, "key"))
+    assert answer.status == 404, answer.message
+    assert CASES[UNKNOWN][1] in answer.message
+
+
 # -- admin routes with a plain key -----------------------------------------------------------------
 
 

@@ -1,12 +1,14 @@
-"""The protocol-neutral data plane: every front door (V2, V1, SageMaker) ends up here.
+"""The protocol-neutral data plane: every front door (V2, V1, SageMaker, OpenAI, gRPC) ends up
+here.
 
-Routes read their wire format into `DeclaredTensor`s and call `admit`, which finds the model and
-checks what the request declares against its signature and the `RequestLimits` (rows, elements)
-before any payload is decoded; then they decode and call `infer` with the request's
-`InferenceContext`. `infer` runs the cross-cutting steps it was built with (the deadline, usage:
-see `Step`), holds the decoded arrays to the same `check_request` (for callers that hand it
-arrays directly), runs the model and conforms the outputs. `infer` is the whole sequence; nothing
-wraps or replaces it. A failure inside a model raises `ModelFailed`, which carries the exception
+A front door looks the model up once (`lookup`: 404 or 503 whatever the body), reads its wire
+format into `DeclaredTensor`s and calls `check`, which holds what the request declares against
+the model's signature and the `RequestLimits` (rows, elements) before any payload is decoded;
+then it decodes and calls `infer` with one `InferenceRequest` (`core.request`). `infer` runs the
+cross-cutting steps it was built with (the deadline, usage: see `Step`), checks the decoded
+arrays with the same `check_request` only for callers that did not declare them (the Python
+API), runs the model and conforms the outputs. `infer` is the whole sequence; nothing wraps or
+replaces it. A failure inside a model raises `ModelFailed`, which carries the exception
 for the front door to log with the request id; the client hears only its type.
 
 Models whose `max_batch_size` > 0 run through one `Batcher` per model version, created on the
@@ -18,18 +20,17 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
-
-import numpy as np
 
 from flaskserve.core import deadlines
 from flaskserve.core.batching import Batcher, run_model
-from flaskserve.core.context import InferenceContext, Step
+from flaskserve.core.context import Step
 from flaskserve.core.declared import DeclaredTensor, RequestLimits, check_request, declared_arrays
 from flaskserve.core.errors import ModelNotReady
 from flaskserve.core.model import Arrays, Model
 from flaskserve.core.repository import ModelEntry, ModelRepository
+from flaskserve.core.request import InferenceRequest, InferenceResult
 from flaskserve.version import __version__
 
 log = logging.getLogger("flaskserve.dataplane")
@@ -54,79 +55,62 @@ class DataPlane:
         self._batchers_lock = threading.Lock()
         repository.on_unload.append(self._stop_batcher)
 
+    def lookup(self, name: str, version: str | None = None) -> Model:
+        """The model version a request for `name` (and `version`, None: the default) runs on:
+        what a front door calls first, before it reads the body, so an unknown model is 404
+        and one that is not ready 503 whatever the body says."""
+        return self.repository.get(name, version)
+
     def check(
         self, model: Model, tensors: Iterable[DeclaredTensor], outputs: Sequence[str] | None
     ) -> None:
         """`check_request` with the row limit of `model` (its model.toml's, or the server's):
-        what every front door calls on what a request declares, once it has looked the model up
-        (an unknown model is 404 whatever the body), before it decodes a payload."""
+        what every front door calls on what a request declares, once it has looked the model up,
+        before it decodes a payload."""
         max_rows = self.limits.rows_for(self.repository.entry(model.name).config)
         check_request(model, tensors, outputs, self.limits, max_rows)
 
-    def infer(
-        self,
-        name: str,
-        version: str | None,
-        inputs: Mapping[str, np.ndarray],
-        datatypes: Mapping[str, str],
-        outputs: Sequence[str] | None = None,
-        context: InferenceContext | None = None,
-        admitted: Model | None = None,
-    ) -> tuple[Model, Arrays]:
-        """Run `inputs` through the model; they and `outputs` (names the client asked for) are
-        checked before any compute is spent, unless `admit` let them in for this very model
-        (`admitted`: the arrays were decoded to the shapes it checked). Every step sees the
-        request before the model runs and after it ended, failed or not; waiting stops at
-        `context.deadline`."""
-        if context is None:
-            context = InferenceContext("python")
+    def infer(self, request: InferenceRequest) -> InferenceResult:
+        """Run `request` on its model. Its inputs and requested outputs are checked before any
+        compute is spent unless the front door checked what it declared (`request.checked`).
+        Every step sees the request before the model runs and after it ended, failed or not;
+        waiting stops at the context's deadline."""
+        context = request.context
         for step in self.steps:
-            step.before(context, name, inputs)
+            step.before(context, request.model.name, request.inputs)
         started = time.perf_counter()
         model: Model | None = None
         try:
-            request = (name, version, inputs, datatypes, outputs, admitted)
             if context.deadline is None:
-                model, result = self._lookup_and_run(*request)
+                result = self._run_served(request)
             else:
                 with deadlines.until(context.deadline):
-                    model, result = self._lookup_and_run(*request)
-            return model, result
+                    result = self._run_served(request)
+            model = result.model
+            return result
         finally:
             seconds = time.perf_counter() - started
             for step in self.steps:
-                step.after(context, model, inputs, seconds)
+                step.after(context, model, request.inputs, seconds)
 
-    def _lookup_and_run(
-        self,
-        name: str,
-        version: str | None,
-        inputs: Mapping[str, np.ndarray],
-        datatypes: Mapping[str, str],
-        outputs: Sequence[str] | None,
-        admitted: Model | None,
-    ) -> tuple[Model, Arrays]:
-        model = self.repository.get(name, version)
+    def _run_served(self, request: InferenceRequest) -> InferenceResult:
+        model = request.model
         try:
-            return model, self._run(model, inputs, datatypes, outputs, model is admitted)
+            return InferenceResult(model, self._run(model, request, request.checked))
         except ModelNotReady:
             # A version swap unloaded `model` between the lookup and the predict: run once more
             # on what is served now, so a swap fails no request. Truly unloaded: raise again.
-            current = self.repository.get(name, version)
+            current = self.repository.get(model.name, request.requested_version)
             if current is model:
                 raise
-            return current, self._run(current, inputs, datatypes, outputs, current is admitted)
+            return InferenceResult(current, self._run(current, request, False))
 
-    def _run(
-        self,
-        model: Model,
-        inputs: Mapping[str, np.ndarray],
-        datatypes: Mapping[str, str],
-        outputs: Sequence[str] | None,
-        checked: bool,
-    ) -> Arrays:
+    def _run(self, model: Model, request: InferenceRequest, checked: bool) -> Arrays:
+        """`request`'s inputs through `model`; unless `checked` (for this very model), they are
+        held to its signature and the limits first."""
+        inputs = request.inputs
         if not checked:
-            self.check(model, declared_arrays(inputs, datatypes), outputs)
+            self.check(model, declared_arrays(inputs, request.datatypes), request.outputs)
         if model.max_batch_size > 0:
             batcher = self._batchers.get(id(model)) or self._start_batcher(model)
             return batcher.submit(dict(inputs))

@@ -5,7 +5,7 @@ arrays; `encode_infer_response` does the reverse, returning binary tensors where
 for them (`binary_data` on an output, or `binary_data_output` on the request).
 
 Parsing reads every tensor's header first (name, shape, datatype, where its data lies) and hands
-the declared tensors to `admit` (the data plane's: the model's signature and the request limits)
+the declared tensors to `check` (the data plane's: the model's signature and the request limits)
 before a single tensor is decoded: a request that cannot fit the model, or asks for more rows
 than it may, costs its JSON header, not its data.
 """
@@ -31,9 +31,9 @@ from flaskserve.protocol.codec import (
 )
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-#: Checks the declared inputs and the requested output names before anything is decoded, and
-#: answers the model it admitted them for.
-Admit = Callable[[Sequence[DeclaredTensor], Sequence[str] | None], Model]
+#: Checks the declared inputs and the requested output names before anything is decoded (the
+#: data plane's `check`, for the model the door looked up); raises to refuse them.
+Check = Callable[[Sequence[DeclaredTensor], Sequence[str] | None], None]
 
 
 @dataclass
@@ -50,8 +50,6 @@ class InferRequest:
     outputs: list[RequestedOutput] | None = None
     binary_output: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
-    #: The model `admit` checked the request against (None: not checked).
-    admitted: Model | None = None
 
 
 @dataclass(slots=True)
@@ -70,9 +68,9 @@ class _WireTensor:
 
 
 def parse_infer_request(
-    body: bytes, header_length: str | None = None, admit: Admit | None = None
+    body: bytes, header_length: str | None = None, check: Check | None = None
 ) -> InferRequest:
-    """The request in `body`; with `admit`, its declared inputs and requested outputs are
+    """The request in `body`; with `check`, its declared inputs and requested outputs are
     checked (signature, limits) before any tensor is decoded."""
     if header_length is not None:
         json_length = _json_length(header_length, len(body))
@@ -93,8 +91,8 @@ def parse_infer_request(
         binary_output=request_parameters.get("binary_data_output") is True,
         parameters=request_parameters,
     )
-    if admit is not None:
-        parsed.admitted = admit([tensor.declared for tensor in tensors], output_names(parsed))
+    if check is not None:
+        check([tensor.declared for tensor in tensors], output_names(parsed))
     parsed.inputs = {tensor.declared.name: tensor.decode() for tensor in tensors}
     return parsed
 

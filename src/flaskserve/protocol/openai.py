@@ -29,6 +29,7 @@ from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.declared import declare
 from flaskserve.core.errors import FlaskServeError, InvalidInput, ModelNotFound, RequestTooLarge
 from flaskserve.core.model import Model, TensorSpec
+from flaskserve.core.request import InferenceRequest
 from flaskserve.protocol.codec import dumps, loads
 from flaskserve.protocol.http_context import UNPARSED, http_context, state_of
 from flaskserve.protocol.route_policy import inference_route
@@ -179,6 +180,10 @@ def create_embeddings(dataplane: DataPlane, body: Any) -> dict[str, Any]:
         raise OpenAIError(
             "'model' must name a served model (GET /v1/models lists them)", 400, "model"
         )
+    try:  # an unknown model is 404 whatever the rest of the body says, as on every door
+        model = dataplane.lookup(name)
+    except ModelNotFound as exc:
+        raise OpenAIError(exc.message, 404, "model", "model_not_found") from None
     texts = _texts(body.get("input"))
     encoding = body.get("encoding_format") or "float"
     if encoding not in ENCODINGS:
@@ -187,10 +192,6 @@ def create_embeddings(dataplane: DataPlane, body: Any) -> dict[str, Any]:
             400,
             "encoding_format",
         )
-    try:
-        model = dataplane.repository.get(name)
-    except ModelNotFound as exc:
-        raise OpenAIError(exc.message, 404, "model", "model_not_found") from None
     if not is_embedding_model(model.inputs, model.outputs):
         raise OpenAIError(
             f"model {name!r} is not an embedding model (text in, one vector out): it takes "
@@ -208,8 +209,9 @@ def create_embeddings(dataplane: DataPlane, body: Any) -> dict[str, Any]:
         raise OpenAIError(exc.message, exc.status_code, "input") from None
     array = np.empty(len(texts), dtype=object)
     array[:] = [text.encode("utf-8", "surrogatepass") for text in texts]
+    inputs, datatypes = {spec.name: array}, {spec.name: "BYTES"}
     model, outputs = dataplane.infer(
-        name, None, {spec.name: array}, {spec.name: "BYTES"}, None, http_context(), model
+        InferenceRequest(model, inputs, datatypes, None, http_context(), checked=True)
     )
     vectors = np.ascontiguousarray(outputs[model.outputs[0].name], dtype="<f4")
     _check_dimensions(dimensions, vectors.shape[1])

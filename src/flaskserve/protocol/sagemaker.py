@@ -2,8 +2,9 @@
 
 The body of an invocation may be a V2 inference request (`{"inputs": [...]}`), a V1 request
 (`{"instances": [...]}`) or CSV rows of numbers (`text/csv`). It goes to the only model served, or
-to the one named by `X-Amzn-SageMaker-Target-Model` (SageMaker's multi-model header). CSV rows
-are counted and admitted by the data plane (signature, row limit) before any cell is converted.
+to the one named by `X-Amzn-SageMaker-Target-Model` (SageMaker's multi-model header). The model
+is looked up before the body is read (an unknown model is 404 whatever the body); CSV rows are
+counted and checked by the data plane (signature, row limit) before any cell is converted.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from flask import Blueprint, Response, request
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.declared import declare
 from flaskserve.core.errors import InvalidInput
-from flaskserve.protocol.codec import loads
+from flaskserve.core.model import Arrays, Model
+from flaskserve.protocol.codec import decode_json_data, loads
 from flaskserve.protocol.infer import HEADER_LENGTH
 from flaskserve.protocol.route_policy import inference_route, open_route
-from flaskserve.protocol.v1 import predict_instances
-from flaskserve.protocol.v2 import infer_response, json_response
+from flaskserve.protocol.v1 import predict_arrays, predict_instances
+from flaskserve.protocol.v2 import json_response, model_infer_response
 
 TARGET_MODEL_HEADER = "X-Amzn-SageMaker-Target-Model"
 
@@ -42,21 +44,20 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
     @bp.post("/invocations")
     @inference_route("sagemaker", model_in="target")
     def invocations() -> Response:
-        name = _target_model(dataplane)
+        model = dataplane.lookup(_target_model(dataplane))  # 404 or 503 whatever the body
         body = request.get_data()
         if request.mimetype == "text/csv":
-            text = _csv_text(body)
-            _admit_csv(dataplane, name, text)
-            return json_response(predict_instances(dataplane, name, _csv_rows(text)))
+            inputs = _csv_arrays(dataplane, model, _csv_text(body))
+            return json_response(predict_arrays(dataplane, model, inputs))
         if request.headers.get(HEADER_LENGTH) is None:
             payload = loads(body)
             if isinstance(payload, dict) and "instances" in payload:
-                return json_response(predict_instances(dataplane, name, payload["instances"]))
+                return json_response(predict_instances(dataplane, model, payload["instances"]))
             if not isinstance(payload, dict) or "inputs" not in payload:
                 raise InvalidInput(
                     'send {"instances": [...]} (V1), {"inputs": [...]} (V2) or text/csv rows'
                 )
-        return infer_response(dataplane, name, None)
+        return model_infer_response(dataplane, model, None)
 
     return bp
 
@@ -81,13 +82,13 @@ def _csv_text(body: bytes) -> str:
         raise InvalidInput("text/csv bodies must be UTF-8") from None
 
 
-def _admit_csv(dataplane: DataPlane, name: str, text: str) -> None:
-    """Count the rows (and the first row's cells) without converting a cell, and let the data
-    plane admit that shape: 200,000 lines cost a scan, not 200,000 lists of numbers."""
-    model = dataplane.repository.get(name)
+def _csv_arrays(dataplane: DataPlane, model: Model, text: str) -> Arrays:
+    """Count the rows (and the first row's cells) without converting a cell, let the data plane
+    check that shape, then convert: 200,000 lines cost a scan, not 200,000 lists of numbers."""
     if len(model.inputs) != 1:
         raise InvalidInput(
-            f"model {name!r} has several inputs ({', '.join(s.name for s in model.inputs)}); "
+            f"model {model.name!r} has several inputs "
+            f"({', '.join(s.name for s in model.inputs)}); "
             'CSV rows cannot name them: send {"instances": [{...}, ...]}'
         )
     rows, columns = 0, 0
@@ -99,7 +100,9 @@ def _admit_csv(dataplane: DataPlane, name: str, text: str) -> None:
     if not rows:
         raise InvalidInput("the text/csv body needs at least one non-empty row, one per prediction")
     spec = model.inputs[0]  # the shape V1 reads from these rows, so both refuse alike
-    dataplane.check(model, [declare(spec.name, spec.datatype, [rows, columns])], None)
+    declared = declare(spec.name, spec.datatype, [rows, columns])
+    dataplane.check(model, [declared], None)
+    return {spec.name: decode_json_data(spec.name, declared.shape, spec.datatype, _csv_rows(text))}
 
 
 def _csv_rows(text: str) -> list[list[Any]]:

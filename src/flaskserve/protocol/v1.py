@@ -20,6 +20,7 @@ from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.declared import MAX_DIMS, DeclaredTensor, declare
 from flaskserve.core.errors import InvalidInput, ModelNotReady
 from flaskserve.core.model import Arrays, Model
+from flaskserve.core.request import InferenceRequest
 from flaskserve.protocol.codec import decode_json_data, loads
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.openai import model_object
@@ -47,26 +48,34 @@ def create_blueprint(dataplane: DataPlane) -> Blueprint:
     @bp.post("/models/<name>:predict")
     @inference_route("v1")
     def predict(name: str) -> Response:
+        model = dataplane.lookup(name)  # 404 or 503 whatever the body
         body = loads(request.get_data())
         if not isinstance(body, dict) or "instances" not in body:
             raise InvalidInput('a V1 predict request is a JSON object {"instances": [...]}')
-        return json_response(predict_instances(dataplane, name, body["instances"]))
+        return json_response(predict_instances(dataplane, model, body["instances"]))
 
     return bp
 
 
-def predict_instances(dataplane: DataPlane, name: str, instances: Any) -> dict[str, Any]:
+def predict_instances(dataplane: DataPlane, model: Model, instances: Any) -> dict[str, Any]:
+    """V1's answer of `model` (looked up by the door) to `instances`."""
     if not isinstance(instances, list) or not instances:
         raise InvalidInput("'instances' must be a non-empty list, one entry per prediction")
-    model = dataplane.repository.get(name)
-    inputs = instances_to_arrays(dataplane, model, instances)
+    return predict_arrays(dataplane, model, instances_to_arrays(dataplane, model, instances))
+
+
+def predict_arrays(dataplane: DataPlane, model: Model, inputs: Arrays) -> dict[str, Any]:
+    """V1's answer of `model` to `inputs`, decoded with its datatypes from shapes the data plane
+    checked (`DataPlane.check`) before they were decoded."""
     datatypes = {spec.name: spec.datatype for spec in model.inputs}
-    model, outputs = dataplane.infer(name, None, inputs, datatypes, None, http_context(), model)
-    return {"predictions": predictions(model, outputs)}
+    result = dataplane.infer(
+        InferenceRequest(model, inputs, datatypes, None, http_context(), checked=True)
+    )
+    return {"predictions": predictions(result.model, result.outputs)}
 
 
 def instances_to_arrays(dataplane: DataPlane, model: Model, instances: list[Any]) -> Arrays:
-    """One array per input; the shapes the nesting implies (`len(instances)` rows) are admitted
+    """One array per input; the shapes the nesting implies (`len(instances)` rows) are checked
     by the data plane (signature, limits) before any array is built."""
     if len(model.inputs) == 1:
         columns = {model.inputs[0].name: instances}

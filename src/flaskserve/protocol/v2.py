@@ -19,6 +19,7 @@ from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.declared import DeclaredTensor
 from flaskserve.core.errors import InvalidInput
 from flaskserve.core.model import Model
+from flaskserve.core.request import InferenceRequest
 from flaskserve.protocol.codec import dumps, loads
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.infer import (
@@ -38,26 +39,33 @@ def infer_response(dataplane: DataPlane, name: str, version: str | None) -> Resp
     """Decode the current request as a V2 inference request, run it, encode the answer.
 
     The model is looked up first (an unknown or unavailable model is 404 or 503 whatever the
-    body), then what the request declares is checked by the data plane (the model's signature,
-    the row and element limits) before any tensor is decoded.
+    body), then `model_infer_response` answers for it.
     """
-    model = dataplane.repository.get(name, version)
+    return model_infer_response(dataplane, dataplane.lookup(name, version), version)
 
-    def admit(tensors: Sequence[DeclaredTensor], outputs: Sequence[str] | None) -> Model:
+
+def model_infer_response(dataplane: DataPlane, model: Model, version: str | None) -> Response:
+    """The V2 answer of `model` (looked up for the `version` the client named) to the current
+    request; what the request declares is checked by the data plane (the model's signature, the
+    row and element limits) before any tensor is decoded."""
+
+    def check(tensors: Sequence[DeclaredTensor], outputs: Sequence[str] | None) -> None:
         dataplane.check(model, tensors, outputs)
-        return model
 
-    parsed = parse_infer_request(request.get_data(), request.headers.get(HEADER_LENGTH), admit)
-    model, outputs = dataplane.infer(
-        name,
-        version,
-        parsed.inputs,
-        parsed.datatypes,
-        output_names(parsed),
-        http_context(),
-        parsed.admitted,
+    parsed = parse_infer_request(request.get_data(), request.headers.get(HEADER_LENGTH), check)
+    result = dataplane.infer(
+        InferenceRequest(
+            model,
+            parsed.inputs,
+            parsed.datatypes,
+            output_names(parsed),
+            http_context(),
+            version,
+            parsed.parameters,
+            checked=True,
+        )
     )
-    body, json_length = encode_infer_response(model, outputs, parsed)
+    body, json_length = encode_infer_response(result.model, result.outputs, parsed)
     if json_length is None:
         return Response(body, mimetype="application/json")
     return Response(

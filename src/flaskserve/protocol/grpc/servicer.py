@@ -2,11 +2,11 @@
 
 Each RPC decodes its message, calls the `DataPlane` (or the repository control) exactly as the
 HTTP routes do, with an `InferenceContext` made from the call (its `x-request-id` metadata, its
-deadline), and encodes the answer. An inference's declared inputs are admitted by the data plane
-(signature, row and element limits) before its payload is decoded, with the same code as HTTP's;
-the deadline and usage are the data plane's own steps, shared with HTTP too. What else the
-gate adds (keys, rate limits, metering, metrics) comes in through `Hooks`, called once
-per RPC, so this module knows nothing of keys or meters.
+deadline), and encodes the answer. An inference's model is looked up once, and what it
+declares is checked by the data plane (signature, row and element limits) before its payload is
+decoded, with the same code as HTTP's; the deadline and usage are the data plane's own steps,
+shared with HTTP too. What else the gate adds (keys, rate limits, metering, metrics) comes in
+through `Hooks`, called once per RPC, so this module knows nothing of keys or meters.
 
 Failures follow the HTTP discipline, mapped to gRPC status codes: a `FlaskServeError` becomes the
 code of its HTTP status with its message as the details (a model's own exception is logged with
@@ -25,6 +25,8 @@ from google.protobuf import json_format
 from flaskserve.core.context import InferenceContext, StatisticsReport
 from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
+from flaskserve.core.model import Model
+from flaskserve.core.request import InferenceRequest
 from flaskserve.protocol.grpc import messages, streaming
 from flaskserve.protocol.grpc.calls import inference_context, metadata_of, told
 from flaskserve.protocol.grpc.tensors import (
@@ -169,21 +171,31 @@ class InferenceServicer:
         return response
 
     def ModelInfer(self, request: Any, context: InferenceContext) -> Any:
-        name, version = request.model_name, request.model_version or None
-        admitted = self.dataplane.repository.get(name, version)  # NOT_FOUND whatever the body
+        version = request.model_version or None
+        model = self.dataplane.lookup(request.model_name, version)  # NOT_FOUND whatever the body
+        return self.infer(model, version, request, context)
+
+    def infer(
+        self, model: Model, version: str | None, request: Any, context: InferenceContext
+    ) -> Any:
+        """The `ModelInferResponse` of `model` (looked up for the `version` the client named)
+        to `request`: what it declares is checked before its payload is decoded."""
         declared = declare_inputs(request)
-        self.dataplane.check(admitted, declared, requested_outputs(request))
+        self.dataplane.check(model, declared, requested_outputs(request))
         decoded = decode_request(request, declared)
-        model, outputs = self.dataplane.infer(
-            name,
-            version,
-            decoded.inputs,
-            decoded.datatypes,
-            decoded.outputs,
-            context,
-            admitted,
+        result = self.dataplane.infer(
+            InferenceRequest(
+                model,
+                decoded.inputs,
+                decoded.datatypes,
+                decoded.outputs,
+                context,
+                version,
+                decoded.parameters,
+                checked=True,
+            )
         )
-        return encode_response(model, outputs, decoded.outputs, request.id)
+        return encode_response(result.model, result.outputs, decoded.outputs, request.id)
 
     def ModelStatistics(self, request: Any, context: InferenceContext) -> Any:
         report = self.statistics(request.name or None, request.version or None)

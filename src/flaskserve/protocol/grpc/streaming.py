@@ -66,9 +66,9 @@ def stream_infer(
 
 def _serve(servicer: Any, request: Any, inference: InferenceContext) -> Iterator[Any]:
     name, version = request.model_name, request.model_version or None
-    model = servicer.dataplane.repository.get(name, version)
+    model = servicer.dataplane.lookup(name, version)
     if not model.generative:
-        response = servicer.ModelInfer(request, inference)
+        response = servicer.infer(model, version, request, inference)
         yield messages.ModelStreamInferResponse(infer_response=response)
         return
     wanted = generation_request(request, model)
@@ -117,10 +117,7 @@ def generation_request(request: Any, model: Model) -> GenerationRequest:
     for key, array in decoded.inputs.items():
         if key != TEXT_INPUT and np.size(array) == 1:
             settings[key] = array.reshape(-1)[0]
-    for key, value in request.parameters.items():
-        kind = value.WhichOneof("parameter_choice")
-        if kind is not None:
-            settings[key] = getattr(value, kind)
+    settings.update(decoded.parameters)
     prompt = decoded.inputs[TEXT_INPUT].reshape(-1)
     if prompt.size != 1:
         raise InvalidInput(f"{TEXT_INPUT!r} must hold one prompt, not {prompt.size}")

@@ -2,7 +2,7 @@
 
 A request is read in two steps, as over HTTP: `declare_inputs` reads each input's name, datatype
 and shape into a `DeclaredTensor` (refusing a shape no array can take), which the data plane
-admits (signature, row and element limits) before `decode_request` touches the payload. Raw
+checks (signature, row and element limits) before `decode_request` touches the payload. Raw
 tensors use the same layout as the binary tensor data extension over HTTP (little-endian,
 row major; BYTES elements as a 4-byte length and the bytes), so they decode with the same code
 and the same checks. Typed contents are checked against the declared shape before an array is
@@ -48,6 +48,7 @@ class DecodedRequest:
     inputs: dict[str, np.ndarray]
     datatypes: dict[str, str]
     outputs: list[str] | None
+    parameters: dict[str, Any]
 
 
 def declare_inputs(request: Any) -> list[DeclaredTensor]:
@@ -88,7 +89,7 @@ def requested_outputs(request: Any) -> list[str] | None:
 
 
 def decode_request(request: Any, declared: Sequence[DeclaredTensor]) -> DecodedRequest:
-    """The arrays of a `ModelInferRequest` whose `declare_inputs` were admitted."""
+    """The arrays of a `ModelInferRequest` whose `declare_inputs` the data plane checked."""
     raw = request.raw_input_contents
     inputs: dict[str, np.ndarray] = {}
     for index, (tensor, spec) in enumerate(zip(request.inputs, declared, strict=True)):
@@ -101,7 +102,20 @@ def decode_request(request: Any, declared: Sequence[DeclaredTensor]) -> DecodedR
                 spec.name, list(spec.shape), spec.datatype, tensor.contents
             )
     datatypes = {spec.name: spec.datatype for spec in declared}
-    return DecodedRequest(inputs, datatypes, requested_outputs(request))
+    return DecodedRequest(inputs, datatypes, requested_outputs(request), parameters_of(request))
+
+
+def parameters_of(request: Any) -> dict[str, Any]:
+    """The request's `parameters` as plain values (an `InferParameter` holds one bool, int,
+    float or string); one with none set is left out."""
+    if not request.parameters:
+        return {}
+    values: dict[str, Any] = {}
+    for key, value in request.parameters.items():
+        kind = value.WhichOneof("parameter_choice")
+        if kind is not None:
+            values[key] = getattr(value, kind)
+    return values
 
 
 def _decode_contents(name: str, shape: list[int], datatype: str, contents: Any) -> np.ndarray:
