@@ -100,7 +100,7 @@ def breakdown(app: Any, environ: dict[str, Any], body: bytes, count: int) -> dic
     from flaskserve.core.batching import run_model
     from flaskserve.core.observers import NoObserver
     from flaskserve.core.request import InferenceRequest
-    from flaskserve.observability import metrics
+    from flaskserve.observability import tallies
     from flaskserve.protocol.infer import encode_infer_response, parse_infer_request
 
     services = services_of(app)
@@ -132,13 +132,13 @@ def breakdown(app: Any, environ: dict[str, Any], body: bytes, count: int) -> dic
     )
 
     def recorded() -> None:
-        metrics.request_started("digits")
-        metrics.queue_waited("digits", "1", 0.0)
-        metrics.predicted("digits", "1", 1, 0.0002)
-        metrics.request_answered("digits", "1", "v2", "200", 0.0004)
-        metrics.request_ended("digits")
+        tallies.request_started("digits")
+        tallies.queue_waited("digits", "1", 0.0)
+        tallies.predicted("digits", "1", 1, 0.0002)
+        tallies.request_answered("digits", "1", "v2", "200", 0.0004)
+        tallies.request_ended("digits")
 
-    parts["metrics (prometheus + statistics)"] = per_call(recorded, count)
+    parts["metrics + statistics (tallies)"] = per_call(recorded, count)
     saved = (
         dict(app.before_request_funcs),
         dict(app.after_request_funcs),
