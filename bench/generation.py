@@ -282,6 +282,7 @@ def targets(model_dir: Path, port: int, args: argparse.Namespace) -> dict[str, A
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every target at every level, `args.rounds` interleaved rounds; the best of each."""
+    load_before = os.getloadavg()[0]  # what else ran: the report says it
     from run import free_port
 
     from flaskserve.models import scribe
@@ -318,7 +319,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}",
             "tokens": args.tokens, "seconds": args.seconds, "rounds": args.gen_rounds,
-            "best": best, "all": points, "failed": failed}
+            "load_before": round(load_before, 2), "best": best, "all": points, "failed": failed}
 
 
 def run_target(name: str, target: Any, model_dir: Path, port: int, scratch: Path,
@@ -365,8 +366,10 @@ def report(results: dict[str, Any], command: str) -> str:
     for p in best.get("raw", []) + best.get("raw-2threads", []):
         if p["streams"] not in raw or p["tokens_per_s"] > raw[p["streams"]]["tokens_per_s"]:
             raw[p["streams"]] = p
-    lines = [f"Measured {results['date']} on {results['machine']} (shared machine: other "
-             f"engineers' tests ran at the same time), `{command}`: `scribe`, one-message chats, "
+    load = results.get("load_before")
+    quiet = "" if load is None else f", 1-minute load average {load:g} before it started"
+    lines = [f"Measured {results['date']} on {results['machine']}{quiet}, "
+             f"`{command}`: `scribe`, one-message chats, "
              f"`max_tokens` {results['tokens']} at temperature 1, streamed; "
              f"{results['seconds']:g} s of generations back to back per point, best of "
              f"{results['rounds']} interleaved round(s).", "",
