@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from completions import held_stream
 
 from servers import Server
 from waiting import eventually
@@ -69,14 +70,7 @@ def _duration_count(server: Server, model: str) -> int:
 
 def test_a_streams_duration_is_observed_when_it_ends(metered: Server, tmp_path: Path) -> None:
     gate = tmp_path / "open"
-    with requests.post(
-        metered.url + "/v1/completions",
-        json={"model": "gated", "prompt": str(gate), "stream": True},
-        stream=True,
-        timeout=60,
-    ) as running:
-        lines = running.iter_lines()
-        assert b"first" in next(line for line in lines if line)
+    with held_stream(metered, "gated", str(gate)) as lines:
         # The first piece (and the response's headers) went out; the request is not over.
         assert _duration_count(metered, "gated") == 0
         gate.write_text("open")

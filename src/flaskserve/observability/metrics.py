@@ -94,33 +94,15 @@ def prepare_shared_dir() -> Callable[[], None]:
 
 
 class PrometheusObserver:
-    """The core's events (`flaskserve.core.observers`) recorded in this worker's tallies;
-    `create_app` installs one as the process default."""
+    """The core's events (`flaskserve.core.observers`) recorded in this worker's tallies, which
+    `/metrics` and the statistics extension read; `create_app` installs one as the process
+    default."""
 
-    def predicted(self, model: str, version: str, rows: int, seconds: float) -> None:
-        tallies.predicted(model, version, rows, seconds)
-
-    def queue_waited(self, model: str, version: str, seconds: float) -> None:
-        tallies.queue_waited(model, version, seconds)
-
-    def queue_changed(self, model: str, version: str, delta: int) -> None:
-        tallies.queue_changed(model, version, delta)
-
-    def loaded(self, model: str, version: str, seconds: float) -> None:
-        tallies.loaded(model, version, seconds)
-
-    def generated(
-        self,
-        model: str,
-        version: str,
-        first_token: float | None,
-        per_token: float | None,
-        prompt_tokens: int,
-        completion_tokens: int,
-    ) -> None:
-        tallies.generated(
-            model, version, first_token, per_token, prompt_tokens, completion_tokens
-        )
+    predicted = staticmethod(tallies.predicted)
+    queue_waited = staticmethod(tallies.queue_waited)
+    queue_changed = staticmethod(tallies.queue_changed)
+    loaded = staticmethod(tallies.loaded)
+    generated = staticmethod(tallies.generated)
 
 
 #: Every (model, version) this worker recorded the readiness of.

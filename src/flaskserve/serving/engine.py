@@ -241,9 +241,9 @@ class WsgiOverRsgi:
         done: asyncio.Future[Any] = loop.create_future()
         environ[STATE_KEY] = RequestState(time.monotonic())
         app = self.app
-        # One context for the request's whole life: a streamed body's chunks are made by
-        # whichever pool thread is free, and Flask's `stream_with_context` pushes its request
-        # context in one chunk and pops it in another (a context variable must be reset in the
+        # One context for the request's whole life: a streamed body's chunks are made later, in
+        # another pool job (`_stream`), and Flask's `stream_with_context` pushes its request
+        # context in this job and pops it in that one (a context variable must be reset in the
         # context it was set in).
         context = contextvars.copy_context()
 
