@@ -46,7 +46,10 @@ log = logging.getLogger("flaskserve")
 SPARE_THREADS = 4
 #: A response with a Content-Length up to this is sent in one piece; larger ones stream.
 BUFFERED_RESPONSE_BYTES = 1 << 20
-#: Chunks of a streamed response made but not yet sent, at most (`WsgiOverRsgi._stream`).
+#: Chunks of a streamed response made but not yet handed to Granian, at most
+#: (`WsgiOverRsgi._stream`). Granian's RSGI stream transport queues what it is handed without a
+#: bound (its `send_bytes` returns at once), so this bounds the maker thread's lead over the
+#: event loop, not what a client that reads nothing leaves buffered.
 STREAM_WINDOW = 8
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -274,10 +277,10 @@ class WsgiOverRsgi:
         """Send `body` chunk by chunk as the app yields it. One pool thread makes the chunks (in
         the request's `context`) and hands each to the loop, which sends it: one thread hop per
         chunk, and the next chunk is made while this one is sent. At most `STREAM_WINDOW`
-        chunks wait unsent (a client that reads nothing holds no more); when the client is
-        gone the maker stops at its next chunk and closes the body, as it does at the end. The
-        app failing mid-stream is an error logged with its traceback (the client only sees the
-        response cut short); the client going away is not."""
+        chunks wait for the loop; when the client is gone the maker stops at its next chunk and
+        closes the body, as it does at the end. The app failing mid-stream is an error logged
+        with its traceback (the client only sees the response cut short); the client going
+        away is not."""
         loop = self._loop or asyncio.get_running_loop()
         transport = proto.response_stream(status, headers)
         ready: asyncio.Queue[Any] = asyncio.Queue()
