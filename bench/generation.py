@@ -4,6 +4,8 @@ prompts, in one run.
 
     PYTHONPATH=src python bench/generation.py [--seconds 4] [--gen-rounds 2] [--tokens 64]
     python bench/run.py --only gen           # the same, its table into docs/benchmarks.md
+    PYTHONPATH=src python bench/generation.py --gen-targets raw,flaskserve,flaskserve-before \
+        --baseline-src ../before/src         # a change, before and after, in one run
 
 Targets (the model is `scribe`, models/scribe.py, built into a temporary folder; every request is
 a chat of one user message, `max_tokens` --tokens at temperature 1, streamed):
@@ -59,6 +61,7 @@ LABELS = {
     "raw": "raw: transformers continuous batching in process (no HTTP)",
     "raw-2threads": "raw, 2 torch threads (scribe's default is 1)",
     "flaskserve": "**flaskserve** (`serve --workers 1 --threads 64`)",
+    "flaskserve-before": "flaskserve from `--baseline-src` (the code before a change)",
     "transformers-serve": "`transformers serve --continuous-batching`",
     "litserve": "LitServe 0.2 OpenAI spec (one worker, no batching)",
 }
@@ -256,6 +259,9 @@ def targets(model_dir: Path, port: int, args: argparse.Namespace) -> dict[str, A
                         "--workers", "1", "--threads", "64", "--host", "127.0.0.1", "--port",
                         str(port)], "/v2/health/ready", model_dir.name, {}, {}),
     }
+    if args.baseline_src:
+        cmd, ready, name, _, extra = found["flaskserve"]
+        found["flaskserve-before"] = (cmd, ready, name, {"PYTHONPATH": args.baseline_src}, extra)
     transformers = bindir / "transformers"
     if not all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn")):
         found["transformers-serve"] = "needs fastapi and uvicorn (pip install 'flaskserve[bench]')"
@@ -429,6 +435,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=list(LEVELS), help="concurrent streams, e.g. 1,8,32")
     parser.add_argument("--gen-targets", type=lambda v: v.split(","), default=list(LABELS),
                         help=f"generation targets, of: {', '.join(LABELS)} [all]")
+    parser.add_argument("--baseline-src", help="also serve flaskserve from this src folder "
+                        "(another checkout's src/): before and after a change, in one run")
     parser.add_argument("--litserve-python", help="LitServe venv's python")
     parser.add_argument("--setup-litserve", action="store_true",
                         help="create LitServe's venv when it is missing")

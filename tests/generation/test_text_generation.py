@@ -3,13 +3,15 @@ strings, cancellation, and Python models that stream."""
 
 from __future__ import annotations
 
+import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from flaskserve.core import wakeup
 from flaskserve.core.config import config_from_mapping, read_model_config
 from flaskserve.core.errors import InvalidInput
 from flaskserve.core.generation import collect, until_stop
@@ -56,6 +58,56 @@ def test_the_same_seed_gives_the_same_text(tiny: Model) -> None:
         for s in range(8, 12)
     }
     assert len(others | texts) > 1
+
+
+class CountingWaker:
+    """A driver's waker: counts the times a stream armed it and was woken."""
+
+    def __init__(self) -> None:
+        self.armed = 0
+        self.woken = threading.Event()
+
+    def arm(self) -> Callable[[], None]:
+        self.armed += 1
+        self.woken.clear()
+        return self.woken.set
+
+
+def test_a_stream_with_a_waker_waits_for_tokens_without_blocking(tiny: Model) -> None:
+    request = GenerationRequest(prompt="The lazy dog", max_tokens=16, temperature=0)
+    blocking = collect(tiny.generate(request))[0]
+    waker = CountingWaker()
+
+    def read() -> list[TextEvent]:
+        wakeup.install(waker)
+        events, stream = [], tiny.generate(request)
+        for event in stream:
+            if event is wakeup.NOTHING_YET:
+                assert waker.woken.wait(30), "the waker was never fired"
+                continue
+            events.append(event)
+        return events
+
+    events = contextvars.copy_context().run(read)
+    assert waker.armed > 0  # it waited on the waker, not in a blocking get
+    assert "".join(event.text for event in events) == blocking
+    assert events[-1].finish_reason is not None
+
+
+def test_streamed_pieces_join_to_the_whole_text_across_multibyte_characters(
+    tiny_lm: Path,
+) -> None:
+    from transformers import AutoTokenizer
+
+    from flaskserve.runtimes.text_generation import _Decoder
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_lm))
+    text = "Caf\u00e9 cr\u00e8me, na\u00efve r\u00e9sum\u00e9 \U0001f600 \U0001f600 done"
+    ids = tokenizer(text)["input_ids"]
+    decoder = _Decoder(tokenizer, [tokenizer.eos_token_id])
+    pieces = [decoder.feed(ids[:n]) for n in range(1, len(ids) + 1)] + [decoder.rest()]
+    assert not any("\ufffd" in piece for piece in pieces)  # no half character ever sent
+    assert "".join(pieces) == tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def test_concurrent_generations_all_finish(tiny: Model) -> None:
@@ -115,6 +167,18 @@ def test_stop_strings_cut_the_text_across_events() -> None:
 
     events = list(until_stop(pieces(), ["END"]))
     assert "".join(e.text for e in events) == "Hello world. "
+    assert events[-1].finish_reason == "stop"
+
+
+def test_stop_strings_pass_a_waiting_stream_on_untouched() -> None:
+    def pieces() -> Iterator[TextEvent]:
+        yield TextEvent("Hello E", 3, 1)
+        yield wakeup.NOTHING_YET
+        yield TextEvent("ND there", 3, 2)
+
+    events = list(until_stop(pieces(), ["END"]))
+    assert wakeup.NOTHING_YET in events
+    assert "".join(e.text for e in events) == "Hello "
     assert events[-1].finish_reason == "stop"
 
 

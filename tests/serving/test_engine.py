@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
+from flaskserve.core import wakeup
 from flaskserve.serving.engine import WsgiOverRsgi
 
 
@@ -201,3 +203,109 @@ def test_a_client_leaving_mid_stream_closes_the_app_and_logs_no_error(
     assert proto.streamed == [b"data: 1\n\n"]
     assert closed == [True]
     assert [record for record in caplog.records if record.levelno >= logging.WARNING] == []
+
+
+class Producer:
+    """Tokens made on another thread, read by streams that wait on the engine's waker when
+    there is none yet (as a batched generation does, `core.wakeup`), or block without one."""
+
+    def __init__(self) -> None:
+        self.made: list[bytes] = []
+        self.fire: list[Any] = []
+        self.more = threading.Condition()
+        self.reader_threads: set[str] = set()
+
+    def make(self, token: bytes) -> None:
+        with self.more:
+            self.made.append(token)
+            self.more.notify_all()
+            fire, self.fire = self.fire, []
+        for wake in fire:
+            wake()
+
+    def app(self, environ: dict, start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+
+        def events() -> Any:
+            sent = 0
+            yield b"start"
+            while sent < 2:
+                with self.more:
+                    waker = wakeup.current()
+                    if len(self.made) == sent:
+                        if waker is not None:
+                            self.fire.append(waker.arm())
+                        else:
+                            made = self.more.wait_for(lambda n=sent: len(self.made) > n, 10)
+                            assert made, "no token came"
+                if len(self.made) == sent:
+                    yield b""
+                    continue
+                self.reader_threads.add(threading.current_thread().name)
+                yield self.made[sent]
+                sent += 1
+
+        return events()
+
+
+def test_streams_waiting_on_their_waker_hold_no_pool_thread() -> None:
+    producer = Producer()
+    adapter = WsgiOverRsgi(producer.app, threads=1, max_body_bytes=100, body_timeout_s=5)
+    streams = adapter.threads * 3  # more than the pool has threads
+
+    async def run() -> list[FakeProto]:
+        loop = asyncio.get_running_loop()
+        adapter.__rsgi_init__(loop)
+        protos = [FakeProto([]) for _ in range(streams)]
+        try:
+            served = [asyncio.ensure_future(adapter.__rsgi__(scope("GET"), p)) for p in protos]
+            async with asyncio.timeout(20):  # every stream waits: none waits for a thread
+                while len(producer.fire) < streams:
+                    await asyncio.sleep(0.01)
+                for token in (b"one", b"two"):
+                    await loop.run_in_executor(None, producer.make, token)
+                await asyncio.gather(*served)
+        finally:
+            adapter.__rsgi_del__(loop)
+        return protos
+
+    protos = asyncio.run(run())
+    assert all(p.streamed == [b"start", b"one", b"two"] for p in protos)
+    assert producer.reader_threads == {threading.main_thread().name}  # read on the loop
+
+
+def test_a_client_leaving_a_stream_the_loop_drives_closes_it() -> None:
+    producer = Producer()
+    closed: list[bool] = []
+
+    def app(environ: dict, start_response: Any) -> Any:
+        body = producer.app(environ, start_response)
+
+        def events() -> Any:
+            try:
+                yield from body
+            finally:
+                closed.append(True)
+
+        return events()
+
+    proto = FakeProto([])
+    proto.gone_after = 1
+    adapter = WsgiOverRsgi(app, threads=1, max_body_bytes=100, body_timeout_s=5)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        adapter.__rsgi_init__(loop)
+        try:
+            served = asyncio.ensure_future(adapter.__rsgi__(scope("GET"), proto))
+            async with asyncio.timeout(20):
+                while not producer.fire:  # the stream waits on the loop
+                    await asyncio.sleep(0.01)
+                await loop.run_in_executor(None, producer.make, b"one")
+                await served
+        finally:
+            adapter.__rsgi_del__(loop)
+
+    asyncio.run(run())
+    assert proto.streamed == [b"start"]
+    assert closed == [True]

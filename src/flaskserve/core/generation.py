@@ -9,6 +9,9 @@ a stream cut short is billed for what it got.
 
 A refusal (unknown model, a model that does not generate, a prompt too long) is raised by
 `open_stream` itself, before the first byte of a response: nothing is refused mid-stream.
+
+Every wrapper here passes `wakeup.NOTHING_YET` on untouched: a stream driven by a waker yields it
+instead of blocking (`core.wakeup`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from flaskserve.core.context import InferenceContext
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InvalidInput, ModelFailed
 from flaskserve.core.model import GenerationRequest, Model, TensorSpec, TextEvent, TextStream
+from flaskserve.core.wakeup import NOTHING_YET
 
 #: The V2 signature of every generative model: one prompt in, the whole text out, as the
 #: generate extension and `tritonclient` name them.
@@ -69,6 +73,9 @@ def _accounted(
     first: float | None = None  # monotonic time of the first token
     try:
         for event in stream:
+            if event is NOTHING_YET:
+                yield event
+                continue
             if first is None and event.completion_tokens:
                 first = time.monotonic()
             context.prompt_tokens = event.prompt_tokens
@@ -106,6 +113,9 @@ def until_stop(stream: TextStream, stop: Iterable[str]) -> Iterator[TextEvent]:
     pending = ""
     try:
         for event in stream:
+            if event is NOTHING_YET:
+                yield event
+                continue
             pending += event.text
             cut = min((i for i in (pending.find(s) for s in stops) if i >= 0), default=-1)
             if cut >= 0:

@@ -30,6 +30,7 @@ from flaskserve.core.errors import FlaskServeError, ModelNotFound
 from flaskserve.core.generation import close_stream, first_event, open_stream, rest_of
 from flaskserve.core.model import GenerationRequest, TextEvent, TextStream
 from flaskserve.core.sampling import SETTINGS, InvalidSetting, sampling
+from flaskserve.core.wakeup import NOTHING_YET
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.openai import OpenAIError, error_body, request_body, reshape_errors
 from flaskserve.protocol.route_policy import inference_route
@@ -121,6 +122,10 @@ class _Reply:
                 yield self._chunk({"role": "assistant", "content": ""}, None, usage)
             event: TextEvent | None = first
             while event is not None:
+                if event is NOTHING_YET:  # the engine waits for the next token, not a thread
+                    yield b""
+                    event = next(stream, None)
+                    continue
                 last = event
                 if event.text:
                     yield self._chunk(event.text, None, usage)

@@ -27,6 +27,7 @@ from flaskserve.core.errors import FlaskServeError, InvalidInput
 from flaskserve.core.generation import close_stream, first_event, open_stream, rest_of
 from flaskserve.core.model import GenerationRequest, Model, TextEvent, TextStream
 from flaskserve.core.sampling import SETTINGS, sampling
+from flaskserve.core.wakeup import NOTHING_YET
 from flaskserve.protocol.codec import loads
 from flaskserve.protocol.http_context import http_context
 from flaskserve.protocol.route_policy import inference_route
@@ -77,7 +78,9 @@ def _events(model: Model, first: TextEvent, stream: TextStream) -> Iterator[byte
     event: TextEvent | None = first
     try:
         while event is not None:
-            if event.text or event.finish_reason is not None:
+            if event is NOTHING_YET:  # the engine waits for the next token, not a thread
+                yield b""
+            elif event.text or event.finish_reason is not None:
                 yield _sse(_answer(model, event.text, event))
             if event.finish_reason is not None:
                 return

@@ -31,14 +31,16 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from flaskserve.core import wakeup
 from flaskserve.core.config import ModelConfig
 from flaskserve.core.errors import InvalidInput, ModelLoadError
 from flaskserve.core.generation import generative_model
 from flaskserve.core.model import GenerationRequest, Model, TextEvent, TextStream
+from flaskserve.core.wakeup import NOTHING_YET
 from flaskserve.runtimes.context import DEFAULT_OPTIONS, RuntimeOptions
 from flaskserve.runtimes.files import detail
 from flaskserve.runtimes.options import device_option, int_option
@@ -54,6 +56,8 @@ _BUILD_TEMPERATURE = 0.7
 _BUILD_TOP_P = 0.95
 #: Greedy decoding inside a sampling batch: keep only the most likely token.
 _GREEDY_TOP_P = 1e-9
+#: No output waiting, and the stream's waker armed (`_Outputs.latest`).
+_NOTHING = object()
 
 
 def load(
@@ -135,15 +139,24 @@ class Engine:
         starter = threading.Thread(target=self.manager.start, daemon=True)
         starter.start()
         starter.join()
-        self._streams: dict[str, queue.SimpleQueue[Any]] = {}
+        self._streams: dict[str, _Outputs] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._seeded = threading.Lock()
         self._closed = threading.Event()
-        self._router = threading.Thread(
-            target=self._route, name="flaskserve-generate", daemon=True
-        )
-        self._router.start()
+        # Each output is put on its stream from the batch thread itself, through the handlers
+        # table behind transformers' `register_result_handler` (which would want an asyncio
+        # loop to post to): no thread between the batch and the stream. A transformers without
+        # that table gets one router thread reading the shared output queue instead.
+        router = getattr(self.manager, "output_router", None)
+        handlers = getattr(router, "result_handlers", None)
+        self._handlers: dict[str, Any] | None = handlers if isinstance(handlers, dict) else None
+        #: Where transformers puts the outputs of a request without a handler: those a
+        #: cancelled generation made after its stream was forgotten (dropped at each `_forget`).
+        self._spilled: queue.Queue[Any] | None = getattr(router, "output_queue", None)
+        if self._handlers is None or self._spilled is None:
+            self._handlers = None
+            threading.Thread(target=self._route, name="flaskserve-generate", daemon=True).start()
 
     # -- the request side ---------------------------------------------------------------------
 
@@ -201,9 +214,11 @@ class Engine:
             "top_p": _GREEDY_TOP_P if greedy else float(request.top_p),
         }
         request_id = f"g{next(self._ids)}"
-        outputs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        outputs = _Outputs()
         with self._lock:
             self._streams[request_id] = outputs
+        if self._handlers is not None:
+            self._handlers[request_id] = (outputs.put, _INLINE)
         decoder = _Decoder(self.tokenizer, self.eos)
         finished = False
         try:
@@ -220,7 +235,10 @@ class Engine:
                 raise RuntimeError("the generation engine is stopping")
             yield TextEvent("", len(prompt_ids), 0)
             while True:
-                output = _latest(outputs)
+                output = outputs.latest(wakeup.current())
+                if output is _NOTHING:
+                    yield NOTHING_YET
+                    continue
                 if output is None:
                     raise RuntimeError("the generation engine stopped")
                 if output.error:
@@ -244,6 +262,13 @@ class Engine:
     def _forget(self, request_id: str) -> None:
         with self._lock:
             self._streams.pop(request_id, None)
+        if self._handlers is not None and self._spilled is not None:
+            self._handlers.pop(request_id, None)
+            while True:
+                try:
+                    self._spilled.get_nowait()
+                except queue.Empty:
+                    break
 
     def _route(self) -> None:
         """The one reader of the batch's outputs: each goes to its stream's queue."""
@@ -298,19 +323,55 @@ class Engine:
             log.warning("stopping the generation engine: %s", exc)
 
 
-def _latest(outputs: queue.SimpleQueue[Any]) -> Any:
-    """The newest of a stream's waiting outputs (waiting for one when there is none). Each output
-    holds every token made so far, so a stream whose reader fell behind (a busy server, a slow
-    client) skips to the newest and sends the tokens in between as one piece, instead of paying
-    a decode and a piece for each; the last output (finished, failed, or the engine's stop) is
-    never skipped."""
-    output = outputs.get()
-    while output is not None and not output.error and not output.is_finished():
-        try:
-            output = outputs.get_nowait()
-        except queue.Empty:
-            break
-    return output
+class _Inline:
+    """Stands for the asyncio loop transformers posts a result handler's call to: calls it at
+    once, in the batch thread."""
+
+    @staticmethod
+    def call_soon_threadsafe(callback: Callable[..., Any], *args: Any) -> None:
+        callback(*args)
+
+
+_INLINE = _Inline()
+
+
+class _Outputs:
+    """One stream's outputs, put by the batch thread, taken by whoever reads the stream: a
+    thread that blocks, or a driver that waits for a wake-up (`core.wakeup`)."""
+
+    __slots__ = ("_queue", "_wake")
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._wake: Callable[[], None] | None = None
+
+    def put(self, output: Any) -> None:
+        self._queue.put(output)
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            wake()
+
+    def latest(self, waker: wakeup.Waker | None) -> Any:
+        """The newest of the waiting outputs. Each output holds every token made so far, so a
+        stream whose reader fell behind (a busy server, a slow client) skips to the newest and
+        sends the tokens in between as one piece, instead of paying a decode and a piece for
+        each; the last output (finished, failed, or the engine's stop: None) is never skipped.
+        With none waiting: wait for one, or with a `waker`, arm it and answer `_NOTHING`."""
+        waiting = self._queue
+        if not waiting.empty():
+            output = waiting.get_nowait()
+        elif waker is None:
+            output = waiting.get()
+        else:
+            self._wake = waker.arm()
+            if waiting.empty():  # an output put before the waker was in place woke no one
+                return _NOTHING
+            output = waiting.get_nowait()
+        while output is not None and not output.error and not waiting.empty():
+            if output.is_finished():
+                break
+            output = waiting.get_nowait()
+        return output
 
 
 def _sample(logits: Any, request: GenerationRequest, generator: Any) -> int:
@@ -327,26 +388,47 @@ def _sample(logits: Any, request: GenerationRequest, generator: Any) -> int:
 
 class _Decoder:
     """Turns a growing token list into the text it adds each step, holding back bytes of a
-    character not yet complete (a byte-level tokenizer may split one across tokens)."""
+    character not yet complete (a byte-level tokenizer may split one across tokens).
+
+    Each step decodes only the tokens since the last text it gave plus the ones that gave it
+    (a tokenizer may join a token's text to its neighbour's, as SentencePiece does with
+    spaces), not the whole list: the cost of a token stays flat however long the text grows."""
 
     def __init__(self, tokenizer: Any, eos: list[int]) -> None:
-        self.tokenizer = tokenizer
+        self.decode = _decoder_of(tokenizer)
         self.eos = set(eos)
-        self.sent = 0
-        self.text = ""
+        self.ids: list[int] = []
+        self.seen = 0  # tokens of the output read so far (eos included)
+        self.prefix = 0  # start of the tokens decoded for context
+        self.read = 0  # tokens whose text was given
 
     def feed(self, tokens: list[int]) -> str:
-        self.text = self.tokenizer.decode(
-            [t for t in tokens if t not in self.eos], skip_special_tokens=True
-        )
-        if self.text.endswith("\ufffd"):
-            return ""
-        new, self.sent = self.text[self.sent :], len(self.text)
-        return new
+        self.ids.extend(t for t in tokens[self.seen :] if t not in self.eos)
+        self.seen = len(tokens)
+        return self._step(final=False)
 
     def rest(self) -> str:
-        new, self.sent = self.text[self.sent :], len(self.text)
-        return new
+        return self._step(final=True)
+
+    def _step(self, final: bool) -> str:
+        if self.read == len(self.ids):
+            return ""
+        decode = self.decode
+        before: str = decode(self.ids[self.prefix : self.read], skip_special_tokens=True)
+        text: str = decode(self.ids[self.prefix :], skip_special_tokens=True)
+        if len(text) <= len(before) or (text.endswith("\ufffd") and not final):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return text[len(before) :]
+
+
+def _decoder_of(tokenizer: Any) -> Callable[..., str]:
+    """The tokenizer's decode: its Rust tokenizer's own (a quarter of the cost per call) when the
+    Python layer would add nothing to it (no clean-up of spaces)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return backend.decode  # type: ignore[no-any-return]
+    return tokenizer.decode  # type: ignore[no-any-return]
 
 
 def _eos_ids(lm: Any, tokenizer: Any) -> list[int]:

@@ -17,9 +17,9 @@ request that presents no valid key gets its 401 at once, so a client without a k
 make a worker buffer a body).
 
 A response with a Content-Length (every non-streamed Flask response) is joined and sent by the
-thread that made it. Any other response is streamed chunk by chunk as the app yields it: a pool
-thread makes the chunks and the loop sends them, a few chunks ahead at most; when the client is
-gone the app's iterator is closed (WSGI `close()`), as it is after every response.
+thread that made it. Any other response is streamed chunk by chunk as the app yields it
+(`streams`): a pool thread makes the chunks and the loop sends them, or the loop makes them itself
+for a body that waits for its next chunk without a thread (a batched generation).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import orjson
 
 from flaskserve.observability.logs import escape
 from flaskserve.protocol.http_context import STATE_KEY, RequestState
+from flaskserve.serving.streams import Streams, close_body
 
 log = logging.getLogger("flaskserve")
 #: Pool threads beyond `--threads`: cheap routes (health, metrics, model metadata) still get a
@@ -46,17 +47,11 @@ log = logging.getLogger("flaskserve")
 SPARE_THREADS = 4
 #: A response with a Content-Length up to this is sent in one piece; larger ones stream.
 BUFFERED_RESPONSE_BYTES = 1 << 20
-#: Chunks of a streamed response made but not yet handed to Granian, at most
-#: (`WsgiOverRsgi._stream`). Granian's RSGI stream transport queues what it is handed without a
-#: bound (its `send_bytes` returns at once), so this bounds the maker thread's lead over the
-#: event loop, not what a client that reads nothing leaves buffered.
-STREAM_WINDOW = 8
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 #: Headers that are not `HTTP_*` in a WSGI environ.
 _CGI_HEADERS = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
-_STREAM_END = object()
 
 
 class Pool:
@@ -107,6 +102,7 @@ class WsgiOverRsgi:
         self._on_loop = on_loop
         self._pool: Pool | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._streams: Streams | None = None
         self._base = {
             "SCRIPT_NAME": "",
             "wsgi.version": (1, 0),
@@ -123,6 +119,7 @@ class WsgiOverRsgi:
         """In the worker, once its event loop exists (Granian calls this)."""
         self._loop = loop
         self._pool = Pool(self.threads)
+        self._streams = Streams(loop, self._pool.submit)
         if self._on_loop is not None:
             self._on_loop(loop)
 
@@ -245,9 +242,9 @@ class WsgiOverRsgi:
         environ[STATE_KEY] = RequestState(time.monotonic())
         app = self.app
         # One context for the request's whole life: a streamed body's chunks are made later, in
-        # another pool job (`_stream`), and Flask's `stream_with_context` pushes its request
-        # context in this job and pops it in that one (a context variable must be reset in the
-        # context it was set in).
+        # another pool job or on the loop (`streams`), and Flask's `stream_with_context` pushes
+        # its request context in this job and pops it in that one (a context variable must be
+        # reset in the context it was set in).
         context = contextvars.copy_context()
 
         def job() -> None:
@@ -263,60 +260,8 @@ class WsgiOverRsgi:
         streamed = await done
         if streamed is not None:
             where = f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}"
-            await self._stream(proto, context, where, *streamed)
-
-    async def _stream(
-        self,
-        proto: Any,
-        context: contextvars.Context,
-        where: str,
-        status: int,
-        headers: list[tuple[str, str]],
-        body: Iterable[bytes],
-    ) -> None:
-        """Send `body` chunk by chunk as the app yields it. One pool thread makes the chunks (in
-        the request's `context`) and hands each to the loop, which sends it: one thread hop per
-        chunk, and the next chunk is made while this one is sent. At most `STREAM_WINDOW`
-        chunks wait for the loop; when the client is gone the maker stops at its next chunk and
-        closes the body, as it does at the end. The app failing mid-stream is an error logged
-        with its traceback (the client only sees the response cut short); the client going
-        away is not."""
-        loop = self._loop or asyncio.get_running_loop()
-        transport = proto.response_stream(status, headers)
-        ready: asyncio.Queue[Any] = asyncio.Queue()
-        room = threading.Semaphore(STREAM_WINDOW)
-        gone = threading.Event()
-
-        def make() -> None:
-            try:
-                for chunk in body:
-                    if chunk:
-                        room.acquire()
-                        if gone.is_set():
-                            break
-                        loop.call_soon_threadsafe(ready.put_nowait, chunk)
-                    elif gone.is_set():
-                        break
-            except Exception:
-                log.exception("the app failed streaming %s; the response was cut short", where)
-            finally:
-                try:
-                    _close(body)
-                finally:
-                    loop.call_soon_threadsafe(ready.put_nowait, _STREAM_END)
-
-        assert self._pool is not None
-        self._pool.submit(lambda: context.run(make))
-        try:
-            while (chunk := await ready.get()) is not _STREAM_END:
-                await transport.send_bytes(chunk)
-                room.release()
-        except Exception:  # the client went away: nothing to tell anyone
-            log.debug("client left during the stream of %s", where, exc_info=True)
-            gone.set()
-            room.release()
-            while await ready.get() is not _STREAM_END:  # until the maker closed the body
-                room.release()
+            assert self._streams is not None
+            await self._streams.send(proto, context, where, *streamed)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
@@ -376,15 +321,9 @@ def _call(
         try:
             data = b"".join(body)
         except Exception:
-            _close(body)
+            close_body(body)
             raise
         proto.response_bytes(start.status, start.headers, data)
-        _close(body)
+        close_body(body)
         return None
     return start.status, start.headers, body
-
-
-def _close(body: Iterable[bytes]) -> None:
-    close = getattr(body, "close", None)
-    if close is not None:
-        close()

@@ -1,0 +1,206 @@
+"""Streamed responses: the chunks of a WSGI body sent as the app makes them (`engine`).
+
+A pool thread makes the chunks and the event loop sends them, a few chunks ahead at most. A body
+that can wait without a thread (a batched generation between its tokens: an empty chunk after
+arming the stream's waker, `core.wakeup`) is handed to the loop, which makes each of its chunks
+itself once the waker fired: a stream waiting for its next token holds no thread, and a token
+crosses no thread between the model's batch and the socket. The wake-ups of all the streams a
+decode step fed reach the loop in one cross-thread call.
+
+Granian's RSGI stream transport queues what it is handed without a bound (its `send_bytes`
+returns at once, measured), so `STREAM_WINDOW` bounds the maker thread's lead over the loop, not
+what a client that reads nothing leaves buffered: the gate's stream limits bound that.
+
+When the client is gone the body is closed at its next chunk, as it is at the end (WSGI
+`close()`). The app failing mid-stream is an error logged with its traceback (the client only
+sees the response cut short); the client going away is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from flaskserve.core import wakeup
+
+log = logging.getLogger("flaskserve")
+
+#: Chunks a pool thread made that the loop has not sent yet, at most.
+STREAM_WINDOW = 8
+
+_STREAM_END = object()
+#: The maker handed the rest of a stream to the loop (`Streams._drive`).
+_ON_LOOP = object()
+
+
+class Streams:
+    """Sends streamed bodies on `loop`, their chunks made by jobs given to `submit` (the app's
+    pool) or, for a body that waits on its waker, by the loop itself."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, submit: Callable[[Any], None]) -> None:
+        self._loop = loop
+        self._submit = submit
+        self._wakes = _Wakes(loop)
+
+    async def send(
+        self,
+        proto: Any,
+        context: contextvars.Context,
+        where: str,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: Iterable[bytes],
+    ) -> None:
+        """Send `body` chunk by chunk as the app yields it, each chunk made in the request's
+        `context`: first by one pool thread, handing each to the loop (one thread hop per
+        chunk, the next made while this one is sent), then by the loop when the body waits."""
+        loop = self._loop
+        transport = proto.response_stream(status, headers)
+        chunks = iter(body)
+        ready: asyncio.Queue[Any] = asyncio.Queue()
+        room = threading.Semaphore(STREAM_WINDOW)
+        gone = threading.Event()
+        waker = _LoopWaker(self._wakes)
+
+        def make() -> bool:
+            """Make and hand over chunks; True when the body waits on its waker (the loop
+            goes on with it), False when it ended and was closed."""
+            wakeup.install(waker)
+            try:
+                while True:
+                    waker.armed = False
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        break
+                    if chunk:
+                        room.acquire()
+                        if gone.is_set():
+                            break
+                        loop.call_soon_threadsafe(ready.put_nowait, chunk)
+                    elif waker.armed:
+                        return True
+                    elif gone.is_set():
+                        break
+            except Exception:
+                log.exception("the app failed streaming %s; the response was cut short", where)
+            close_body(body)
+            return False
+
+        def job() -> None:
+            handed = False
+            try:
+                handed = context.run(make)
+            finally:  # posted once out of the context: the loop enters it next
+                loop.call_soon_threadsafe(ready.put_nowait, _ON_LOOP if handed else _STREAM_END)
+
+        self._submit(job)
+        try:
+            while (chunk := await ready.get()) is not _STREAM_END:
+                if chunk is _ON_LOOP:
+                    await self._drive(transport, context, where, chunks, body, waker)
+                    return
+                await transport.send_bytes(chunk)
+                room.release()
+        except Exception:  # the client went away: nothing to tell anyone
+            log.debug("client left during the stream of %s", where, exc_info=True)
+            gone.set()
+            room.release()
+            while (chunk := await ready.get()) is not _STREAM_END:  # until the body is closed
+                if chunk is _ON_LOOP:
+                    context.run(close_body, body)
+                    return
+                room.release()
+
+    async def _drive(
+        self,
+        transport: Any,
+        context: contextvars.Context,
+        where: str,
+        chunks: Iterator[bytes],
+        body: Iterable[bytes],
+        waker: _LoopWaker,
+    ) -> None:
+        """The rest of a stream handed to the loop: make a chunk, send it; on an empty chunk
+        wait for the waker the body armed."""
+        try:
+            while True:
+                waker.clear()
+                try:
+                    chunk = context.run(next, chunks, None)
+                except Exception:
+                    log.exception("the app failed streaming %s; the response was cut short", where)
+                    return
+                if chunk is None:
+                    return
+                if chunk:
+                    try:
+                        await transport.send_bytes(chunk)
+                    except Exception:  # the client went away: nothing to tell anyone
+                        log.debug("client left during the stream of %s", where, exc_info=True)
+                        return
+                elif waker.armed:
+                    await waker.fired.wait()
+        finally:
+            context.run(close_body, body)
+
+
+class _Wakes:
+    """Wake-ups fired from other threads, handed to the loop in one call for as many as fired
+    before it ran: a decode step of 32 streams costs the batch thread one cross-thread call."""
+
+    __slots__ = ("_fired", "_lock", "_loop", "_posted")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._fired: list[asyncio.Event] = []
+        self._posted = False
+
+    def fire(self, event: asyncio.Event) -> None:
+        with self._lock:
+            self._fired.append(event)
+            if self._posted:
+                return
+            self._posted = True
+        self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._lock:
+            fired, self._fired = self._fired, []
+            self._posted = False
+        for event in fired:
+            event.set()
+
+
+class _LoopWaker:
+    """The waker of one stream (`core.wakeup`): fired from the producer's thread, it wakes the
+    loop's wait; `armed` tells an empty chunk that waits from one that does not."""
+
+    __slots__ = ("_wakes", "armed", "fired")
+
+    def __init__(self, wakes: _Wakes) -> None:
+        self._wakes = wakes
+        self.fired = asyncio.Event()
+        self.armed = False
+
+    def arm(self) -> Callable[[], None]:
+        self.armed = True
+        return self._fire
+
+    def clear(self) -> None:
+        self.armed = False
+        self.fired.clear()
+
+    def _fire(self) -> None:
+        self._wakes.fire(self.fired)
+
+
+def close_body(body: Iterable[bytes]) -> None:
+    """WSGI's `close()` of a body, when it has one (every body is closed, read or not)."""
+    close = getattr(body, "close", None)
+    if close is not None:
+        close()
