@@ -97,8 +97,8 @@ def _serve(
     def cancel_stuck() -> None:
         key = f" (key {inference.key_id!r})" if inference.key_id else ""
         log.warning(
-            "stream of %s %s cancelled at %s: its client read nothing for %gs past the "
-            "limit, %d bytes of text sent%s",
+            "stream of %s %s cancelled at %s: its client stopped reading (a send waited %gs "
+            "past the limit), %d bytes of text sent%s",
             RPC, name, SECONDS_FLAG, SEND_GRACE_S, sent, key,
         )
         cancel()
