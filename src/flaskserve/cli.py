@@ -100,6 +100,18 @@ def main() -> None:
     default=None,
     help="Time a client has to send a request's body before 408 and a disconnect [10000].",
 )
+@click.option(
+    "--max-stream-bytes",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Most bytes one streamed response sends, 0: no limit [8388608].",
+)
+@click.option(
+    "--max-stream-seconds",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Longest one stream (HTTP or gRPC) runs, 0: no limit [600].",
+)
 def serve(
     repository: str | None,
     host: str | None,
@@ -124,6 +136,8 @@ def serve(
     allowed_hosts: str | None,
     public_url: str | None,
     body_timeout_ms: int | None,
+    max_stream_bytes: int | None,
+    max_stream_seconds: int | None,
 ) -> None:
     """Serve REPOSITORY (a folder of models), or the embedded default models when omitted."""
     settings = Settings.from_env(
@@ -149,6 +163,8 @@ def serve(
         allowed_hosts=allowed_hosts,
         public_url=public_url,
         body_timeout_ms=body_timeout_ms,
+        max_stream_bytes=max_stream_bytes,
+        max_stream_seconds=max_stream_seconds,
     )
     settings = sagemaker_overrides(settings, os.environ, explicit_port=port is not None)
     _configure_logging(settings)

@@ -76,6 +76,13 @@ class Settings:
     #: Milliseconds a client has to send a request's body, counted from its headers; 408 and
     #: the connection closed after (read on the event loop: a slow body holds no thread).
     body_timeout_ms: int = 10000
+    #: Most bytes one streamed response may send (a generation's SSE, an app's own stream);
+    #: the stream is stopped with an error event beyond it. 0: no limit. See
+    #: `core.stream_limits`: a worker's memory held by clients that read nothing is at most
+    #: `threads` x this.
+    max_stream_bytes: int = 8 * 1024 * 1024
+    #: Longest one stream may run, in seconds (HTTP and gRPC); stopped as above. 0: no limit.
+    max_stream_seconds: int = 600
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -13,6 +13,8 @@
   folded into SQLite, and printed (`flaskserve usage`, `GET /v2/usage`);
 - `steps`: the data plane's steps (deadline, usage), shared by HTTP and gRPC;
 - `received`: the request bytes a metered request read;
+- `streams`: the one wrapper of a streamed HTTP response, counting its bytes and holding it to
+  `--max-stream-bytes` and `--max-stream-seconds` (`core.stream_limits`);
 - `browser`: the guards against requests a browser was tricked into sending (Host, Origin,
   body type);
 - `dashboard_data`: `/dashboard/data`, each key seeing only its own usage and models;
@@ -20,7 +22,8 @@
 
 `install(app, dataplane, settings)` wires it into an app. Everything is off unless asked for
 (`--auth`, `--usage-db`, `--max-batch-rows`, `--request-timeout-ms`), except overload shedding
-(`--max-queue-ms`), which only acts when a request already waited for a thread. See
+(`--max-queue-ms`), which only acts when a request already waited for a thread, and the stream
+limits, far above any generation served here. See
 docs/reliability.md and docs/security.md.
 """
 

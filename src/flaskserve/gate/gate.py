@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from flaskserve.core.context import InferenceContext
 from flaskserve.core.errors import Forbidden, RateLimited, Unauthorized
 from flaskserve.core.repository import ModelRepository
+from flaskserve.core.stream_limits import NO_LIMITS, StreamLimits
 from flaskserve.gate import metering, policy
 from flaskserve.gate.admission import Admission
 from flaskserve.gate.keys import ApiKey, KeyStore
@@ -73,6 +74,9 @@ class Gate:
     buckets: LocalBuckets | SharedBuckets
     admission: Admission
     repository: ModelRepository
+    #: What one stream may send and for how long (`--max-stream-bytes`, `--max-stream-seconds`;
+    #: HTTP: `gate.streams`, gRPC: `GuardedCall.stream_limits`).
+    streams: StreamLimits = NO_LIMITS
 
     @property
     def metered(self) -> bool:

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 
 from flaskserve.core.context import InferenceContext
 from flaskserve.core.errors import FlaskServeError
+from flaskserve.core.stream_limits import StreamLimits
 from flaskserve.gate import policy
 from flaskserve.gate.admission import Ticket
 from flaskserve.gate.gate import Gate, Knock
@@ -123,6 +124,11 @@ class GuardedCall:
             #: (model, version) metric labels, as the HTTP routes use them.
             self.labels = metrics.model_labels(gate.repository, model, version)
             metrics.request_started(self.labels[0])
+
+    @property
+    def stream_limits(self) -> StreamLimits:
+        """`--max-stream-bytes` and `--max-stream-seconds`, per generation of a stream."""
+        return self.gate.streams
 
     def admit(self) -> None:
         """Ask the gate (key, scope, rate), then, for ModelInfer, wait for an admission slot."""

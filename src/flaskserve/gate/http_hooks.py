@@ -15,6 +15,9 @@ valid key cannot make the server wait for (or buffer) one:
 3. admission: an inference request reads its body, then waits at most `--max-queue-ms` for one
    of the worker's `--threads` slots, else 503 + `Retry-After: 1` (`gate.admission`).
 
+After the view, a streamed response (any route's) keeps its slot until it is closed, and is
+held to `--max-stream-bytes` and `--max-stream-seconds` as it passes (`gate.streams`).
+
 Inside the data plane, as its steps (`gate.steps`, shared with gRPC): the batch-row limit
 (400), the request's deadline (504 when it ran out while waiting), and the usage the gate meters
 after the response (`Gate.record`). The gate leaves the key id in the request's
@@ -23,7 +26,7 @@ after the response (`Gate.record`). The gate leaves the key id in the request's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +35,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.errors import InvalidInput, NotFound
-from flaskserve.gate import dashboard_data, metering, policy, received, usage_report
+from flaskserve.core.stream_limits import StreamLimits
+from flaskserve.gate import dashboard_data, metering, policy, received, streams, usage_report
 from flaskserve.gate.admission import Admission
 from flaskserve.gate.gate import Gate, Knock
 from flaskserve.gate.keys import KeyStore
@@ -71,6 +75,7 @@ def install(
         buckets=open_buckets(settings.state_dir),
         admission=Admission(settings.threads, settings.max_queue_ms / 1000.0),
         repository=dataplane.repository,
+        streams=StreamLimits(settings.max_stream_bytes, settings.max_stream_seconds),
     )
     if gate.metered:
         app.wsgi_app = received.count_input(app.wsgi_app)  # type: ignore[method-assign,assignment]
@@ -81,7 +86,7 @@ def install(
     target: Flask | HookChain = hooks if hooks is not None else app
     target.before_request(_gate(gate))
     target.teardown_request(lambda _: gate.admission.leave(current()))
-    target.after_request(_streams_keep_their_slot(gate.admission))
+    target.after_request(_streams_keep_their_slot(gate))
     target.after_request(_metering(gate))
     return gate
 
@@ -129,11 +134,16 @@ def _gate(gate: Gate) -> Callable[[], None]:
     return check
 
 
-def _streams_keep_their_slot(admission: Admission) -> Callable[[Response], Response]:
+def _streams_keep_their_slot(gate: Gate) -> Callable[[Response], Response]:
+    """A streamed response keeps its slot until it is closed, and is held to the stream limits
+    (`gate.streams`; metering, which runs first, may have wrapped it already: one wrapper)."""
+    admission, limits = gate.admission, gate.streams
+
     def keep(response: Response) -> Response:
         if response.is_streamed:
             state = current()
             state.streaming = True  # a reload lets it finish (serving.reload)
+            streams.bound_stream(response, limits)
             if state.slot:
                 response.call_on_close(admission.defer(state))
         return response
@@ -167,8 +177,7 @@ def _metering(gate: Gate) -> Callable[[Response], Response]:
         bytes_in = received.received(state)
         status = response.status_code
         if response.is_streamed:  # counted as its pieces pass: measuring first would buffer it
-            sent = _Sent(response.response)
-            response.response = sent
+            sent = streams.sent_counter(response, gate.streams)
             out: Callable[[], int] = lambda: sent.bytes  # noqa: E731
         else:
             length = response.calculate_content_length() or 0
@@ -180,28 +189,6 @@ def _metering(gate: Gate) -> Callable[[Response], Response]:
         return response
 
     return meter
-
-
-class _Sent:
-    """A streamed body that counts the bytes of the pieces it hands on: the bytes a stream sent
-    (a client that left mid-stream got only what passed) are known at its close."""
-
-    __slots__ = ("bytes", "pieces")
-
-    def __init__(self, pieces: Iterable[str] | Iterable[bytes]) -> None:
-        self.pieces = pieces
-        self.bytes = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        for piece in self.pieces:
-            data = piece.encode() if isinstance(piece, str) else piece  # as Werkzeug sends it
-            self.bytes += len(data)
-            yield data
-
-    def close(self) -> None:
-        close = getattr(self.pieces, "close", None)
-        if close is not None:
-            close()
 
 
 def _usage_blueprint(gate: Gate) -> Blueprint:

@@ -27,6 +27,7 @@ from flaskserve.core.coordination import RepositoryControl
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.core.model import Model
 from flaskserve.core.request import InferenceRequest
+from flaskserve.core.stream_limits import NO_LIMITS, StreamLimits
 from flaskserve.protocol.grpc import messages, streaming
 from flaskserve.protocol.grpc.calls import inference_context, metadata_of, told
 from flaskserve.protocol.grpc.tensors import (
@@ -52,6 +53,11 @@ STATUS_CODES = {
 class Call(Protocol):
     """The gate's view of one RPC."""
 
+    @property
+    def stream_limits(self) -> StreamLimits:
+        """What one generation of a `ModelStreamInfer` call may send, and for how long."""
+        ...
+
     def admit(self) -> None:
         """Raise a `FlaskServeError` (401, 403, 429) to refuse the call before any work."""
 
@@ -72,6 +78,8 @@ class Hooks(Protocol):
 
 class OpenCall:
     """No keys, no limits, nothing recorded."""
+
+    stream_limits = NO_LIMITS
 
     def admit(self) -> None:
         pass

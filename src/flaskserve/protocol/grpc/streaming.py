@@ -12,13 +12,18 @@ parameters `triton_final_response: true`, `finish_reason`, `prompt_tokens` and
 A refusal or failure of one request is a response with `error_message` (the stream goes on with
 the next request), as Triton does. The gate's hooks (keys, model scope, rate limit,
 metering) run for each request as for a `ModelInfer` call; a client that cancels the stream
-closes the running generation, which frees its place in the model's batch.
+closes the running generation, which frees its place in the model's batch. Each generation is
+held to the stream limits (`--max-stream-bytes` of text, `--max-stream-seconds`): the piece
+past one is not sent and the request ends with an error response that names it; a client that
+stopped reading, and so holds the thread in a send, has its call cancelled (`stalls`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -30,9 +35,13 @@ from flaskserve.core.generation import TEXT_INPUT, TEXT_OUTPUT, close_stream, op
 from flaskserve.core.model import GenerationRequest, Model, TextEvent
 from flaskserve.core.sampling import sampling
 from flaskserve.core.signature import check_datatypes
+from flaskserve.core.stream_limits import SECONDS_FLAG, StreamLimitReached, StreamLimits
 from flaskserve.protocol.grpc import messages
 from flaskserve.protocol.grpc.calls import inference_context, metadata_of, told
+from flaskserve.protocol.grpc.stalls import SEND_GRACE_S, WATCHDOG, Sending
 from flaskserve.protocol.grpc.tensors import declare_inputs, decode_request, encode_response
+
+log = logging.getLogger("flaskserve.grpc")
 
 RPC = "ModelStreamInfer"
 #: The gate sees each request of a stream as one inference call.
@@ -54,7 +63,8 @@ def stream_infer(
         status, sent = 200, 0
         try:
             call.admit()
-            for response in _serve(servicer, request, inference):
+            limits = call.stream_limits
+            for response in _serve(servicer, request, inference, limits, context.cancel):
                 sent += response.ByteSize()
                 yield response
         except Exception as exc:
@@ -64,7 +74,15 @@ def stream_infer(
             call.done(status, request.ByteSize(), sent)
 
 
-def _serve(servicer: Any, request: Any, inference: InferenceContext) -> Iterator[Any]:
+def _serve(
+    servicer: Any,
+    request: Any,
+    inference: InferenceContext,
+    limits: StreamLimits,
+    cancel: Callable[[], object],
+) -> Iterator[Any]:
+    """The responses to one request of the stream; a generation is held to `limits` (checked
+    at each piece; a send stuck past the time limit cancels the call: `stalls`)."""
     name, version = request.model_name, request.model_version or None
     model = servicer.dataplane.lookup(name, version)
     if not model.generative:
@@ -73,14 +91,54 @@ def _serve(servicer: Any, request: Any, inference: InferenceContext) -> Iterator
         return
     wanted = generation_request(request, model)
     served, stream = open_stream(servicer.dataplane, name, version, wanted, inference)
+    started = time.monotonic()
+    cap, deadline, sent = limits.byte_cap, limits.deadline(started), 0
+
+    def cancel_stuck() -> None:
+        key = f" (key {inference.key_id!r})" if inference.key_id else ""
+        log.warning(
+            "stream of %s %s cancelled at %s: its client stopped reading (a send waited %gs "
+            "past the limit), %d bytes of text sent%s",
+            RPC, name, SECONDS_FLAG, SEND_GRACE_S, sent, key,
+        )
+        cancel()
+
+    watched = Sending(deadline, cancel_stuck)
+    if limits.max_seconds > 0:
+        WATCHDOG.watch(watched)
     try:
         for event in stream:
             if event.text or event.finish_reason is not None:
+                total, now = sent + len(event.text.encode("utf-8")), time.monotonic()
+                if total > cap or now > deadline:
+                    raise _stopped(limits, name, inference, sent, started, total > cap)
+                sent, watched.since = total, now
                 yield messages.ModelStreamInferResponse(
                     infer_response=_text_response(served, request.id, event)
                 )
+                watched.since = None
     finally:
+        WATCHDOG.forget(watched)
         close_stream(stream)
+
+
+def _stopped(
+    limits: StreamLimits,
+    model: str,
+    inference: InferenceContext,
+    sent: int,
+    started: float,
+    over_bytes: bool,
+) -> StreamLimitReached:
+    """The error of a generation stopped at a stream limit, logged as HTTP logs its own."""
+    seconds = time.monotonic() - started
+    error = limits.reached(sent, seconds, over_bytes)
+    key = f" (key {inference.key_id!r})" if inference.key_id else ""
+    log.warning(
+        "stream of %s %s stopped at %s: %d bytes of text sent in %.1fs%s",
+        RPC, model, error.flag, sent, seconds, key,
+    )
+    return error
 
 
 def _text_response(model: Model, request_id: str, event: TextEvent) -> Any:
