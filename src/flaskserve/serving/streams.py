@@ -19,6 +19,7 @@ sees the response cut short); the client going away is not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import threading
@@ -166,7 +167,9 @@ class _Wakes:
             if self._posted:
                 return
             self._posted = True
-        self._loop.call_soon_threadsafe(self._deliver)
+        # A loop that closed (the worker is stopping) has no one left to wake.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
         with self._lock:
