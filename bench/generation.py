@@ -88,10 +88,33 @@ def tree_cpu_s(pid: int) -> float:
     return cpu_jiffies(process_tree(pid)) / os.sysconf("SC_CLK_TCK")
 
 
+def tree_switches(pid: int) -> int:
+    """Context switches (voluntary and not) of the live threads of process `pid` and its
+    descendants: a thread that ended takes its count with it."""
+    from run import process_tree
+
+    total = 0
+    for process in process_tree(pid):
+        try:
+            tasks = os.listdir(f"/proc/{process}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                status = Path(f"/proc/{process}/task/{task}/status").read_text()
+            except OSError:
+                continue
+            total += sum(int(line.split()[1]) for line in status.splitlines()
+                         if "ctxt_switches:" in line)
+    return total
+
+
 def measure(streams: int, run_one: Callable[[int], Result], seconds: float,
-            server_cpu: Callable[[], float] = time.process_time) -> dict[str, Any]:
+            server_cpu: Callable[[], float] = time.process_time,
+            server_switches: Callable[[], int] | None = None) -> dict[str, Any]:
     """`streams` threads, each starting generations back to back for `seconds`; with the CPU
-    the server used (`server_cpu`: seconds so far) and this process (the clients) used."""
+    the server used (`server_cpu`: seconds so far) and this process (the clients) used, and
+    the server's context switches (`server_switches`: so far) when it is another process."""
     results: list[Result] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -112,6 +135,7 @@ def measure(streams: int, run_one: Callable[[int], Result], seconds: float,
 
     started = time.perf_counter()
     cpu0, own0 = server_cpu(), time.process_time()
+    switches0 = server_switches() if server_switches else 0
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(streams)]
     for thread in threads:
         thread.start()
@@ -119,6 +143,7 @@ def measure(streams: int, run_one: Callable[[int], Result], seconds: float,
         thread.join()
     wall = time.perf_counter() - started
     cpu, own = server_cpu() - cpu0, time.process_time() - own0
+    switches = server_switches() - switches0 if server_switches else None
     made = max(1, sum(r[1] for r in results))
     ttfts = [r[0] for r in results if r[0] > 0] or [float("nan")]  # 0: no text came
     per_token = [(r[2] - r[0]) / (r[1] - 1) for r in results if r[1] > 1]
@@ -135,6 +160,7 @@ def measure(streams: int, run_one: Callable[[int], Result], seconds: float,
         "server_cpu_ms_per_token": cpu * 1000 / made,
         "client_cpu_ms_per_token": float("nan") if server_cpu is time.process_time
         else own * 1000 / made,
+        "server_switches_per_token": float("nan") if switches is None else switches / made,
         "cpu_busy": (cpu + (0 if server_cpu is time.process_time else own)) / wall,
     }
 
@@ -338,18 +364,20 @@ def run_target(name: str, target: Any, model_dir: Path, port: int, scratch: Path
         server = Server(cmd, f"http://127.0.0.1:{port}{ready}", scratch / f"{name}.log", env)
         run_one, unload = http_runner(f"http://127.0.0.1:{port}", model, args.tokens, extra), None
     cpu = time.process_time if server is None else partial(tree_cpu_s, server.process.pid)
+    switches = None if server is None else partial(tree_switches, server.process.pid)
     try:
         measure(2, run_one, 0)  # warm-up
         out = []
         for level in args.levels:
-            point = {"target": name, **measure(level, run_one, args.seconds, cpu)}
+            point = {"target": name, **measure(level, run_one, args.seconds, cpu, switches)}
             out.append(point)
             print(f"  gen {name:18} {level:>2} streams {point['tokens_per_s']:>7.0f} tok/s  "
                   f"TTFT p50 {point['ttft_p50_ms']:.0f} p99 {point['ttft_p99_ms']:.0f} ms  "
                   f"TPOT {point['tpot_ms']:.1f} ms  CPU ms/token server "
                   f"{point['server_cpu_ms_per_token']:.2f} client "
-                  f"{point['client_cpu_ms_per_token']:.2f}  ({point['generations']} generations, "
-                  f"{point['errors']} errors)", flush=True)
+                  f"{point['client_cpu_ms_per_token']:.2f}, server switches/token "
+                  f"{point['server_switches_per_token']:.1f}  ({point['generations']} "
+                  f"generations, {point['errors']} errors)", flush=True)
         return out
     finally:
         if unload is not None:
@@ -380,8 +408,9 @@ def report(results: dict[str, Any], command: str) -> str:
              f"{results['seconds']:g} s of generations back to back per point, best of "
              f"{results['rounds']} interleaved round(s).", "",
              "| target | streams | tokens/s | / raw | / 1 stream | TTFT p50 ms | TTFT p99 ms | "
-             "TPOT ms | server CPU ms/token | client CPU ms/token | generations (errors) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "TPOT ms | server CPU ms/token | client CPU ms/token | server context switches "
+             "/token | generations (errors) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, label in LABELS.items():
         points = {p["streams"]: p for p in best.get(name, [])}
         one = points.get(1)
@@ -393,6 +422,7 @@ def report(results: dict[str, Any], command: str) -> str:
                          f"{fmt(p['ttft_p99_ms'], '.0f')} | {fmt(p['tpot_ms'], '.1f')} | "
                          f"{fmt(p.get('server_cpu_ms_per_token'))} | "
                          f"{fmt(p.get('client_cpu_ms_per_token'))} | "
+                         f"{fmt(p.get('server_switches_per_token'), '.1f')} | "
                          f"{p['generations']} ({p['errors']}) |")
     lines += ["", "Issue 21's targets (ratios of this run):", "",
               "| target | value | goal | met |", "|---|---|---|---|"]

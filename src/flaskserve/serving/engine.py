@@ -39,7 +39,7 @@ import orjson
 
 from flaskserve.observability.logs import escape
 from flaskserve.protocol.http_context import STATE_KEY, RequestState
-from flaskserve.serving.streams import Streams, close_body
+from flaskserve.serving.streams import Stream, Streams, close_body
 
 log = logging.getLogger("flaskserve")
 #: Pool threads beyond `--threads`: cheap routes (health, metrics, model metadata) still get a
@@ -119,7 +119,7 @@ class WsgiOverRsgi:
         """In the worker, once its event loop exists (Granian calls this)."""
         self._loop = loop
         self._pool = Pool(self.threads)
-        self._streams = Streams(loop, self._pool.submit)
+        self._streams = Streams(loop)
         if self._on_loop is not None:
             self._on_loop(loop)
 
@@ -241,10 +241,10 @@ class WsgiOverRsgi:
         done: asyncio.Future[Any] = loop.create_future()
         environ[STATE_KEY] = RequestState(time.monotonic())
         app = self.app
-        # One context for the request's whole life: a streamed body's chunks are made later, in
-        # another pool job or on the loop (`streams`), and Flask's `stream_with_context` pushes
-        # its request context in this job and pops it in that one (a context variable must be
-        # reset in the context it was set in).
+        # One context for the request's whole life: a streamed body's chunks are made after the
+        # app returned, outside this first `context.run` or on the loop (`streams`), and Flask's
+        # `stream_with_context` pushes its request context in one and pops it in another (a
+        # context variable must be reset in the context it was set in).
         context = contextvars.copy_context()
 
         def job() -> None:
@@ -252,20 +252,27 @@ class WsgiOverRsgi:
                 result = context.run(_call, app, environ, proto)
             except BaseException as exc:
                 loop.call_soon_threadsafe(_settle, done, None, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, done, result, None)
+                return
+            if result is None:  # answered
+                loop.call_soon_threadsafe(_settle, done, None, None)
+                return
+            assert self._streams is not None
+            where = f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}"
+            stream = self._streams.stream(context, where, *result)
+            loop.call_soon_threadsafe(_settle, done, stream, None)
+            stream.make()  # this thread goes on with the stream's chunks
 
         assert self._pool is not None, "__rsgi_init__ was not called"
         self._pool.submit(job)
-        streamed = await done
-        if streamed is not None:
-            where = f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']}"
-            assert self._streams is not None
-            await self._streams.send(proto, context, where, *streamed)
+        stream = await done
+        if stream is not None:
+            await stream.send(proto)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if future.done():
+    if future.done():  # the request was cancelled meanwhile
+        if isinstance(result, Stream):
+            result.abandon()
         return
     if exc is not None:
         future.set_exception(exc)

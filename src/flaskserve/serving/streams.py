@@ -1,6 +1,7 @@
 """Streamed responses: the chunks of a WSGI body sent as the app makes them (`engine`).
 
-A pool thread makes the chunks and the event loop sends them, a few chunks ahead at most. A body
+The pool thread that ran the app goes on making the chunks and the event loop sends them, a few
+chunks ahead at most (no second job: the first chunk costs no extra thread wake-up). A body
 that can wait without a thread (a batched generation between its tokens: an empty chunk after
 arming the stream's waker, `core.wakeup`) is handed to the loop, which makes each of its chunks
 itself once the waker fired: a stream waiting for its next token holds no thread, and a token
@@ -23,7 +24,7 @@ import contextlib
 import contextvars
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flaskserve.core import wakeup
@@ -34,106 +35,132 @@ log = logging.getLogger("flaskserve")
 STREAM_WINDOW = 8
 
 _STREAM_END = object()
-#: The maker handed the rest of a stream to the loop (`Streams._drive`).
+#: The maker handed the rest of a stream to the loop (`Stream._drive`).
 _ON_LOOP = object()
 
 
 class Streams:
-    """Sends streamed bodies on `loop`, their chunks made by jobs given to `submit` (the app's
-    pool) or, for a body that waits on its waker, by the loop itself."""
+    """The streamed responses of one worker's loop, whose wake-ups they share."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, submit: Callable[[Any], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._submit = submit
         self._wakes = _Wakes(loop)
 
-    async def send(
+    def stream(
         self,
-        proto: Any,
+        context: contextvars.Context,
+        where: str,
+        status: int,
+        headers: list[tuple[str, str]],
+        body: Iterable[bytes],
+    ) -> Stream:
+        """The stream of `body`, its chunks made in the request's `context`."""
+        return Stream(self._loop, _LoopWaker(self._wakes), context, where, status, headers, body)
+
+
+class Stream:
+    """One streamed body. The pool thread that ran the app goes on making its chunks (`make`),
+    handing each to the loop, which sends them (`send`): one thread hop per chunk, the next made
+    while this one is sent, at most `STREAM_WINDOW` waiting. When the body waits on its waker
+    the loop takes over making them (`_drive`)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        waker: _LoopWaker,
         context: contextvars.Context,
         where: str,
         status: int,
         headers: list[tuple[str, str]],
         body: Iterable[bytes],
     ) -> None:
-        """Send `body` chunk by chunk as the app yields it, each chunk made in the request's
-        `context`: first by one pool thread, handing each to the loop (one thread hop per
-        chunk, the next made while this one is sent), then by the loop when the body waits."""
-        loop = self._loop
-        transport = proto.response_stream(status, headers)
-        chunks = iter(body)
-        ready: asyncio.Queue[Any] = asyncio.Queue()
-        room = threading.Semaphore(STREAM_WINDOW)
-        gone = threading.Event()
-        waker = _LoopWaker(self._wakes)
+        self._loop = loop
+        self._waker = waker
+        self._context = context
+        self._where = where
+        self._status = status
+        self._headers = headers
+        self._body = body
+        self._chunks = iter(body)
+        self._ready: asyncio.Queue[Any] = asyncio.Queue()
+        self._room = threading.Semaphore(STREAM_WINDOW)
+        self._gone = threading.Event()
 
-        def make() -> bool:
-            """Make and hand over chunks; True when the body waits on its waker (the loop
-            goes on with it), False when it ended and was closed."""
-            wakeup.install(waker)
-            try:
-                while True:
-                    waker.armed = False
-                    chunk = next(chunks, None)
-                    if chunk is None:
+    def make(self) -> None:
+        """In a pool thread, outside the request's context: make and hand over chunks until the
+        body ends (it is closed then) or waits on its waker (the loop goes on with it)."""
+        handed = False
+        try:
+            handed = self._context.run(self._make)
+        finally:  # posted once out of the context: the loop may enter it next
+            self._loop.call_soon_threadsafe(
+                self._ready.put_nowait, _ON_LOOP if handed else _STREAM_END
+            )
+
+    def _make(self) -> bool:
+        waker, chunks, gone = self._waker, self._chunks, self._gone
+        post, ready = self._loop.call_soon_threadsafe, self._ready.put_nowait
+        wakeup.install(waker)
+        try:
+            while True:
+                waker.armed = False
+                chunk = next(chunks, None)
+                if chunk is None:
+                    break
+                if chunk:
+                    self._room.acquire()
+                    if gone.is_set():
                         break
-                    if chunk:
-                        room.acquire()
-                        if gone.is_set():
-                            break
-                        loop.call_soon_threadsafe(ready.put_nowait, chunk)
-                    elif waker.armed:
-                        return True
-                    elif gone.is_set():
-                        break
-            except Exception:
-                log.exception("the app failed streaming %s; the response was cut short", where)
-            close_body(body)
-            return False
+                    post(ready, chunk)
+                elif gone.is_set():
+                    break
+                elif waker.armed:
+                    return True
+        except Exception:
+            log.exception("the app failed streaming %s; the response was cut short", self._where)
+        close_body(self._body)
+        return False
 
-        def job() -> None:
-            handed = False
-            try:
-                handed = context.run(make)
-            finally:  # posted once out of the context: the loop enters it next
-                loop.call_soon_threadsafe(ready.put_nowait, _ON_LOOP if handed else _STREAM_END)
+    def abandon(self) -> None:
+        """No one will send this stream (its request was cancelled): the maker stops at its next
+        chunk and closes the body."""
+        self._gone.set()
+        self._room.release()
 
-        self._submit(job)
+    async def send(self, proto: Any) -> None:
+        """On the loop: send the chunks as they are made."""
+        transport = proto.response_stream(self._status, self._headers)
+        ready, room = self._ready, self._room
         try:
             while (chunk := await ready.get()) is not _STREAM_END:
                 if chunk is _ON_LOOP:
-                    await self._drive(transport, context, where, chunks, body, waker)
+                    await self._drive(transport)
                     return
                 await transport.send_bytes(chunk)
                 room.release()
         except Exception:  # the client went away: nothing to tell anyone
-            log.debug("client left during the stream of %s", where, exc_info=True)
-            gone.set()
+            log.debug("client left during the stream of %s", self._where, exc_info=True)
+            self._gone.set()
             room.release()
             while (chunk := await ready.get()) is not _STREAM_END:  # until the body is closed
                 if chunk is _ON_LOOP:
-                    context.run(close_body, body)
+                    self._context.run(close_body, self._body)
                     return
                 room.release()
 
-    async def _drive(
-        self,
-        transport: Any,
-        context: contextvars.Context,
-        where: str,
-        chunks: Iterator[bytes],
-        body: Iterable[bytes],
-        waker: _LoopWaker,
-    ) -> None:
+    async def _drive(self, transport: Any) -> None:
         """The rest of a stream handed to the loop: make a chunk, send it; on an empty chunk
         wait for the waker the body armed."""
+        waker, context, chunks = self._waker, self._context, self._chunks
         try:
             while True:
                 waker.clear()
                 try:
                     chunk = context.run(next, chunks, None)
                 except Exception:
-                    log.exception("the app failed streaming %s; the response was cut short", where)
+                    log.exception(
+                        "the app failed streaming %s; the response was cut short", self._where
+                    )
                     return
                 if chunk is None:
                     return
@@ -141,12 +168,13 @@ class Streams:
                     try:
                         await transport.send_bytes(chunk)
                     except Exception:  # the client went away: nothing to tell anyone
-                        log.debug("client left during the stream of %s", where, exc_info=True)
+                        log.debug("client left during the stream of %s", self._where,
+                                  exc_info=True)
                         return
                 elif waker.armed:
                     await waker.fired.wait()
         finally:
-            context.run(close_body, body)
+            context.run(close_body, self._body)
 
 
 class _Wakes:
