@@ -81,3 +81,53 @@ def calls_started(version: Path) -> int:
     has begun in version folder `version`."""
     path = version / "started"
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+#: Python streaming models: `gated` yields "first ", then waits for the file its prompt names
+#: before "second" (so a test can see a token arrive before the next one exists); `endless`
+#: yields "tick " until its stream is closed, then writes the file its prompt names; `flood`
+#: the same with 64 KiB pieces and no pause, to fill a connection nobody reads.
+STREAMERS_PY = '''\
+import time
+from pathlib import Path
+
+
+class Gated:
+    def predict(self, text_input):
+        yield "first "
+        gate = Path(text_input.strip())
+        deadline = time.monotonic() + 60
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        yield "second"
+
+
+class Endless:
+    def predict(self, text_input):
+        try:
+            while True:
+                yield "tick "
+                time.sleep(0.02)
+        finally:
+            Path(text_input.strip()).write_text("closed")
+
+
+class Flood:
+    def predict(self, text_input):
+        try:
+            while True:
+                yield "x" * 65536
+        finally:
+            Path(text_input.strip()).write_text("closed")
+'''
+
+
+def write_streamer(root: Path, name: str, cls: str) -> Path:
+    """The streamer `cls` of `STREAMERS_PY` served as `root/name`; returns its version folder."""
+    version = root / name / "1"
+    version.mkdir(parents=True)
+    (version / "streamers.py").write_text(STREAMERS_PY, encoding="utf-8")
+    (root / name / "model.toml").write_text(
+        f'runtime = "python"\nentrypoint = "streamers:{cls}"\n', encoding="utf-8"
+    )
+    return version

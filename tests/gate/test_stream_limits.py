@@ -24,7 +24,7 @@ import tritonclient.grpc as tg
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from python_models import ECHO_PY, python_toml, write_python_model
+from python_models import ECHO_PY, python_toml, write_python_model, write_streamer
 from servers import Server, free_port
 from waiting import eventually
 
@@ -38,45 +38,14 @@ SECONDS = 2
 #: and the pieces in flight. Without the limit the same clients grow it by GiBs within seconds.
 GROWTH_MIB = 32 + 8 * (THREADS + 1) * CAP // (1 << 20)
 
-#: `flood` yields 64 KiB pieces without a pause until its stream is closed, then writes the file
-#: its prompt names; `ticker` the same with "tick " every 20 ms.
-STREAMERS_PY = '''\
-import time
-from pathlib import Path
-
-
-class Flood:
-    def predict(self, text_input):
-        try:
-            while True:
-                yield "x" * 65536
-        finally:
-            Path(text_input.strip()).write_text("closed")
-
-
-class Ticker:
-    def predict(self, text_input):
-        try:
-            while True:
-                yield "tick "
-                time.sleep(0.02)
-        finally:
-            Path(text_input.strip()).write_text("closed")
-'''
-
-
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`echo` (any width), and the streamers `flood` and `ticker`."""
     root = tmp_path_factory.mktemp("streams")
     echo = python_toml("echo:Echo", {"x": ("FP32", [-1, -1])}, {"y": ("FP32", [-1, -1])})
     write_python_model(root, "echo", echo, ECHO_PY)
-    for name, cls in (("flood", "Flood"), ("ticker", "Ticker")):
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "1" / "streamers.py").write_text(STREAMERS_PY, encoding="utf-8")
-        (root / name / "model.toml").write_text(
-            f'runtime = "python"\nentrypoint = "streamers:{cls}"\n', encoding="utf-8"
-        )
+    for name, cls in (("flood", "Flood"), ("ticker", "Endless")):
+        write_streamer(root, name, cls)
     return root
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from python_models import write_streamer
+
 pytest.importorskip("transformers")
 
 TEXTS = [
@@ -38,45 +40,6 @@ def tiny_repo(tmp_path_factory: pytest.TempPathFactory, tiny_lm: Path) -> Path:
     return root
 
 
-#: Python streaming models: `gated` yields "first ", then waits for the file its prompt names
-#: before "second" (so a test can see a token arrive before the next one exists); `endless`
-#: yields "tick " until its stream is closed, then writes the file its prompt names; `flood`
-#: the same with 64 KiB pieces and no pause, to fill a connection nobody reads.
-STREAMERS_PY = '''\
-import time
-from pathlib import Path
-
-
-class Gated:
-    def predict(self, text_input):
-        yield "first "
-        gate = Path(text_input.strip())
-        deadline = time.monotonic() + 60
-        while not gate.exists() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        yield "second"
-
-
-class Endless:
-    def predict(self, text_input):
-        try:
-            while True:
-                yield "tick "
-                time.sleep(0.02)
-        finally:
-            Path(text_input.strip()).write_text("closed")
-
-
-class Flood:
-    def predict(self, text_input):
-        try:
-            while True:
-                yield "x" * 65536
-        finally:
-            Path(text_input.strip()).write_text("closed")
-'''
-
-
 @pytest.fixture(scope="session")
 def gen_repo(tmp_path_factory: pytest.TempPathFactory, tiny_lm: Path) -> Path:
     """`tiny` (the transformers model) and the Python streamers `gated` and `endless`."""
@@ -84,9 +47,5 @@ def gen_repo(tmp_path_factory: pytest.TempPathFactory, tiny_lm: Path) -> Path:
     shutil.copytree(tiny_lm, root / "tiny" / "1")
     (root / "tiny" / "model.toml").write_text(TINY_TOML, encoding="utf-8")
     for name, cls in (("gated", "Gated"), ("endless", "Endless"), ("flood", "Flood")):
-        (root / name / "1").mkdir(parents=True)
-        (root / name / "1" / "streamers.py").write_text(STREAMERS_PY, encoding="utf-8")
-        (root / name / "model.toml").write_text(
-            f'runtime = "python"\nentrypoint = "streamers:{cls}"\n', encoding="utf-8"
-        )
+        write_streamer(root, name, cls)
     return root
