@@ -81,3 +81,14 @@ def calls_started(version: Path) -> int:
     has begun in version folder `version`."""
     path = version / "started"
     return len(path.read_text().splitlines()) if path.exists() else 0
+
+#: A model that reads the request's `parameters`: INT64 `x` times the `scale` parameter (1
+#: without one) as `y`, and how many parameters it was given, on each row, as `count`.
+SCALED_TOML = python_toml(
+    "scaled:Scaled", {"x": ("INT64", [-1])}, {"y": ("INT64", [-1]), "count": ("INT64", [-1])}
+)
+SCALED_PY = """\
+class Scaled:
+    def predict(self, x, parameters):
+        return {"y": x * parameters.get("scale", 1), "count": [len(parameters)] * len(x)}
+"""
