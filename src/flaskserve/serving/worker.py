@@ -7,7 +7,12 @@ a watcher thread learns of it from a pipe: Python signal handlers write each sig
 there (`_relay`). They run in the main thread, which runs Python while the app is built and
 then runs the engine's event loop; the loop learns of a signal from its own wakeup fd and
 runs the engine's handler for it, whatever the Python-level handler is, so `engine_listening`
-can put `_relay` there once the engine has set its handlers. The watcher reads the pipe in
+can put `_relay` there once the engine has set its handlers. A stop that comes before the
+engine's loop runs is sent again once it does: one held while the app is built (`_hold`), and
+one that came after the engine gave the loop its handlers but before `engine_listening` ran,
+which uvloop's handler drops while its loop is not running (the master then waited its whole
+graceful timeout for a worker that never heard its SIGTERM); the signal's number is also in
+the wakeup pipe `listen` set, where `engine_listening` finds it. The watcher reads the pipe in
 its own thread. On SIGHUP the
 watcher asks the reloader for a reload. On SIGTERM or SIGINT the current gRPC server stops
 taking calls at once, at the moment the engine stops taking HTTP requests. When the engine
@@ -46,6 +51,8 @@ _early_stops: list[int] = []
 _pipe: list[int] = []
 #: The engine's event loop, once it has its signal handlers (`engine_listening`).
 _loop: list[Any] = []
+#: The read end of the signal wakeup pipe set until the engine's loop sets its own (`listen`).
+_wakeup: list[int] = []
 
 
 def listen() -> int:
@@ -59,6 +66,12 @@ def listen() -> int:
     for signum in STOP_SIGNALS:
         signal.signal(signum, _hold)
     signal.signal(signal.SIGHUP, _relay)
+    # Every signal's number, whichever Python handler takes it, until a loop sets its own.
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    _wakeup[:] = [wake_read]
     return read_fd
 
 
@@ -74,6 +87,18 @@ def engine_listening(loop: Any) -> None:
     _loop[:] = [loop]
     for signum in (*STOP_SIGNALS, signal.SIGHUP):
         signal.signal(signum, _relay)
+    _early_stops.extend(signum for signum in _woken() if signum in STOP_SIGNALS)
+
+
+def _woken() -> bytes:
+    """The numbers of the signals received since `listen`, from its wakeup pipe."""
+    if not _wakeup:
+        return b""
+    received = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(_wakeup[0], 64):
+            received += chunk
+    return received
 
 
 def _relay(signum: int, frame: object) -> None:
