@@ -12,8 +12,10 @@ engine's loop runs is sent again once it does: one held while the app is built (
 one that came after the engine gave the loop its handlers but before `engine_listening` ran,
 which uvloop's handler drops while its loop is not running (the master then waited its whole
 graceful timeout for a worker that never heard its SIGTERM); the signal's number is also in
-the wakeup pipe `listen` set, where `engine_listening` finds it. The watcher reads the pipe in
-its own thread. On SIGHUP the
+the wakeup pipe `listen` set. Such a stop is sent again from a callback on the loop, which
+runs only once the loop listens for signals (uvloop reports itself running a moment before it
+listens: a stop sent again from the watcher thread in that moment was lost too).
+The watcher reads the pipe in its own thread. On SIGHUP the
 watcher asks the reloader for a reload. On SIGTERM or SIGINT the current gRPC server stops
 taking calls at once, at the moment the engine stops taking HTTP requests. When the engine
 has answered its last request, its serve call returns and the main thread ends; the watcher
@@ -87,7 +89,7 @@ def engine_listening(loop: Any) -> None:
     _loop[:] = [loop]
     for signum in (*STOP_SIGNALS, signal.SIGHUP):
         signal.signal(signum, _relay)
-    _early_stops.extend(signum for signum in _woken() if signum in STOP_SIGNALS)
+    loop.call_soon(_pass_on_early_stop)
 
 
 def _woken() -> bytes:
@@ -107,6 +109,8 @@ def _relay(signum: int, frame: object) -> None:
     if signum in STOP_SIGNALS and not _engine_running():
         # uvloop listens for signals only while it runs: hold the stop until it does.
         _early_stops.append(signum)
+        if _loop:
+            _loop[0].call_soon_threadsafe(_pass_on_early_stop)
 
 
 def _engine_running() -> bool:
@@ -114,12 +118,13 @@ def _engine_running() -> bool:
 
 
 def _pass_on_early_stop() -> None:
-    """Send a stop held during start-up again, once the engine's handlers replaced `_hold`."""
-    ready = all(signal.getsignal(s) is _relay for s in STOP_SIGNALS) and _engine_running()
-    if _early_stops and ready:
-        signum = _early_stops[0]
-        _early_stops.clear()
-        os.kill(os.getpid(), signum)
+    """On the engine's loop, which then listens for signals: send a stop received during
+    start-up again (held by `_hold` or `_relay`, or only in the wakeup pipe: one that reached
+    the loop's handler before the loop listened)."""
+    stops = [*_early_stops, *(signum for signum in _woken() if signum in STOP_SIGNALS)]
+    _early_stops.clear()
+    if stops:
+        os.kill(os.getpid(), stops[0])
 
 
 def watch(read_fd: int, reloader: Reloader, grace_s: float) -> threading.Thread:
@@ -135,7 +140,6 @@ def _watch(read_fd: int, reloader: Reloader, grace_s: float) -> None:
     main = threading.main_thread()
     stopping = False
     while main.is_alive():
-        _pass_on_early_stop()
         ready, _, _ = select.select([read_fd], [], [], POLL_S)
         if not ready:
             continue
