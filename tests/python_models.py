@@ -131,3 +131,15 @@ def write_streamer(root: Path, name: str, cls: str) -> Path:
         f'runtime = "python"\nentrypoint = "streamers:{cls}"\n', encoding="utf-8"
     )
     return version
+
+
+#: A model that reads the request's `parameters`: INT64 `x` times the `scale` parameter (1
+#: without one) as `y`, and how many parameters it was given, on each row, as `count`.
+SCALED_TOML = python_toml(
+    "scaled:Scaled", {"x": ("INT64", [-1])}, {"y": ("INT64", [-1]), "count": ("INT64", [-1])}
+)
+SCALED_PY = """\
+class Scaled:
+    def predict(self, x, parameters):
+        return {"y": x * parameters.get("scale", 1), "count": [len(parameters)] * len(x)}
+"""

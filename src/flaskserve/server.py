@@ -54,7 +54,8 @@ class ModelServer:
         max_delay_ms: float = 0.0,
     ) -> Callable[[F], F]:
         """Register the decorated function as model `name`; it is called with one keyword
-        argument per input and returns a dict of outputs (or one array for one output).
+        argument per input (and the request's `parameters`, if it declares that keyword) and
+        returns a dict of outputs (or one array for one output).
         `max_batch_size` and `max_delay_ms` batch its requests as `[batching]` in a
         `model.toml` does (docs/runtimes.md)."""
 

@@ -76,8 +76,11 @@ def rows_of(n: int, start: float) -> np.ndarray:
 class Client:
     """One request submitted from its own thread, as a server's request thread would."""
 
-    def __init__(self, batcher: Batcher, inputs: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self, batcher: Batcher, inputs: dict[str, np.ndarray], parameters: Any = None
+    ) -> None:
         self.inputs = inputs
+        self.parameters = parameters or {}
         self.result: dict[str, np.ndarray] | None = None
         self.error: Exception | None = None
         self.thread = threading.Thread(target=self._run, args=(batcher,), daemon=True)
@@ -85,7 +88,7 @@ class Client:
 
     def _run(self, batcher: Batcher) -> None:
         try:
-            self.result = batcher.submit(self.inputs)
+            self.result = batcher.submit(self.inputs, self.parameters)
         except Exception as exc:
             self.error = exc
 
@@ -245,6 +248,35 @@ def test_requests_with_different_trailing_shapes_are_never_concatenated(batchers
         client.join()
     assert [c.result["width"].tolist() for c in clients] == [[3], [3], [5], [5], [3]]
     assert [call["x"].shape for call in recorder.calls[1:]] == [(2, 3), (2, 5), (1, 3)]
+
+
+def test_requests_are_batched_only_with_requests_of_equal_parameters(batchers: Any) -> None:
+    given: list[dict[str, Any]] = []
+
+    def scaled(x: np.ndarray, parameters: Any) -> dict[str, Any]:
+        given.append(dict(parameters))
+        return {"y": x * parameters.get("scale", 1), "total": x.sum(axis=1)}
+
+    recorder = Recorder(lambda x: {"y": x, "total": x.sum(axis=1)})
+    model = make_model(lambda inputs, parameters: scaled(recorder(inputs)["y"], parameters))
+    model.takes_parameters = True
+    batcher = batchers(model)
+    busy = occupy(batcher, recorder)
+    scales = [{"scale": 2}, {"scale": 2}, {"scale": 3}, {}, {}, {"scale": 2}]
+    clients = [
+        Client(batcher, {"x": rows_of(1, 10 * index)}, parameters)
+        for index, parameters in enumerate(scales)
+    ]
+    eventually(lambda: batcher.queued == len(scales), message="six requests queue")
+    recorder.gate.set()
+    for client in [busy, *clients]:
+        client.join()
+    for client, parameters in zip(clients, scales, strict=True):
+        assert client.error is None and client.result is not None
+        scale = parameters.get("scale", 1)
+        np.testing.assert_array_equal(client.result["y"], client.inputs["x"] * scale)
+    assert recorder.rows()[1:] == [2, 1, 2, 1]
+    assert given[1:] == [{"scale": 2}, {"scale": 3}, {}, {"scale": 2}]
 
 
 def test_bytes_tensors_concatenate_and_split(batchers: Any) -> None:

@@ -1,5 +1,9 @@
 """Graceful operations against a real server (Granian workers): SIGTERM drain, version swap,
-worker kill, overload shedding, SIGHUP reload in place."""
+worker kill, overload shedding, SIGHUP reload in place.
+
+The SIGTERM tests bound what they wait for generously (a loaded machine once took over 10 s to
+stop an idle server) and set the graceful timeout far above that bound, so a stop that waits it
+out still fails them; the log says whether a worker ended by itself or was killed."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import requests
 from service_models import (
     slow_body,
@@ -27,16 +32,21 @@ from python_models import python_toml, write_python_model
 from servers import Server
 from waiting import eventually
 
+#: The graceful timeout of the SIGTERM tests, and the bound, far below it, on their exit.
+GRACEFUL_S, PROMPT_S = 600, 60
 
+
+@pytest.mark.timeout(300)  # a server started and stopped on a loaded machine
 def test_sigterm_finishes_every_in_flight_request_then_exits(tmp_path, start_server) -> None:
     write_slow(tmp_path)
     server = start_server(
-        [str(tmp_path), "--workers", "2", "--threads", "4", "--graceful-timeout", "15"]
+        [str(tmp_path), "--workers", "2", "--threads", "4", "--graceful-timeout", str(GRACEFUL_S)]
     )
     url = f"{server.url}/v2/models/slow/infer"
     with ThreadPoolExecutor(6) as pool:
         futures = [
-            pool.submit(requests.post, url, json=slow_body(1.5), timeout=20) for _ in range(6)
+            pool.submit(requests.post, url, json=slow_body(1.5), timeout=PROMPT_S)
+            for _ in range(6)
         ]
         eventually(
             lambda: slow_predicts_started(tmp_path) == 6, message="all six requests are in predict"
@@ -45,7 +55,8 @@ def test_sigterm_finishes_every_in_flight_request_then_exits(tmp_path, start_ser
         responses = [f.result() for f in futures]
     assert [r.status_code for r in responses] == [200] * 6
     assert all(r.json()["outputs"][0]["data"] == [1.5] for r in responses)
-    assert server.process.wait(timeout=15) == 0
+    assert server.process.wait(timeout=PROMPT_S) == 0
+    assert "Killing worker" not in server.log
     try:
         requests.get(f"{server.url}/v2/health/live", timeout=2)
         raise AssertionError("the server still accepts connections after SIGTERM")
@@ -55,7 +66,7 @@ def test_sigterm_finishes_every_in_flight_request_then_exits(tmp_path, start_ser
 
 HEAVY_TOML = python_toml("heavy:Heavy", {"x": ("FP32", [-1])}, {"x": ("FP32", [-1])})
 
-#: A model whose process takes a minute to tear down at interpreter exit, as ML libraries' many
+#: A model whose process takes an hour to tear down at interpreter exit, as ML libraries' many
 #: modules and objects take seconds (torch, imported when skops loads a scikit-learn model).
 HEAVY_PY = """\
 import sys
@@ -65,7 +76,7 @@ import types
 
 class _Teardown:
     def __del__(self, sleep=time.sleep):
-        sleep(60)
+        sleep(3600)
 
 
 _held = types.ModuleType("heavy_teardown")  # freed when the interpreter clears its modules
@@ -102,11 +113,14 @@ def _recv(sock: socket.socket) -> bytes:
     return chunk
 
 
+@pytest.mark.timeout(300)  # a server started and stopped on a loaded machine
 def test_sigterm_stops_an_idle_server_well_before_the_graceful_timeout(
     tmp_path, start_server
 ) -> None:
     write_python_model(tmp_path, "heavy", HEAVY_TOML, HEAVY_PY)
-    server = start_server([str(tmp_path), "--workers", "2"])  # --graceful-timeout 30
+    server = start_server(
+        [str(tmp_path), "--workers", "2", "--graceful-timeout", str(GRACEFUL_S)]
+    )
     server.wait_for_log("model heavy version 1 is ready", count=2)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
         idle.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -114,10 +128,12 @@ def test_sigterm_stops_an_idle_server_well_before_the_graceful_timeout(
         assert head.startswith(b"HTTP/1.1 200") and b"close" not in head.lower()
         os.kill(server.process.pid, signal.SIGTERM)
         # Nothing to finish: the kept-alive connection is closed at once, and the workers end
-        # long before the 30 s graceful timeout after which the master kills them.
-        assert server.process.wait(timeout=10) == 0, server.log
+        # long before the graceful timeout after which the master kills them (a worker that
+        # tore its interpreter down would take the model's hour).
+        assert server.process.wait(timeout=PROMPT_S) == 0, server.log
         assert idle.recv(1) == b"", "the kept-alive connection was not closed"
     assert server.log.count("Worker exiting") == 2
+    assert "Killing worker" not in server.log
 
 
 #: A model the first process loads at once; any other waits, after touching `begin`, until a
@@ -143,6 +159,7 @@ class GatedLoad:
 """
 
 
+@pytest.mark.timeout(300)  # a server started and stopped on a loaded machine
 def test_sigterm_while_a_worker_loads_its_models_stops_it_without_the_graceful_timeout(
     tmp_path, start_server
 ) -> None:
@@ -153,12 +170,14 @@ def test_sigterm_while_a_worker_loads_its_models_stops_it_without_the_graceful_t
     (version / "versioned.py").write_text(GATED_LOAD_PY)
     toml = tmp_path / "versioned" / "model.toml"
     toml.write_text(toml.read_text().replace("versioned:Versioned", "versioned:GatedLoad"))
-    server = start_server([str(tmp_path), "--workers", "2", "--graceful-timeout", "30"])
+    server = start_server(
+        [str(tmp_path), "--workers", "2", "--graceful-timeout", str(GRACEFUL_S)]
+    )
     eventually(lambda: (version / "begin").exists(), message="the second worker is loading")
     os.kill(server.process.pid, signal.SIGTERM)
     server.wait_for_log("Stopping worker")  # the master has signalled the loading worker
     (version / "release").touch()
-    assert server.process.wait(timeout=15) == 0, server.log
+    assert server.process.wait(timeout=PROMPT_S) == 0, server.log
     assert server.log.count("Worker exiting") == 2
     assert "Killing worker" not in server.log
 

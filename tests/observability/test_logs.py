@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from flaskserve.app import create_app
+from flaskserve.gate.keys import add_key
 from flaskserve.settings import Settings
 from waiting import eventually
 
@@ -86,3 +87,18 @@ def test_json_log_format_on_the_debug_server(start_server, digits_repo) -> None:
                   headers={"X-Request-ID": "dbg-7"}, timeout=10)
     record = wait_for_line(server, lambda r: r.get("request_id") == "dbg-7")
     assert_access_record(record, "POST", "/v2/models/digits/infer", 200, "digits")
+
+
+def test_the_served_access_line_names_the_key_that_made_the_request(
+    start_server, digits_repo, tmp_path
+) -> None:
+    keys_file = tmp_path / "keys.toml"
+    key = add_key(keys_file, "alice")
+    server = start_server([str(digits_repo), "--workers", "1", "--auth", str(keys_file)])
+    answer = requests.post(f"{server.url}/v2/models/digits/infer", json=BODY,
+                           headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert answer.status_code == 200
+    assert requests.get(f"{server.url}/home/kim", timeout=10).status_code == 200
+    server.wait_for_log('127.0.0.1 alice "POST /v2/models/digits/infer HTTP/1.1" 200 ')
+    server.wait_for_log('127.0.0.1 - "GET /home/kim HTTP/1.1" 200 ')
+    assert key not in server.log

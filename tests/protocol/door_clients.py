@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +35,9 @@ from python_models import ECHO_PY, ECHO_TOML, write_python_model
 from servers import Server, free_port
 
 MANY = 200_000
+#: The server's `--max-request-bytes`: above every other request of the tables (200,000 strings
+#: take about 2.2 MB), low enough that a body over it costs the table milliseconds.
+MAX_REQUEST_BYTES = 3 << 20
 STRINGS = [f"s{i}" for i in range(MANY)]
 #: A generative Python model (its `predict` yields): what the text generation doors serve.
 PARROT_PY = """\
@@ -95,7 +99,10 @@ def serve_every_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve
     grpc_port = free_port()
     # Models load in name order; `parrot` ready: every model is (`broken` as UNAVAILABLE).
     server = Server(
-        [str(root), "--workers", "1", "--grpc-port", str(grpc_port), "--auth", str(path)],
+        [
+            *(str(root), "--workers", "1", "--grpc-port", str(grpc_port), "--auth", str(path)),
+            *("--max-request-bytes", str(MAX_REQUEST_BYTES)),
+        ],
         ready_path="/v2/models/parrot/ready",
     )
     served = Served(server, grpc_port, keys)
@@ -121,6 +128,11 @@ HUGE_DIMS, HUGE_ROWS, MANY_DIMS, NEGATIVE = "2**62-0-4", "2**62-rows", "65-dims"
 HUGE, WRONG_TYPE, EMPTY, FINE = "huge-count", "wrong-datatype", "no-inputs", "fine"
 #: A sampling setting no generation takes (`max_tokens` 0), for the doors that generate.
 BAD_SETTING = "max-tokens-0"
+#: A fine request padded past `--max-request-bytes` (JSON and CSV with trailing whitespace, a
+#: gRPC request with a long parameter): sent with its length declared, or (HTTP) chunked.
+OVERSIZED, OVERSIZED_CHUNKED = "over-max-request-bytes", "chunked-over-max-request-bytes"
+#: What each kind carries besides its size: an oversized request is a fine one.
+PAYLOAD = {OVERSIZED: FINE, OVERSIZED_CHUNKED: FINE}
 #: The shape of each; the first four only a door carrying a declared shape (V2, gRPC) can send.
 SHAPES = {
     HUGE_DIMS: [2**62, 0, 4],
@@ -164,6 +176,7 @@ def v2_inputs(kind: str) -> list[dict[str, Any]]:
 
 
 def v2_tensor(kind: str) -> dict[str, Any]:
+    kind = PAYLOAD.get(kind, kind)
     if kind == WRONG_TYPE:
         return {"name": "sentence", "shape": [1], "datatype": "FP32", "data": [1.0]}
     return {"name": "sentence", "shape": SHAPES[kind], "datatype": "BYTES", "data": texts_of(kind)}
@@ -172,12 +185,15 @@ def v2_tensor(kind: str) -> dict[str, Any]:
 def instances(kind: str) -> Any:
     """V1 `instances` and OpenAI `input`: no shape is declared, the nesting is the shape."""
     kinds = {MANY_DIMS: nested("a", 66), HUGE: STRINGS, WRONG_TYPE: [1.5], EMPTY: [], FINE: ["a"]}
-    return kinds[kind]
+    return kinds[PAYLOAD.get(kind, kind)]
 
 
 def grpc_request(model: str, kind: str, raw: bool = True, name: str = "sentence") -> Any:
     """A `ModelInferRequest` whose one BYTES input `name` is `kind` (no input for EMPTY)."""
     request = service_pb2.ModelInferRequest(model_name=model)
+    if kind == OVERSIZED:
+        request.parameters["padding"].string_param = " " * MAX_REQUEST_BYTES
+        kind = FINE
     if kind == EMPTY:
         return request
     tensor = request.inputs.add(name=name, datatype="BYTES")
@@ -214,16 +230,51 @@ def call(
     connection = http.client.HTTPConnection("127.0.0.1", served.server.port, timeout=60)
     try:
         connection.request(method, path, body=body, headers=headers)
-        response = connection.getresponse()
-        raw = response.read()
-        assert response.headers["Content-Type"] == "application/json", (response.status, raw)
-        return response.status, json.loads(raw)
+        return json_answer(connection.getresponse())
     finally:
         connection.close()
 
 
-def post(served: Served, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+def json_answer(response: http.client.HTTPResponse) -> tuple[int, Any]:
+    raw = response.read()
+    assert response.headers["Content-Type"] == "application/json", (response.status, raw)
+    return response.status, json.loads(raw)
+
+
+def post(
+    served: Served, path: str, body: bytes, headers: dict[str, str], kind: str = FINE
+) -> tuple[int, Any]:
+    """POST `body`, padded with trailing whitespace past `--max-request-bytes` for an
+    OVERSIZED kind."""
+    if kind in (OVERSIZED, OVERSIZED_CHUNKED):
+        padded = body + b" " * (MAX_REQUEST_BYTES + 1 - len(body))
+        return post_oversized(served, path, padded, headers, kind == OVERSIZED_CHUNKED)
     return call(served, "POST", path, body, headers)
+
+
+def post_oversized(
+    served: Served, path: str, body: bytes, headers: dict[str, str], chunked: bool
+) -> tuple[int, Any]:
+    """POST a body over `--max-request-bytes`. Chunked, all of it is sent (the server reads one
+    byte past its limit). With its length declared, the head and the first 64 KiB go out and
+    the answer is read then, as a client that reads an early answer does: the server answers
+    without reading such a body, and a client that blocks sending the rest of it may wait
+    for its own timeout (measured: 14 of 30 clients sending 1 MB stalled 4 s)."""
+    framing = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {len(body)}"
+    lines = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{served.server.port}", framing]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    step = 1 << 16
+    if chunked:
+        pieces = [body[start : start + step] for start in range(0, len(body), step)]
+        data = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+    else:
+        data = body[:step]
+    with socket.create_connection(("127.0.0.1", served.server.port), timeout=60) as sock:
+        sock.sendall(head + data)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return json_answer(response)
 
 
 def as_json(payload: Any) -> bytes:
@@ -299,7 +350,7 @@ def key_of(served: Served, sent: Sent) -> str | None:
 def v2_json(served: Served, sent: Sent) -> Answer:
     body = as_json({"inputs": v2_inputs(sent.kind)})
     path = f"/v2/models/{sent.model}/infer"
-    return http_error(*post(served, path, body, auth(key_of(served, sent))))
+    return http_error(*post(served, path, body, auth(key_of(served, sent)), sent.kind))
 
 
 def v2_binary(served: Served, sent: Sent) -> Answer:
@@ -313,19 +364,20 @@ def v2_binary(served: Served, sent: Sent) -> Answer:
         **auth(key_of(served, sent), "application/octet-stream"),
         "Inference-Header-Content-Length": str(len(head)),
     }
-    return http_error(*post(served, f"/v2/models/{sent.model}/infer", head + chunk, headers))
+    path = f"/v2/models/{sent.model}/infer"
+    return http_error(*post(served, path, head + chunk, headers, sent.kind))
 
 
 def v1(served: Served, sent: Sent) -> Answer:
     body = as_json({"instances": instances(sent.kind)})
     path = f"/v1/models/{sent.model}:predict"
-    return http_error(*post(served, path, body, auth(key_of(served, sent))))
+    return http_error(*post(served, path, body, auth(key_of(served, sent)), sent.kind))
 
 
 def sagemaker_json(served: Served, sent: Sent) -> Answer:
     body = as_json({"instances": instances(sent.kind)})
     headers = {**auth(key_of(served, sent)), "X-Amzn-SageMaker-Target-Model": sent.model}
-    return http_error(*post(served, "/invocations", body, headers))
+    return http_error(*post(served, "/invocations", body, headers, sent.kind))
 
 
 #: CSV rows for `pair` (FP32 [-1, 2]): CSV carries rows of numbers, so its wrong datatype is a
@@ -338,12 +390,15 @@ def sagemaker_csv(served: Served, sent: Sent) -> Answer:
         **auth(key_of(served, sent), "text/csv"),
         "X-Amzn-SageMaker-Target-Model": sent.model,
     }
-    return http_error(*post(served, "/invocations", CSV_ROWS[sent.kind], headers))
+    rows = CSV_ROWS[PAYLOAD.get(sent.kind, sent.kind)]
+    return http_error(*post(served, "/invocations", rows, headers, sent.kind))
 
 
 def openai_embeddings(served: Served, sent: Sent) -> Answer:
     body = as_json({"model": sent.model, "input": instances(sent.kind)})
-    return openai_error(*post(served, "/v1/embeddings", body, auth(key_of(served, sent))))
+    return openai_error(
+        *post(served, "/v1/embeddings", body, auth(key_of(served, sent)), sent.kind)
+    )
 
 
 def sampling_of(kind: str) -> dict[str, Any]:
@@ -359,14 +414,14 @@ def openai_chat(served: Served, sent: Sent) -> Answer:
         **sampling_of(sent.kind),
     }
     path = "/v1/chat/completions"
-    return openai_error(*post(served, path, as_json(body), auth(key_of(served, sent))))
+    return openai_error(*post(served, path, as_json(body), auth(key_of(served, sent)), sent.kind))
 
 
 def openai_completions(served: Served, sent: Sent) -> Answer:
     prompt = 1.5 if sent.kind == WRONG_TYPE else "a"
     body = {"model": sent.model, "prompt": prompt, **sampling_of(sent.kind)}
     path = "/v1/completions"
-    return openai_error(*post(served, path, as_json(body), auth(key_of(served, sent))))
+    return openai_error(*post(served, path, as_json(body), auth(key_of(served, sent)), sent.kind))
 
 
 def grpc_raw(served: Served, sent: Sent) -> Answer:
@@ -385,7 +440,11 @@ def grpc_stream(served: Served, sent: Sent, name: str = "sentence") -> Answer:
     words (else as 0: the stream and the unary call disagree), and as 400 when `ModelInfer`
     serves the request: a sampling setting, which only a generation reads."""
     request = grpc_request(sent.model, sent.kind, name=name)
-    responses = stream_messages(served, request, key_of(served, sent))
+    try:
+        responses = stream_messages(served, request, key_of(served, sent))
+    except grpc.RpcError as error:  # the library refused the message: the stream ends
+        assert error.code() in GRPC_AS_HTTP, (error.code(), error.details())
+        return Answer(GRPC_AS_HTTP[error.code()], error.details())
     refusal = responses[0].error_message
     if not refusal:
         assert all(not r.error_message and r.infer_response.outputs for r in responses), responses
@@ -406,7 +465,7 @@ def v2_generate(served: Served, sent: Sent) -> Answer:
     prompt = 1.5 if sent.kind == WRONG_TYPE else "a"
     body = as_json({"text_input": prompt, "parameters": sampling_of(sent.kind)})
     path = f"/v2/models/{sent.model}/generate"
-    return http_error(*post(served, path, body, auth(key_of(served, sent))))
+    return http_error(*post(served, path, body, auth(key_of(served, sent)), sent.kind))
 
 
 def v2_metadata(served: Served, sent: Sent) -> Answer:

@@ -6,11 +6,13 @@ embeddings, chat and completions, the V2 generate extension, V2 gRPC `ModelInfer
 contents) and `ModelStreamInfer` (a plain and a generative model), and model metadata and
 statistics over HTTP and gRPC. The inputs: shapes no array can take (`[2**62, 0, 4]`, `[2**62]`,
 65 dimensions, a negative size), more rows than `--max-batch-rows`, a wrong datatype, no inputs,
-a sampling setting no generation takes, an unknown model, a model that failed to load, no key, a
-key for another model, a key past its rate, and an admin route with a plain key. Every door
-answers each with the same status (gRPC: the code of that status; a stream's `error_message`
-must say what `ModelInfer` says of the same request), a message that says what to fix, and no
-traceback.
+a sampling setting no generation takes, a body over `--max-request-bytes` (its length declared,
+or chunked), an unknown model, a model that failed to load, no key, a key for another model, a
+key past its rate, and an admin route with a plain key. Every door answers each with the same
+status (gRPC: the code of that status; a stream's `error_message` must say what `ModelInfer`
+says of the same request), a message that says what to fix, and no traceback. A body over the
+limit is refused by gRPC's own library (RESOURCE_EXHAUSTED, on a stream too), by HTTP with 413
+in the door's shape; after it the door serves a fine request.
 
 A door that cannot express an input (V1 has no declared shape, CSV no datatype, a chat no
 tensor) is left out of that row, not skipped; a `fine` row checks that each door's request is
@@ -32,6 +34,8 @@ from door_clients import (
     MANY,
     MANY_DIMS,
     NEGATIVE,
+    OVERSIZED,
+    OVERSIZED_CHUNKED,
     WRONG_TYPE,
     Answer,
     Door,
@@ -77,22 +81,26 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 #: the repository (`EVERY_DOOR`, and `RATE_LIMITED` and `NOT_READY` where a model runs).
 TENSOR_KINDS = (HUGE_DIMS, HUGE_ROWS, MANY_DIMS, NEGATIVE, HUGE, WRONG_TYPE, EMPTY)
 NESTED_KINDS = (MANY_DIMS, HUGE, WRONG_TYPE, EMPTY)
+#: A body over `--max-request-bytes`: every door that takes a body; HTTP ones chunked too.
+HTTP_BODY, GRPC_BODY = (OVERSIZED, OVERSIZED_CHUNKED), (OVERSIZED,)
 DOORS: dict[str, tuple[Door, str, tuple[str, ...]]] = {
-    "v2-json": (v2_json, "letters", TENSOR_KINDS),
-    "v2-binary": (v2_binary, "letters", TENSOR_KINDS),
-    "v1": (v1, "letters", NESTED_KINDS),
-    "sagemaker-json": (sagemaker_json, "letters", NESTED_KINDS),
-    "sagemaker-csv": (sagemaker_csv, "pair", (HUGE, WRONG_TYPE, EMPTY)),
-    "openai-embeddings": (openai_embeddings, "letters", NESTED_KINDS),
-    "openai-chat": (openai_chat, "parrot", (WRONG_TYPE, BAD_SETTING)),
-    "openai-completions": (openai_completions, "parrot", (WRONG_TYPE, BAD_SETTING)),
-    "grpc-raw": (grpc_raw, "letters", TENSOR_KINDS),
-    "grpc-typed": (grpc_typed, "letters", TENSOR_KINDS),
-    "grpc-stream": (grpc_stream, "letters", TENSOR_KINDS),
+    "v2-json": (v2_json, "letters", (*TENSOR_KINDS, *HTTP_BODY)),
+    "v2-binary": (v2_binary, "letters", (*TENSOR_KINDS, *HTTP_BODY)),
+    "v1": (v1, "letters", (*NESTED_KINDS, *HTTP_BODY)),
+    "sagemaker-json": (sagemaker_json, "letters", (*NESTED_KINDS, *HTTP_BODY)),
+    "sagemaker-csv": (sagemaker_csv, "pair", (HUGE, WRONG_TYPE, EMPTY, *HTTP_BODY)),
+    "openai-embeddings": (openai_embeddings, "letters", (*NESTED_KINDS, *HTTP_BODY)),
+    "openai-chat": (openai_chat, "parrot", (WRONG_TYPE, BAD_SETTING, *HTTP_BODY)),
+    "openai-completions": (openai_completions, "parrot", (WRONG_TYPE, BAD_SETTING, *HTTP_BODY)),
+    "grpc-raw": (grpc_raw, "letters", (*TENSOR_KINDS, *GRPC_BODY)),
+    "grpc-typed": (grpc_typed, "letters", (*TENSOR_KINDS, *GRPC_BODY)),
+    "grpc-stream": (grpc_stream, "letters", (*TENSOR_KINDS, *GRPC_BODY)),
     "grpc-stream-generate": (
-        grpc_stream_generate, "parrot", (*TENSOR_KINDS[:4], WRONG_TYPE, EMPTY, BAD_SETTING)
+        grpc_stream_generate,
+        "parrot",
+        (*TENSOR_KINDS[:4], WRONG_TYPE, EMPTY, BAD_SETTING, *GRPC_BODY),
     ),
-    "v2-generate": (v2_generate, "parrot", (WRONG_TYPE, BAD_SETTING)),
+    "v2-generate": (v2_generate, "parrot", (WRONG_TYPE, BAD_SETTING, *HTTP_BODY)),
     "v2-metadata": (v2_metadata, "letters", ()),
     "grpc-metadata": (grpc_metadata, "letters", ()),
     "v2-statistics": (v2_statistics, "letters", ()),
@@ -117,6 +125,8 @@ CASES = {
     WRONG_TYPE: (400, "BYTES"),
     EMPTY: (400, "non-empty"),
     BAD_SETTING: (400, "'max_tokens' must be an integer >= 1"),
+    OVERSIZED: (413, "larger than"),
+    OVERSIZED_CHUNKED: (413, "larger than"),
     UNKNOWN: (404, "unknown model 'nope'"),
     NO_KEY: (401, "needs an API key"),
     OTHER_KEY: (403, "may not use model"),
@@ -171,10 +181,14 @@ def test_every_front_door_refuses_the_same_hostile_input_the_same_way_in_its_own
 ) -> None:
     send, model, _ = DOORS[door]
     status, words = CASES[case]
+    if case == OVERSIZED and door.startswith("grpc"):
+        status = 429  # RESOURCE_EXHAUSTED, gRPC's own "message larger than max"
     answer = send(served, sent_for(case, model))
     assert answer.status == status, answer.message
     assert WORDS.get((door, case), words) in answer.message
     assert "Traceback" not in answer.message and "internal" not in answer.message
+    if case in (OVERSIZED, OVERSIZED_CHUNKED):  # the door still serves
+        assert send(served, sent_for(FINE, model)) == (200, "")
 
 
 @pytest.mark.parametrize("case", [UNKNOWN, NOT_READY])

@@ -28,7 +28,15 @@ from flaskserve.gate.keys import add_key
 from flaskserve.protocol.grpc import messages
 from flaskserve.protocol.grpc.descriptor import SERIALIZED
 from flaskserve.protocol.grpc.tensors import CONTENTS_FIELD
-from python_models import HELD_PY, HELD_TOML, calls_started, write_held, write_python_model
+from python_models import (
+    HELD_PY,
+    HELD_TOML,
+    SCALED_PY,
+    SCALED_TOML,
+    calls_started,
+    write_held,
+    write_python_model,
+)
 from servers import Server, free_port
 from waiting import eventually
 
@@ -76,6 +84,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory, digits_model: Path) -> Path:
     write_python_model(root, "mirror", mirror_toml(), MIRROR_PY)
     # The same model without FP16, which has no typed contents field.
     write_python_model(root, "typed", mirror_toml(CONTENTS_FIELD), MIRROR_PY)
+    write_python_model(root, "scaled", SCALED_TOML, SCALED_PY)
     shutil.copytree(digits_model, root / "digits")
     return root
 
@@ -171,6 +180,19 @@ def test_every_datatype_round_trips_and_equals_the_http_result(served, client) -
         assert got.shape == want.shape and got.dtype == want.dtype, datatype
         assert got.tolist() == want.tolist(), datatype
         assert got.tolist() == http_result.as_numpy(f"out_{datatype}").tolist(), datatype
+
+
+def test_a_model_that_reads_parameters_gets_the_calls_parameters_as_over_http(
+    served, client
+) -> None:
+    server, _ = served
+    http = th.InferenceServerClient(server.url.removeprefix("http://"))
+    for kit, caller in ((tg, client), (th, http)):
+        tensor = kit.InferInput("x", [2], "INT64")
+        tensor.set_data_from_numpy(np.array([1, 2], np.int64))
+        result = caller.infer("scaled", [tensor], parameters={"scale": 3, "note": "hi"})
+        assert result.as_numpy("y").tolist() == [3, 6], kit.__name__
+        assert result.as_numpy("count").tolist() == [2, 2], kit.__name__
 
 
 def typed_request(model: str, arrays: dict[str, np.ndarray]) -> service_pb2.ModelInferRequest:

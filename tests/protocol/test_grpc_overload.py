@@ -1,6 +1,10 @@
 """gRPC under overload and at stop: an overloaded worker refuses ModelInfer calls at once with
 UNAVAILABLE (HTTP's 503) instead of queueing them, answers health meanwhile, and serves again
-once the load is gone; SIGTERM stops an idle server with `--grpc-port` as one without it."""
+once the load is gone; SIGTERM stops an idle server with `--grpc-port` as one without it.
+
+A stop is prompt when it does not wait out the graceful timeout: the tests set that timeout far
+above the generous bound they wait for the exit (on a loaded machine a prompt stop took over 5
+s), and read from the log that every worker ended by itself, none killed."""
 
 from __future__ import annotations
 
@@ -62,12 +66,17 @@ def test_an_overloaded_worker_refuses_grpc_inference_at_once_and_keeps_serving(
     assert "Traceback" not in server.log
 
 
+#: The graceful timeout of the stop tests, and the bound, far below it, on their exit.
+GRACEFUL_S, PROMPT_S = 600, 60
+
+
+@pytest.mark.timeout(300)  # a server started and stopped on a loaded machine
 @pytest.mark.parametrize("grpc_port", [True, False], ids=["with-grpc", "without-grpc"])
 def test_sigterm_stops_an_idle_server_promptly_with_or_without_grpc(
     start_server, digits_repo: Path, grpc_port: bool
 ) -> None:
     port = free_port()
-    args = [str(digits_repo), "--workers", "2", "--graceful-timeout", "30"]
+    args = [str(digits_repo), "--workers", "2", "--graceful-timeout", str(GRACEFUL_S)]
     server = start_server(args + (["--grpc-port", str(port)] if grpc_port else []), timeout=180)
     server.wait_for_log("model digits version 1 is ready", count=2, timeout=180)
     client = None
@@ -78,8 +87,9 @@ def test_sigterm_stops_an_idle_server_promptly_with_or_without_grpc(
         for _ in range(4):  # calls answered; the connection stays open, idle
             client.infer("digits", [tensor])
     os.kill(server.process.pid, signal.SIGTERM)
-    # Far below the 30 s graceful timeout a stop waits for calls that still run: none do.
-    assert server.process.wait(timeout=5) == 0
+    # Far below the graceful timeout a stop waits for calls that still run: none do.
+    assert server.process.wait(timeout=PROMPT_S) == 0
     assert server.log.count("Worker exiting") == 2
+    assert "Killing worker" not in server.log
     if client is not None:
         client.close()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from flask import Response, request
 
@@ -64,3 +66,42 @@ def test_an_app_reaches_its_services_through_one_typed_accessor(digits_repo) -> 
     assert services.dataplane.repository.get("digits", None).name == "digits"
     assert services.gate.admission.waiting == 0
     assert services_of(type(app)("other")) is None
+
+
+@pytest.mark.parametrize("path", ["/v2/models/digits/infer", "/v1/models/digits:predict"])
+def test_an_inference_arrived_when_the_engine_queued_it_not_when_a_thread_took_it(
+    digits_repo, path
+) -> None:
+    app = create_app(Settings(repository=str(digits_repo)))
+    queued = time.monotonic() - 1.0  # it waited a second for a thread
+    arrivals: list[float] = []
+
+    @app.after_request
+    def look(response: Response) -> Response:
+        context = current().context
+        assert context is not None
+        arrivals.append(context.arrived)
+        return response
+
+    body = BODY if path.startswith("/v2") else {"instances": [[0.0] * 64]}
+    answer = app.test_client().post(
+        path, json=body, environ_overrides={STATE_KEY: RequestState(queued)}
+    )
+    assert answer.status_code == 200, answer.get_json()
+    assert arrivals == [queued]
+
+
+def test_without_the_engine_an_inference_arrived_when_its_first_hook_ran(digits_repo) -> None:
+    app = create_app(Settings(repository=str(digits_repo)))
+    arrivals: list[float] = []
+
+    @app.after_request
+    def look(response: Response) -> Response:
+        context = current().context
+        assert context is not None
+        arrivals.append(context.arrived)
+        return response
+
+    before = time.monotonic()
+    assert app.test_client().post("/v2/models/digits/infer", json=BODY).status_code == 200
+    assert before <= arrivals[0] <= time.monotonic()

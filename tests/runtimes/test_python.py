@@ -9,7 +9,7 @@ from flaskserve import ModelServer, Tensor
 from flaskserve.core.config import read_model_config
 from flaskserve.core.errors import ModelLoadError
 from flaskserve.runtimes import python as python_runtime
-from python_models import python_toml, write_python_model
+from python_models import SCALED_PY, SCALED_TOML, python_toml, write_python_model
 
 INTEGERS = ("INT64", [-1])
 
@@ -105,3 +105,53 @@ def test_a_model_breaking_its_promise_fails_without_a_traceback() -> None:
         "see the server log"
     }
     assert "Traceback" not in crash_response.get_data(as_text=True)
+
+
+def scaled_request(parameters: dict | None = None, name: str = "x") -> dict:
+    body: dict = {"inputs": [{"name": name, "shape": [2], "datatype": "INT64", "data": [1, 2]}]}
+    if parameters is not None:
+        body["parameters"] = parameters
+    return body
+
+
+def outputs_of(response) -> dict:
+    assert response.status_code == 200, response.get_json()
+    return {output["name"]: output["data"] for output in response.get_json()["outputs"]}
+
+
+@pytest.mark.parametrize("max_batch_size", [0, 8])
+def test_a_predict_that_declares_parameters_gets_the_requests_parameters(
+    tmp_path, max_batch_size
+) -> None:
+    batching = f"[batching]\nmax_batch_size = {max_batch_size}\n" if max_batch_size else ""
+    write_python_model(tmp_path, "scaled", SCALED_TOML + batching, SCALED_PY)
+    client = ModelServer(str(tmp_path)).app.test_client()
+    infer = "/v2/models/scaled/infer"
+    assert outputs_of(client.post(infer, json=scaled_request({"scale": 3}))) == {
+        "y": [3, 6], "count": [1, 1],
+    }
+    assert outputs_of(client.post(infer, json=scaled_request())) == {"y": [1, 2], "count": [0, 0]}
+
+
+def test_a_predict_without_a_parameters_keyword_is_called_as_before() -> None:
+    server = ModelServer()
+    seen: list[dict] = []
+
+    @server.model("keywords", inputs=[Tensor("x", "INT64", [-1])],
+                  outputs=[Tensor("y", "INT64", [-1])])
+    def keywords(**arrays):  # takes any keyword, yet declares no `parameters`
+        seen.append(arrays)
+        return arrays["x"]
+
+    @server.model("named", inputs=[Tensor("parameters", "INT64", [-1])],
+                  outputs=[Tensor("y", "INT64", [-1])])
+    def named(parameters):  # an input of that name: the input, not the request's
+        return parameters * 10
+
+    client = server.app.test_client()
+    answer = client.post("/v2/models/keywords/infer", json=scaled_request({"scale": 3}))
+    assert outputs_of(answer) == {"y": [1, 2]} and list(seen[0]) == ["x"]
+    answer = client.post(
+        "/v2/models/named/infer", json=scaled_request({"scale": 3}, name="parameters")
+    )
+    assert outputs_of(answer) == {"y": [10, 20]}

@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
 import pytest
 
+from flaskserve.app import create_app
 from flaskserve.core import wakeup
 from flaskserve.serving.engine import WsgiOverRsgi
+from flaskserve.settings import Settings
 
 
 class FakeProto:
@@ -28,11 +31,14 @@ class FakeProto:
         self.streamed: list[bytes] = []
         #: The client goes away after this many streamed chunks (None: it stays).
         self.gone_after: int | None = None
+        #: Reads of the body so far.
+        self.reads = 0
 
     def __aiter__(self) -> FakeProto:
         return self
 
     async def __anext__(self) -> bytes:
+        self.reads += 1
         if self.chunks:
             return self.chunks.pop(0)
         if self.stall:
@@ -309,3 +315,59 @@ def test_a_client_leaving_a_stream_the_loop_drives_closes_it() -> None:
     asyncio.run(run())
     assert proto.streamed == [b"start"]
     assert closed == [True]
+
+
+def test_a_request_that_waited_for_a_busy_pool_counts_the_wait_against_its_deadline(
+    digits_repo,
+) -> None:
+    """An inference that waited for a thread longer than `--request-timeout-ms` gets 504: its
+    time counts from when the engine queued it, not from when a thread took it up."""
+    timeout_s = 0.1
+    app = create_app(Settings(repository=str(digits_repo), request_timeout_ms=100))
+    release = threading.Event()
+    busy: list[bool] = []
+
+    def busy_or_app(environ: dict, start_response: Any) -> Any:
+        if environ["REQUEST_METHOD"] == "POST":
+            return app(environ, start_response)
+        busy.append(True)
+        release.wait(30)
+        start_response("204 No Content", [("Content-Length", "0")])
+        return []
+
+    adapter = WsgiOverRsgi(busy_or_app, threads=1, max_body_bytes=1 << 20, body_timeout_s=5)
+    body = orjson.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 64], "datatype": "FP32", "data": [0] * 64}]}
+    )
+    request = scope(headers={"content-length": str(len(body)),
+                             "content-type": "application/json"})
+    request.path = "/v2/models/digits/infer"
+    proto = FakeProto([body])
+
+    async def until(condition: Any) -> None:
+        deadline = time.monotonic() + 30
+        while not condition() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+
+    async def run() -> None:
+        adapter.__rsgi_init__(asyncio.get_running_loop())
+        try:
+            held = [asyncio.create_task(adapter.__rsgi__(scope("GET"), FakeProto([])))
+                    for _ in range(adapter.threads)]
+            await until(lambda: len(busy) == adapter.threads)  # every thread is taken
+            inference = asyncio.create_task(adapter.__rsgi__(request, proto))
+            # Its body read, the request is queued before the task yields (nothing awaits in
+            # between): from now on its time runs.
+            await until(lambda: proto.reads > 0)
+            queued_by = time.monotonic()
+            await until(lambda: time.monotonic() > queued_by + timeout_s)
+            release.set()
+            await asyncio.gather(inference, *held)
+        finally:
+            release.set()
+            adapter.__rsgi_del__(asyncio.get_running_loop())
+
+    asyncio.run(run())
+    assert len(busy) == adapter.threads
+    assert proto.status == 504, proto.body
+    assert "waiting for a worker thread" in orjson.loads(proto.body)["error"]

@@ -19,6 +19,9 @@ Batching only pays under load, so it costs light traffic nothing:
   predict is part of it; a lone request on an idle model never waits. Whether a window pays
   depends on the model: see docs/benchmarks.md.
 - A request with more rows than `max_batch_size` runs on its own, at once, beside the batches.
+- A model that reads the request's `parameters` (`Model.takes_parameters`) is given the
+  parameters of its batch's requests, which share them: requests whose parameters differ are
+  never concatenated.
 
 A model whose runtime declares `chunk_rows` (`Model.chunk_rows`: the runtimes that take many
 rows set it to `max_batch_size`, or to their own default when batching is off) never runs more
@@ -39,13 +42,14 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from flaskserve.core import deadlines
 from flaskserve.core.errors import FlaskServeError, InferenceFailed, ModelFailed, ModelNotReady
-from flaskserve.core.model import Arrays, Model
+from flaskserve.core.model import NO_PARAMETERS, Arrays, Model
 from flaskserve.core.observers import BatchObserver, current
 from flaskserve.core.signature import conform_outputs
 
@@ -55,25 +59,35 @@ log = logging.getLogger("flaskserve.batching")
 CLOSE_TIMEOUT = 30.0
 
 
-def run_model(model: Model, inputs: Arrays, observer: BatchObserver | None = None) -> Arrays:
+def run_model(
+    model: Model,
+    inputs: Arrays,
+    observer: BatchObserver | None = None,
+    parameters: Mapping[str, Any] = NO_PARAMETERS,
+) -> Arrays:
     """`model.predict` with outputs conformed to the signature; any failure becomes a
     `FlaskServeError` (a model's own exception a `ModelFailed`, whose text is never sent).
     The call is reported to `observer` (default: the process's, `core.observers`)."""
     try:
-        return predict_chunked(model, inputs, _batch_key(inputs)[0], observer or current())
+        rows = _batch_key(inputs)[0]
+        return predict_chunked(model, inputs, rows, observer or current(), parameters)
     except Exception as exc:
         raise prediction_error(model, exc) from None
 
 
 def predict_chunked(
-    model: Model, inputs: Arrays, rows: int, observer: BatchObserver
+    model: Model,
+    inputs: Arrays,
+    rows: int,
+    observer: BatchObserver,
+    parameters: Mapping[str, Any] = NO_PARAMETERS,
 ) -> Arrays:
     """`model.predict` on `inputs` (`rows` along the first dimension, -1 when the inputs
-    disagree on it), conformed to the signature, in chunks of at most `model.chunk_rows` rows;
-    each predict call is reported to `observer`."""
+    disagree on it) and the request's `parameters`, conformed to the signature, in chunks of
+    at most `model.chunk_rows` rows; each predict call is reported to `observer`."""
     chunk = model.chunk_rows
     if chunk <= 0 or rows <= chunk:
-        return _predict_once(model, inputs, rows, observer)
+        return _predict_once(model, inputs, rows, observer, parameters)
     parts = []
     for start in range(0, rows, chunk):
         if start:
@@ -81,15 +95,21 @@ def predict_chunked(
             if remaining is not None and remaining <= 0:
                 raise deadlines.expired(f"running row {start} of {rows}")
         piece = {name: array[start : start + chunk] for name, array in inputs.items()}
-        outputs = _predict_once(model, piece, min(chunk, rows - start), observer)
+        outputs = _predict_once(model, piece, min(chunk, rows - start), observer, parameters)
         check_rows(model, outputs, min(chunk, rows - start), "chunk_rows")
         parts.append(outputs)
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
-def _predict_once(model: Model, inputs: Arrays, rows: int, observer: BatchObserver) -> Arrays:
+def _predict_once(
+    model: Model,
+    inputs: Arrays,
+    rows: int,
+    observer: BatchObserver,
+    parameters: Mapping[str, Any],
+) -> Arrays:
     started = time.perf_counter()
-    outputs = conform_outputs(model, model.predict(inputs))
+    outputs = conform_outputs(model, model.predict(inputs, parameters))
     observer.predicted(model.name, model.version, rows, time.perf_counter() - started)
     return outputs
 
@@ -123,10 +143,15 @@ class _Pending:
     plus a lock).
     """
 
-    __slots__ = ("arrived", "done", "error", "inputs", "key", "lead", "outputs", "rows")
+    __slots__ = (
+        "arrived", "done", "error", "inputs", "key", "lead", "outputs", "parameters", "rows",
+    )
 
-    def __init__(self, inputs: Arrays, rows: int, key: tuple[Any, ...]) -> None:
+    def __init__(
+        self, inputs: Arrays, rows: int, key: tuple[Any, ...], parameters: Mapping[str, Any]
+    ) -> None:
         self.inputs = inputs
+        self.parameters = parameters
         self.rows = rows
         self.key = key
         self.arrived = time.monotonic()
@@ -166,10 +191,13 @@ class Batcher:
         self._closed = False
         self._cond = threading.Condition(threading.Lock())
 
-    def submit(self, inputs: Arrays) -> Arrays:
-        """Run `inputs` (checked against the signature) as part of a batch; returns this
-        request's rows of every output, or raises the `FlaskServeError` that failed it."""
+    def submit(self, inputs: Arrays, parameters: Mapping[str, Any] = NO_PARAMETERS) -> Arrays:
+        """Run `inputs` (checked against the signature) as part of a batch whose requests all
+        have these `parameters`; returns this request's rows of every output, or raises the
+        `FlaskServeError` that failed it."""
         rows, key = _batch_key(inputs)
+        if parameters:
+            key = (key, _parameters_key(parameters))
         pending = None
         with self._cond:
             if self._closed:
@@ -181,7 +209,7 @@ class Batcher:
                 self._busy = True
                 alone = False
             else:
-                pending = _Pending(inputs, rows, key)
+                pending = _Pending(inputs, rows, key, parameters)
                 self._queue.append(pending)
                 self._queued_rows += rows
                 if self._gathering and self._queued_rows >= self.max_rows:
@@ -189,7 +217,7 @@ class Batcher:
         if pending is None:
             self.observer.queue_waited(self.model.name, self.model.version, 0.0)
             try:
-                return self._run_alone(inputs, rows)
+                return self._run_alone(inputs, rows, parameters)
             finally:
                 if alone:
                     with self._cond:
@@ -273,14 +301,14 @@ class Batcher:
                 self.observer.queue_changed(self.model.name, self.model.version, -1)
         raise deadlines.expired("waiting for its batch")
 
-    def _run_alone(self, inputs: Arrays, rows: int) -> Arrays:
+    def _run_alone(self, inputs: Arrays, rows: int, parameters: Mapping[str, Any]) -> Arrays:
         try:
-            return self._predict(inputs, rows)
+            return self._predict(inputs, rows, parameters)
         except Exception as exc:
             raise prediction_error(self.model, exc) from None
 
-    def _predict(self, inputs: Arrays, rows: int) -> Arrays:
-        outputs = predict_chunked(self.model, inputs, rows, self.observer)
+    def _predict(self, inputs: Arrays, rows: int, parameters: Mapping[str, Any]) -> Arrays:
+        outputs = predict_chunked(self.model, inputs, rows, self.observer, parameters)
         if rows >= 0:
             check_rows(self.model, outputs, rows, "max_batch_size")
         return outputs
@@ -309,7 +337,7 @@ class Batcher:
             inputs = {
                 name: np.concatenate([p.inputs[name] for p in batch]) for name in batch[0].inputs
             }
-            outputs = self._predict(inputs, sum(p.rows for p in batch))
+            outputs = self._predict(inputs, sum(p.rows for p in batch), batch[0].parameters)
         except Exception as exc:
             # Its text is logged by each request that fails again alone, with its request id.
             log.warning(
@@ -327,7 +355,7 @@ class Batcher:
 
     def _run_pending(self, pending: _Pending) -> None:
         try:
-            outputs = self._run_alone(pending.inputs, pending.rows)
+            outputs = self._run_alone(pending.inputs, pending.rows, pending.parameters)
         except FlaskServeError as exc:
             pending.resolve(None, exc)
         else:
@@ -403,3 +431,9 @@ def _batch_key(inputs: Arrays) -> tuple[int, tuple[Any, ...]]:
             return -1, ()
         key.append((name, shape[1:], array.dtype))
     return max(rows, -1), tuple(key)
+
+
+def _parameters_key(parameters: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """What requests must share to be batched for a model that reads their parameters: the
+    parameters, each value by its `repr` (JSON values may be lists; `1` and `1.0` differ)."""
+    return tuple(sorted((name, repr(value)) for name, value in parameters.items()))

@@ -42,7 +42,8 @@ class InferenceContext:
     request_id: str = "-"
     #: The API key the request was admitted with (None without keys).
     key_id: str | None = None
-    #: `time.monotonic()` when the request arrived (before any wait for a worker thread).
+    #: `time.monotonic()` when the request arrived, before any wait for a worker thread (an
+    #: HTTP request's: when the engine queued it, `RequestState.queued`).
     arrived: float = field(default_factory=time.monotonic)
     #: `time.monotonic()` after which nobody waits for this request; the client's own, then the
     #: sooner of it and the server's (`Deadline` step).

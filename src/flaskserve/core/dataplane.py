@@ -28,7 +28,7 @@ from flaskserve.core.batching import Batcher, run_model
 from flaskserve.core.context import Step
 from flaskserve.core.declared import DeclaredTensor, RequestLimits, check_request, declared_arrays
 from flaskserve.core.errors import ModelNotReady
-from flaskserve.core.model import Arrays, Model
+from flaskserve.core.model import NO_PARAMETERS, Arrays, Model
 from flaskserve.core.repository import ModelEntry, ModelRepository
 from flaskserve.core.request import InferenceRequest, InferenceResult
 from flaskserve.version import __version__
@@ -111,10 +111,11 @@ class DataPlane:
         inputs = request.inputs
         if not checked:
             self.check(model, declared_arrays(inputs, request.datatypes), request.outputs)
+        parameters = request.parameters if model.takes_parameters else NO_PARAMETERS
         if model.max_batch_size > 0:
             batcher = self._batchers.get(id(model)) or self._start_batcher(model)
-            return batcher.submit(dict(inputs))
-        return run_model(model, dict(inputs))
+            return batcher.submit(dict(inputs), parameters)
+        return run_model(model, dict(inputs), parameters=parameters)
 
     def _start_batcher(self, model: Model) -> Batcher:
         """The batcher of `model`, started on its first request; the repository's unload

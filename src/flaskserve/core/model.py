@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -94,6 +95,9 @@ Tensor = TensorSpec
 
 Arrays = dict[str, np.ndarray]
 
+#: A request's `parameters` when it sent none: one shared read-only mapping.
+NO_PARAMETERS: Mapping[str, Any] = MappingProxyType({})
+
 #: Why a generation ended: a stop condition (end-of-text token or a `stop` string), its
 #: `max_tokens`, or a failure inside the model.
 FINISH_REASONS = ("stop", "length", "error")
@@ -154,13 +158,19 @@ class Model:
     `generate_fn`, set on a generative (streaming) model, starts a generation and returns its
     `TextStream` (a generator, so `close()` cancels it); such a model also answers `predict`
     with the whole text, for the request/response front doors.
+
+    `takes_parameters`: `predict_fn` reads the request's own `parameters` (V2 and gRPC), given
+    as its second argument; requests batched together then share equal parameters. Set by the
+    Python runtime for a `predict` that declares a `parameters` keyword; every other model is
+    called with its inputs alone, whatever the request's parameters.
     """
 
     name: str
     version: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    predict_fn: Callable[[Arrays], Mapping[str, Any]]
+    #: `predict_fn(inputs)`, or `predict_fn(inputs, parameters)` when `takes_parameters`.
+    predict_fn: Callable[..., Mapping[str, Any]]
     platform: str = "python"
     max_batch_size: int = 0
     max_delay_ms: float = 0.0
@@ -170,6 +180,7 @@ class Model:
     loaded_at: float = field(default_factory=time.time)
     chunk_rows: int = 0
     generate_fn: Callable[[GenerationRequest], TextStream] | None = None
+    takes_parameters: bool = False
 
     def __post_init__(self) -> None:
         self.input_by_name = {spec.name: spec for spec in self.inputs}
@@ -179,7 +190,11 @@ class Model:
         if len(self.output_by_name) != len(self.outputs):
             raise ModelLoadError(f"model {self.name!r} declares the same output name twice")
 
-    def predict(self, inputs: Arrays) -> Arrays:
+    def predict(self, inputs: Arrays, parameters: Mapping[str, Any] = NO_PARAMETERS) -> Arrays:
+        """The outputs for `inputs`; `parameters` (the request's) reach only a model that
+        `takes_parameters`."""
+        if self.takes_parameters:
+            return dict(self.predict_fn(inputs, parameters))
         return dict(self.predict_fn(inputs))
 
     @property

@@ -57,7 +57,8 @@ class InferenceRequest:
     #: The version the client named (None: whichever the repository serves by default). If a
     #: version swap unloads `model` before it predicts, the request runs on what this names now.
     requested_version: str | None = None
-    #: The request's own parameters (V2 and gRPC `parameters`), as the client sent them.
+    #: The request's own parameters (V2 and gRPC `parameters`), as the client sent them, for a
+    #: model that reads them (`Model.takes_parameters`); other models never see them.
     parameters: Mapping[str, Any] = field(default_factory=_nothing)
     #: The front door held what the request declared to `DataPlane.check` for `model` before
     #: decoding it; False: the data plane checks the decoded arrays.

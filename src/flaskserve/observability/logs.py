@@ -1,7 +1,8 @@
 """Log lines as text (the default) or as one JSON object per line (`--log-format json`).
 
-An access line in JSON carries timestamp, method, path, status, duration_ms, model and
-request_id, so a log pipeline can join it with metrics and with the client's `X-Request-ID`.
+An access line in JSON carries timestamp, method, path, status, duration_ms, model, request_id,
+client and key_id (the API key that made the request, never its secret), so a log pipeline can
+join it with metrics, with the client's `X-Request-ID` and with a customer's usage.
 Every other log line in JSON mode is an object with timestamp, level, logger and message.
 
 Nothing a client sent reaches a log raw: paths, model names, request ids and every other
@@ -65,6 +66,7 @@ def access_record(
         "model": _escaped(state.model if state is not None else None),
         "request_id": _escaped(state.request_id if state is not None else None),
         "client": _escaped(environ.get("REMOTE_ADDR")),
+        "key_id": state.key_id if state is not None else None,
     }
 
 

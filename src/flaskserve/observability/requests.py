@@ -14,12 +14,12 @@ import time
 
 from flask import Flask, Response, request
 
-from flaskserve.core.context import InferenceContext, new_request_id, request_id_from
+from flaskserve.core.context import new_request_id, request_id_from
 from flaskserve.core.dataplane import DataPlane
 from flaskserve.observability import metrics
 from flaskserve.protocol import openai
 from flaskserve.protocol.hook_chain import HookChain
-from flaskserve.protocol.http_context import route, state_of
+from flaskserve.protocol.http_context import new_context, route, state_of
 from flaskserve.protocol.route_policy import RoutePolicy
 from flaskserve.protocol.sagemaker import TARGET_MODEL_HEADER
 
@@ -42,11 +42,11 @@ def install(app: Flask, dataplane: DataPlane, hooks: HookChain | None = None) ->
         environ = request.environ
         state = state_of(environ)
         # not request.headers: built per request
-        request_id = state.request_id = request_id_from(environ.get(_REQUEST_ID_ENVIRON))
+        state.request_id = request_id_from(environ.get(_REQUEST_ID_ENVIRON))
         declared = route(state)
         if declared is None or declared.protocol is None:
             return
-        state.context = InferenceContext(declared.protocol, request_id)
+        new_context(state, declared.protocol)
         state.started = time.perf_counter()
         name = state.model = _model_name(declared, dataplane)
         labels = state.labels = model_label(name)

@@ -107,11 +107,21 @@ def route(state: RequestState | None = None) -> RoutePolicy | None:
 
 
 def http_context() -> InferenceContext:
-    """The current request's context, made on first use."""
+    """The current request's context, made on first use (`new_context`)."""
     state = current()
     context = state.context
     if context is None:
         declared = route(state)
         protocol = declared.protocol if declared is not None else None
-        context = state.context = InferenceContext(protocol or "http", state.request_id or "-")
+        context = new_context(state, protocol or "http")
+    return context
+
+
+def new_context(state: RequestState, protocol: str) -> InferenceContext:
+    """A context for `state`'s inference, kept in it. It arrived when the engine queued the
+    request for a thread (`RequestState.queued`), not when a thread took it up: the request's
+    deadline and its time to first token count the wait for a thread."""
+    context = state.context = InferenceContext(protocol, state.request_id or "-")
+    if state.queued is not None:
+        context.arrived = state.queued
     return context

@@ -49,6 +49,7 @@ class InferRequest:
     id: str | None = None
     outputs: list[RequestedOutput] | None = None
     binary_output: bool = False
+    #: The request's own parameters, for the model (`binary_data_output` is the server's).
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
@@ -89,7 +90,7 @@ def parse_infer_request(
         id=_request_id(request.get("id")),
         outputs=_requested_outputs(request.get("outputs")),
         binary_output=request_parameters.get("binary_data_output") is True,
-        parameters=request_parameters,
+        parameters=_model_parameters(request_parameters),
     )
     if check is not None:
         check([tensor.declared for tensor in tensors], output_names(parsed))
@@ -153,6 +154,14 @@ def _parameters(entry: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(parameters, dict):
         raise InvalidInput(f"'parameters' of {where} must be an object")
     return parameters
+
+
+def _model_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The request's parameters a model may read: all but the binary extension's
+    `binary_data_output`, which is the server's (`tritonclient.http` sends it on every call)."""
+    if "binary_data_output" not in parameters:
+        return parameters
+    return {name: value for name, value in parameters.items() if name != "binary_data_output"}
 
 
 def _request_id(value: Any) -> str | None:

@@ -2,7 +2,10 @@
 
 Both are called the same way: one keyword argument per input (a numpy array), returning a dict of
 outputs, or a single array when the model has one output, or a tuple in output order. A class may
-define `load()` (called once, before serving) and `unload()`.
+define `load()` (called once, before serving) and `unload()`. A `predict` that declares a
+`parameters` keyword (and has no input of that name) is also given the request's own
+`parameters` (V2 and gRPC; `{}` when it sent none), as KServe and MLServer hand their models the
+request's parameters; one that does not is called as before.
 
     # models/echo/model.toml                  # models/echo/1/echo.py
     runtime = "python"                        class Echo:
@@ -20,7 +23,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,27 +44,45 @@ def model_from_callable(
     max_delay_ms: float = 0.0,
     unload: Callable[[], None] | None = None,
 ) -> Model:
-    """Wrap a callable taking one keyword argument per input as a `Model`."""
+    """Wrap a callable taking one keyword argument per input (and the request's `parameters`,
+    when it declares them) as a `Model`."""
     if not inputs or not outputs:
         raise ModelLoadError(
             f"model {name!r}: declare its inputs and outputs (name, datatype, shape)"
         )
     output_names = [spec.name for spec in outputs]
+    takes_parameters = _declares_parameters(fn, inputs)
 
     def predict(arrays: Arrays) -> dict[str, Any]:
         return _as_output_dict(name, fn(**arrays), output_names)
+
+    def predict_with(arrays: Arrays, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        return _as_output_dict(name, fn(**arrays, parameters=dict(parameters)), output_names)
 
     return Model(
         name=name,
         version=version,
         inputs=list(inputs),
         outputs=list(outputs),
-        predict_fn=predict,
+        predict_fn=predict_with if takes_parameters else predict,
         platform="python",
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
         unload_fn=unload,
+        takes_parameters=takes_parameters,
     )
+
+
+def _declares_parameters(fn: Callable[..., Any], inputs: Sequence[TensorSpec]) -> bool:
+    """Whether `fn` names a `parameters` keyword (not merely `**kwargs`) that is no input."""
+    if any(spec.name == "parameters" for spec in inputs):
+        return False
+    try:
+        declared = inspect.signature(fn).parameters.get("parameters")
+    except (TypeError, ValueError):  # a callable without a signature Python can read
+        return False
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return declared is not None and declared.kind in keyword
 
 
 def _as_output_dict(name: str, result: Any, output_names: list[str]) -> dict[str, Any]:

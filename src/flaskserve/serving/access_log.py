@@ -1,5 +1,5 @@
 """One access line per request, written by the app (Granian's own access log stays off), with
-the request's duration and the bytes it sent."""
+the API key that made it, the request's duration and the bytes it sent."""
 
 from __future__ import annotations
 
@@ -12,11 +12,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from flaskserve.observability.logs import access_json, escape, escape_quoted
+from flaskserve.protocol.http_context import STATE_KEY
 
 
 class AccessLog:
-    """WSGI middleware writing one line per request: client, request line, status, bytes (the
-    Content-Length sent, or -) and duration.
+    """WSGI middleware writing one line per request: client, API key id (the valid key the
+    request presented, refused or not, as the gate left it in the request's state; - without
+    one), request line, status, bytes (the Content-Length sent, or -) and duration. The key's id
+    sits where the Common Log Format puts the user, and never its secret.
 
     With `fast`, a text line is made with one f-string and written to stdout with one `os.write`
     (atomic for a line, no lock, no `logging`): about 3 us instead of the 20-55 us a logging
@@ -58,8 +61,11 @@ class AccessLog:
         query = get("QUERY_STRING")
         path = escape_quoted(get("PATH_INFO", "") + (f"?{query}" if query else ""))
         elapsed = (time.perf_counter() - started) * 1000
+        state = get(STATE_KEY)
+        # A key id is printable ASCII without spaces or quotes (`gate.keys.KEY_ID`): as it is.
+        key = (state.key_id if state is not None else None) or "-"
         line = (
-            f'{escape(get("REMOTE_ADDR", "-"))} "{escape_quoted(get("REQUEST_METHOD", "-"))} '
+            f'{escape(get("REMOTE_ADDR", "-"))} {key} "{escape_quoted(get("REQUEST_METHOD", "-"))} '
             f'{path} {escape_quoted(get("SERVER_PROTOCOL", "-"))}" {status} {size} '
             f"{elapsed:.1f}ms"
         )

@@ -7,8 +7,15 @@ a watcher thread learns of it from a pipe: Python signal handlers write each sig
 there (`_relay`). They run in the main thread, which runs Python while the app is built and
 then runs the engine's event loop; the loop learns of a signal from its own wakeup fd and
 runs the engine's handler for it, whatever the Python-level handler is, so `engine_listening`
-can put `_relay` there once the engine has set its handlers. The watcher reads the pipe in
-its own thread. On SIGHUP the
+can put `_relay` there once the engine has set its handlers. A stop that comes before the
+engine's loop runs is sent again once it does: one held while the app is built (`_hold`), and
+one that came after the engine gave the loop its handlers but before `engine_listening` ran,
+which uvloop's handler drops while its loop is not running (the master then waited its whole
+graceful timeout for a worker that never heard its SIGTERM); the signal's number is also in
+the wakeup pipe `listen` set. Such a stop is sent again from a callback on the loop, which
+runs only once the loop listens for signals (uvloop reports itself running a moment before it
+listens: a stop sent again from the watcher thread in that moment was lost too).
+The watcher reads the pipe in its own thread. On SIGHUP the
 watcher asks the reloader for a reload. On SIGTERM or SIGINT the current gRPC server stops
 taking calls at once, at the moment the engine stops taking HTTP requests. When the engine
 has answered its last request, its serve call returns and the main thread ends; the watcher
@@ -46,6 +53,8 @@ _early_stops: list[int] = []
 _pipe: list[int] = []
 #: The engine's event loop, once it has its signal handlers (`engine_listening`).
 _loop: list[Any] = []
+#: The read end of the signal wakeup pipe set until the engine's loop sets its own (`listen`).
+_wakeup: list[int] = []
 
 
 def listen() -> int:
@@ -59,6 +68,12 @@ def listen() -> int:
     for signum in STOP_SIGNALS:
         signal.signal(signum, _hold)
     signal.signal(signal.SIGHUP, _relay)
+    # Every signal's number, whichever Python handler takes it, until a loop sets its own.
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_read, False)
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write, warn_on_full_buffer=False)
+    _wakeup[:] = [wake_read]
     return read_fd
 
 
@@ -74,6 +89,18 @@ def engine_listening(loop: Any) -> None:
     _loop[:] = [loop]
     for signum in (*STOP_SIGNALS, signal.SIGHUP):
         signal.signal(signum, _relay)
+    loop.call_soon(_pass_on_early_stop)
+
+
+def _woken() -> bytes:
+    """The numbers of the signals received since `listen`, from its wakeup pipe."""
+    if not _wakeup:
+        return b""
+    received = b""
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(_wakeup[0], 64):
+            received += chunk
+    return received
 
 
 def _relay(signum: int, frame: object) -> None:
@@ -82,6 +109,8 @@ def _relay(signum: int, frame: object) -> None:
     if signum in STOP_SIGNALS and not _engine_running():
         # uvloop listens for signals only while it runs: hold the stop until it does.
         _early_stops.append(signum)
+        if _loop:
+            _loop[0].call_soon_threadsafe(_pass_on_early_stop)
 
 
 def _engine_running() -> bool:
@@ -89,12 +118,13 @@ def _engine_running() -> bool:
 
 
 def _pass_on_early_stop() -> None:
-    """Send a stop held during start-up again, once the engine's handlers replaced `_hold`."""
-    ready = all(signal.getsignal(s) is _relay for s in STOP_SIGNALS) and _engine_running()
-    if _early_stops and ready:
-        signum = _early_stops[0]
-        _early_stops.clear()
-        os.kill(os.getpid(), signum)
+    """On the engine's loop, which then listens for signals: send a stop received during
+    start-up again (held by `_hold` or `_relay`, or only in the wakeup pipe: one that reached
+    the loop's handler before the loop listened)."""
+    stops = [*_early_stops, *(signum for signum in _woken() if signum in STOP_SIGNALS)]
+    _early_stops.clear()
+    if stops:
+        os.kill(os.getpid(), stops[0])
 
 
 def watch(read_fd: int, reloader: Reloader, grace_s: float) -> threading.Thread:
@@ -110,7 +140,6 @@ def _watch(read_fd: int, reloader: Reloader, grace_s: float) -> None:
     main = threading.main_thread()
     stopping = False
     while main.is_alive():
-        _pass_on_early_stop()
         ready, _, _ = select.select([read_fd], [], [], POLL_S)
         if not ready:
             continue
