@@ -62,6 +62,7 @@ LABELS = {
     "raw-2threads": "raw, 2 torch threads (scribe's default is 1)",
     "flaskserve": "**flaskserve** (`serve --workers 1 --threads 64`)",
     "flaskserve-before": "flaskserve from `--baseline-src` (the code before a change)",
+    "flaskserve-2threads": "flaskserve, `scribe` with 2 torch threads",
     "transformers-serve": "`transformers serve --continuous-batching`",
     "litserve": "LitServe 0.2 OpenAI spec (one worker, no batching)",
 }
@@ -323,11 +324,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model_dir = scratch / "repo" / "scribe"
     scribe.build(model_dir)
     port = free_port()
-    found = targets(model_dir, port, args)
     two = scratch / "two-threads" / "scribe"
     shutil.copytree(model_dir, two)
     toml = two / "model.toml"
     toml.write_text(re.sub(r"(?m)^threads = \d+", "threads = 2", toml.read_text()))
+    found = targets(model_dir, port, args)
+    cmd, ready, name, env, extra = found["flaskserve"]
+    found["flaskserve-2threads"] = ([*cmd[:4], str(two.parent), *cmd[5:]], ready, name, env,
+                                    extra)
     names = [n for n in ("raw", "raw-2threads", *found) if n in args.gen_targets]
     points: dict[str, list[dict[str, Any]]] = {}
     failed = {n: t for n, t in found.items() if isinstance(t, str)}
@@ -463,7 +467,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="per point (generation)")
     parser.add_argument("--levels", type=lambda v: [int(n) for n in v.split(",")],
                         default=list(LEVELS), help="concurrent streams, e.g. 1,8,32")
-    parser.add_argument("--gen-targets", type=lambda v: v.split(","), default=list(LABELS),
+    parser.add_argument("--gen-targets", type=lambda v: v.split(","),
+                        default=[n for n in LABELS if n != "flaskserve-2threads"],
                         help=f"generation targets, of: {', '.join(LABELS)} [all]")
     parser.add_argument("--baseline-src", help="also serve flaskserve from this src folder "
                         "(another checkout's src/): before and after a change, in one run")
