@@ -7,6 +7,7 @@ import contextvars
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -92,6 +93,29 @@ def test_a_stream_with_a_waker_waits_for_tokens_without_blocking(tiny: Model) ->
     assert waker.armed > 0  # it waited on the waker, not in a blocking get
     assert "".join(event.text for event in events) == blocking
     assert events[-1].finish_reason is not None
+
+
+def test_without_transformers_handler_table_a_router_thread_feeds_the_streams(
+    tiny: Model, tiny_repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import MappingProxyType
+
+    from transformers.generation.continuous_batching import continuous_api
+
+    made = continuous_api.OutputRouter.__init__
+
+    def without_table(router: Any) -> None:  # a transformers whose router has no handlers
+        made(router)
+        router.result_handlers = MappingProxyType({})
+
+    monkeypatch.setattr(continuous_api.OutputRouter, "__init__", without_table)
+    routed = load_model(read_model_config(tiny_repo / "tiny"), "1", tiny_repo / "tiny" / "1")
+    try:
+        assert any(t.name == "flaskserve-generate" for t in threading.enumerate())
+        request = GenerationRequest(prompt="The lazy dog", max_tokens=16, temperature=0)
+        assert collect(routed.generate(request))[0] == collect(tiny.generate(request))[0]
+    finally:
+        routed.unload()
 
 
 def test_streamed_pieces_join_to_the_whole_text_across_multibyte_characters(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from flask import Response, request
+from flask import Flask, Response, request
 
 from flaskserve.app import create_app, services_of
 from flaskserve.gate.keys import add_key
@@ -68,12 +68,8 @@ def test_an_app_reaches_its_services_through_one_typed_accessor(digits_repo) -> 
     assert services_of(type(app)("other")) is None
 
 
-@pytest.mark.parametrize("path", ["/v2/models/digits/infer", "/v1/models/digits:predict"])
-def test_an_inference_arrived_when_the_engine_queued_it_not_when_a_thread_took_it(
-    digits_repo, path
-) -> None:
-    app = create_app(Settings(repository=str(digits_repo)))
-    queued = time.monotonic() - 1.0  # it waited a second for a thread
+def arrivals_of(app: Flask) -> list[float]:
+    """The arrival time of each inference's context, noted as its response leaves."""
     arrivals: list[float] = []
 
     @app.after_request
@@ -82,6 +78,17 @@ def test_an_inference_arrived_when_the_engine_queued_it_not_when_a_thread_took_i
         assert context is not None
         arrivals.append(context.arrived)
         return response
+
+    return arrivals
+
+
+@pytest.mark.parametrize("path", ["/v2/models/digits/infer", "/v1/models/digits:predict"])
+def test_an_inference_arrived_when_the_engine_queued_it_not_when_a_thread_took_it(
+    digits_repo, path
+) -> None:
+    app = create_app(Settings(repository=str(digits_repo)))
+    queued = time.monotonic() - 1.0  # it waited a second for a thread
+    arrivals = arrivals_of(app)
 
     body = BODY if path.startswith("/v2") else {"instances": [[0.0] * 64]}
     answer = app.test_client().post(
@@ -93,14 +100,7 @@ def test_an_inference_arrived_when_the_engine_queued_it_not_when_a_thread_took_i
 
 def test_without_the_engine_an_inference_arrived_when_its_first_hook_ran(digits_repo) -> None:
     app = create_app(Settings(repository=str(digits_repo)))
-    arrivals: list[float] = []
-
-    @app.after_request
-    def look(response: Response) -> Response:
-        context = current().context
-        assert context is not None
-        arrivals.append(context.arrived)
-        return response
+    arrivals = arrivals_of(app)
 
     before = time.monotonic()
     assert app.test_client().post("/v2/models/digits/infer", json=BODY).status_code == 200

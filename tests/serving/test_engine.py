@@ -4,6 +4,7 @@ what the WSGI app is handed, the body deadline, the size limit, and streamed res
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
@@ -371,3 +372,42 @@ def test_a_request_that_waited_for_a_busy_pool_counts_the_wait_against_its_deadl
     assert len(busy) == adapter.threads
     assert proto.status == 504, proto.body
     assert "waiting for a worker thread" in orjson.loads(proto.body)["error"]
+
+
+def test_a_stream_whose_request_was_cancelled_is_closed_by_its_maker() -> None:
+    from flaskserve.serving.engine import _settle
+    from flaskserve.serving.streams import Streams
+
+    closed: list[bool] = []
+
+    def endless() -> Any:
+        try:
+            while True:
+                yield b"data: tick\n\n"
+        finally:
+            closed.append(True)
+
+    loop = asyncio.new_event_loop()
+    try:
+        stream = Streams(loop).stream(
+            contextvars.copy_context(), "GET /echo", 200, [], endless()
+        )
+        cancelled: asyncio.Future[Any] = loop.create_future()
+        cancelled.cancel()
+        _settle(cancelled, stream, None)  # the request went away before its stream was sent
+        maker = threading.Thread(target=stream.make, daemon=True)  # the app's pool thread
+        maker.start()
+        maker.join(20)
+        assert not maker.is_alive(), "the maker went on for a stream no one sends"
+    finally:
+        loop.close()
+    assert closed == [True]
+
+
+def test_a_wake_up_after_the_loop_closed_is_dropped() -> None:
+    from flaskserve.serving.streams import _Wakes
+
+    loop = asyncio.new_event_loop()
+    wakes = _Wakes(loop)
+    loop.close()
+    wakes.fire(asyncio.Event())  # from the batch thread, while the worker stops: no error
